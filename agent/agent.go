@@ -1,0 +1,236 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/client-go/rest"
+
+	"backhaul.io/backhaul/pkg/logging"
+	"backhaul.io/backhaul/tunnel"
+)
+
+// Config is everything an agent needs; Options builds it from flags.
+type Config struct {
+	Dialer     *tunnel.Dialer
+	Backoff    *tunnel.Backoff
+	Member     *rest.Config
+	Allow      *Allowlist
+	DenyGroups []string
+	// AdminListen serves /healthz, /readyz and /metrics.
+	AdminListen string
+	Log         hclog.Logger
+	Registry    *prometheus.Registry
+	// Resolve looks up names for TCP dials; nil uses the system resolver.
+	Resolve func(ctx context.Context, host string) ([]netip.Addr, error)
+}
+
+// Agent is a running agent.
+type Agent struct {
+	cfg       Config
+	metrics   *Metrics
+	api       *apiProxy
+	connected atomic.Bool
+	log       hclog.Logger
+}
+
+// New builds the agent.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Dialer == nil || cfg.Member == nil || cfg.Log == nil || cfg.Registry == nil {
+		return nil, errors.New("agent config: Dialer, Member, Log and Registry are required")
+	}
+	if cfg.Allow == nil {
+		cfg.Allow = &Allowlist{}
+	}
+	if cfg.Resolve == nil {
+		cfg.Resolve = func(ctx context.Context, host string) ([]netip.Addr, error) {
+			return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+		}
+	}
+	api, err := newAPIProxy(cfg.Member, cfg.DenyGroups, cfg.Log.Named(logging.Proxy))
+	if err != nil {
+		return nil, err
+	}
+	return &Agent{cfg: cfg, metrics: NewMetrics(cfg.Registry), api: api, log: cfg.Log}, nil
+}
+
+// Connected reports whether the tunnel is up.
+func (a *Agent) Connected() bool { return a.connected.Load() }
+
+// Run keeps the tunnel up and serves it until ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+
+	// API server streams are served by one http.Server fed from a listener.
+	lis := newStreamListener(ctx)
+	srv := &http.Server{
+		Handler:           a.api,
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       10 * time.Minute,
+		ErrorLog:          a.log.Named("http").StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_ = srv.Serve(lis)
+	}()
+	context.AfterFunc(ctx, func() { _ = srv.Close(); _ = lis.Close() })
+
+	if a.cfg.AdminListen != "" {
+		aln, err := net.Listen("tcp", a.cfg.AdminListen)
+		if err != nil {
+			return fmt.Errorf("listen %s: %w", a.cfg.AdminListen, err)
+		}
+		admin := &http.Server{Handler: a.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = admin.Serve(aln)
+		}()
+		context.AfterFunc(ctx, func() { _ = admin.Close() })
+	}
+
+	sup := &tunnel.Supervisor{
+		Dialer:  a.cfg.Dialer,
+		Backoff: a.cfg.Backoff,
+		Log:     a.log.Named(logging.Tunnel),
+		Handler: func(ctx context.Context, in *tunnel.Incoming) { a.serveStream(ctx, lis, in) },
+		OnConnect: func(*tunnel.Session) {
+			a.connected.Store(true)
+			a.metrics.connected.Set(1)
+		},
+		OnDisconnect: func(error) {
+			a.connected.Store(false)
+			a.metrics.connected.Set(0)
+			a.metrics.reconnects.Inc()
+		},
+	}
+	err := sup.Run(ctx)
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+func (a *Agent) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	health := func(w http.ResponseWriter, _ *http.Request) {
+		if !a.connected.Load() {
+			http.Error(w, "no tunnel to the hub", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok"))
+	}
+	mux.HandleFunc("GET /healthz", health)
+	mux.HandleFunc("GET /readyz", health)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.cfg.Registry, promhttp.HandlerOpts{}))
+	return mux
+}
+
+func (a *Agent) serveStream(ctx context.Context, lis *streamListener, in *tunnel.Incoming) {
+	req := in.Request
+	kind := req.Kind.String()
+	switch req.Kind {
+	case tunnel.KindAPIServer:
+		c, err := in.Accept()
+		if err != nil {
+			return
+		}
+		a.metrics.streams.WithLabelValues(kind, tunnel.CodeOK.String()).Inc()
+		lis.deliver(c)
+	case tunnel.KindTCP:
+		a.serveTCP(ctx, in)
+	default:
+		a.metrics.streams.WithLabelValues("unknown", tunnel.CodeBadRequest.String()).Inc()
+		_ = in.Reject(tunnel.CodeBadRequest, "unknown stream kind")
+	}
+}
+
+func (a *Agent) serveTCP(ctx context.Context, in *tunnel.Incoming) {
+	req := in.Request
+	reject := func(code tunnel.Code, msg string) {
+		a.metrics.streams.WithLabelValues(req.Kind.String(), code.String()).Inc()
+		a.log.Info("refused dial", "address", req.Address, "request_id", req.RequestID, "code", code, "reason", msg)
+		_ = in.Reject(code, msg)
+	}
+	if a.cfg.Allow.Empty() {
+		a.metrics.refusals.WithLabelValues(refuseNotAllowed).Inc()
+		reject(tunnel.CodeNotAllowed, "this agent allows no TCP destinations")
+		return
+	}
+	dctx, cancel := context.WithTimeout(ctx, req.Timeout)
+	defer cancel()
+	ap, reason, msg, err := a.cfg.Allow.resolveAllowed(func(h string) ([]netip.Addr, error) { return a.cfg.Resolve(dctx, h) }, req.Address)
+	if err != nil {
+		reject(tunnel.CodeRefused, fmt.Sprintf("resolve %s: %v", req.Address, err))
+		return
+	}
+	if reason != "" {
+		a.metrics.refusals.WithLabelValues(reason).Inc()
+		reject(tunnel.CodeNotAllowed, msg)
+		return
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(dctx, "tcp", ap.String())
+	if err != nil {
+		reject(dialCode(err), err.Error())
+		return
+	}
+	stream, err := in.Accept()
+	if err != nil {
+		_ = conn.Close()
+		return
+	}
+	a.metrics.streams.WithLabelValues(req.Kind.String(), tunnel.CodeOK.String()).Inc()
+	pipe(ctx, stream, conn)
+}
+
+func dialCode(err error) tunnel.Code {
+	var ne net.Error
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return tunnel.CodeTimeout
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return tunnel.CodeRefused
+	default:
+		return tunnel.CodeRefused
+	}
+}
+
+// pipe copies both ways, passing half-closes on, and returns when both
+// directions are done or ctx ends.
+func pipe(ctx context.Context, a, b net.Conn) {
+	stop := context.AfterFunc(ctx, func() { _ = a.Close(); _ = b.Close() })
+	defer stop()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	cp := func(dst, src net.Conn) {
+		defer wg.Done()
+		_, _ = io.Copy(dst, src)
+		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		} else {
+			_ = dst.Close()
+		}
+	}
+	go cp(a, b)
+	go cp(b, a)
+	wg.Wait()
+	_ = a.Close()
+	_ = b.Close()
+}

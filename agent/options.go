@@ -1,0 +1,163 @@
+package agent
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"backhaul.io/backhaul/pkg/logging"
+	"backhaul.io/backhaul/pkg/version"
+	"backhaul.io/backhaul/tunnel"
+)
+
+// Options are backhaul-agent's command-line settings.
+type Options struct {
+	HubURL      string
+	HubCAFile   string
+	Cluster     string
+	TokenFile   string
+	Kubeconfig  string
+	AdminListen string
+	Allow       string
+	DenyGroups  string
+	KeepAlive   time.Duration
+	KeepWait    time.Duration
+	BackoffBase time.Duration
+	BackoffMax  time.Duration
+	Log         logging.Options
+}
+
+// NewOptions returns the defaults.
+func NewOptions() *Options {
+	t := tunnel.DefaultConfig()
+	b := tunnel.DefaultBackoff()
+	return &Options{
+		AdminListen: ":9090",
+		DenyGroups:  "system:masters",
+		KeepAlive:   t.KeepAliveInterval,
+		KeepWait:    t.KeepAliveTimeout,
+		BackoffBase: b.Base,
+		BackoffMax:  b.Max,
+		Log:         logging.Options{Name: "backhaul-agent", Format: "text", Level: "info"},
+	}
+}
+
+// Flags registers the options on fs.
+func (o *Options) Flags(fs *flag.FlagSet) {
+	fs.StringVar(&o.HubURL, "hub-url", o.HubURL, "hub address, wss://host:port (HTTPS_PROXY and NO_PROXY are honoured)")
+	fs.StringVar(&o.HubCAFile, "hub-ca-file", o.HubCAFile, "PEM CA that signed the hub's serving certificate (empty: system roots)")
+	fs.StringVar(&o.Cluster, "cluster", o.Cluster, "name of the cluster this agent serves")
+	fs.StringVar(&o.TokenFile, "token-file", o.TokenFile, "file holding the agent's bearer token for the hub")
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "kubeconfig for the member API server (empty: in-cluster service account)")
+	fs.StringVar(&o.AdminListen, "admin-listen", o.AdminListen, "address for /healthz, /readyz and /metrics (empty: off)")
+	fs.StringVar(&o.Allow, "allow", o.Allow, "comma-separated TCP destinations the hub may dial through this agent: IP:port or CIDR:port (empty: none)")
+	fs.StringVar(&o.DenyGroups, "deny-impersonate-groups", o.DenyGroups, "comma-separated groups never passed on when impersonating hub callers")
+	fs.DurationVar(&o.KeepAlive, "keepalive-interval", o.KeepAlive, "tunnel ping interval; keep below load-balancer idle timeouts")
+	fs.DurationVar(&o.KeepWait, "keepalive-timeout", o.KeepWait, "how long a ping may go unanswered before reconnecting")
+	fs.DurationVar(&o.BackoffBase, "backoff-base", o.BackoffBase, "first reconnect backoff ceiling (full jitter)")
+	fs.DurationVar(&o.BackoffMax, "backoff-max", o.BackoffMax, "largest reconnect backoff")
+	fs.StringVar(&o.Log.Format, "log-format", o.Log.Format, "log format: text or json")
+	fs.StringVar(&o.Log.Level, "log-level", o.Log.Level, "log level: trace, debug, info, warn, error")
+}
+
+// Validate reports every problem at once.
+func (o *Options) Validate() error {
+	var errs []error
+	if u, err := url.Parse(o.HubURL); err != nil || (u.Scheme != "wss" && u.Scheme != "https") || u.Host == "" {
+		errs = append(errs, fmt.Errorf("--hub-url %q: want wss://host:port", o.HubURL))
+	}
+	if msgs := validation.IsDNS1123Label(o.Cluster); len(msgs) > 0 {
+		errs = append(errs, fmt.Errorf("--cluster %q: %s", o.Cluster, strings.Join(msgs, "; ")))
+	}
+	if o.TokenFile == "" {
+		errs = append(errs, errors.New("--token-file is required"))
+	}
+	if o.KeepAlive <= 0 || o.KeepWait <= 0 || o.BackoffBase <= 0 || o.BackoffMax < o.BackoffBase {
+		errs = append(errs, errors.New("keepalive and backoff durations must be positive, and --backoff-max at least --backoff-base"))
+	}
+	if _, err := ParseAllowlist(splitList(o.Allow)); err != nil {
+		errs = append(errs, err)
+	}
+	if err := o.Log.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Config loads files and builds the agent's configuration.
+func (o *Options) Config(log hclog.Logger) (Config, error) {
+	tok, err := os.ReadFile(o.TokenFile)
+	if err != nil {
+		return Config{}, fmt.Errorf("token: %w", err)
+	}
+	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if o.HubCAFile != "" {
+		pem, err := os.ReadFile(o.HubCAFile)
+		if err != nil {
+			return Config{}, fmt.Errorf("hub CA: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return Config{}, fmt.Errorf("hub CA %s: no certificates found", o.HubCAFile)
+		}
+		tlsCfg.RootCAs = pool
+	}
+	var member *rest.Config
+	if o.Kubeconfig != "" {
+		member, err = clientcmd.BuildConfigFromFlags("", o.Kubeconfig)
+	} else {
+		member, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return Config{}, fmt.Errorf("member API config: %w", err)
+	}
+	allow, err := ParseAllowlist(splitList(o.Allow))
+	if err != nil {
+		return Config{}, err
+	}
+	tcfg := tunnel.DefaultConfig()
+	tcfg.KeepAliveInterval, tcfg.KeepAliveTimeout = o.KeepAlive, o.KeepWait
+	tcfg.Logger = log.Named(logging.Tunnel)
+	h := http.Header{}
+	h.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+	h.Set(tunnel.HeaderCluster, o.Cluster)
+	h.Set(tunnel.HeaderAgentVersion, version.Version)
+	b := tunnel.DefaultBackoff()
+	b.Base, b.Max = o.BackoffBase, o.BackoffMax
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return Config{
+		Dialer:      &tunnel.Dialer{URL: o.HubURL, TLSConfig: tlsCfg, Header: h, Config: tcfg},
+		Backoff:     b,
+		Member:      member,
+		Allow:       allow,
+		DenyGroups:  splitList(o.DenyGroups),
+		AdminListen: o.AdminListen,
+		Log:         log,
+		Registry:    reg,
+	}, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}

@@ -1,0 +1,147 @@
+package hub
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"backhaul.io/backhaul/tunnel"
+)
+
+var (
+	// ErrUnknownCluster: no credentials exist for this name.
+	ErrUnknownCluster = errors.New("unknown cluster")
+	// ErrNotConnected: the cluster is known but no agent is connected.
+	ErrNotConnected = errors.New("cluster is not connected")
+)
+
+// ClusterError names the cluster an error is about.
+type ClusterError struct {
+	Cluster string
+	Err     error
+}
+
+func (e *ClusterError) Error() string { return fmt.Sprintf("cluster %s: %v", e.Cluster, e.Err) }
+func (e *ClusterError) Unwrap() error { return e.Err }
+
+// SessionInfo describes one connected agent session.
+type SessionInfo struct {
+	Cluster      string    `json:"cluster"`
+	ID           uint64    `json:"id"`
+	Remote       string    `json:"remote"`
+	AgentVersion string    `json:"agentVersion"`
+	Since        time.Time `json:"since"`
+	Streams      int       `json:"streams"`
+}
+
+type entry struct {
+	info SessionInfo
+	sess *tunnel.Session
+}
+
+// Registry holds the live sessions of every cluster. A cluster may have
+// several (agent replicas, or an agent that reconnected before the hub
+// noticed its old session die); the newest serves new streams.
+type Registry struct {
+	mu       sync.RWMutex
+	sessions map[string][]*entry
+	nextID   uint64
+	log      hclog.Logger
+	metrics  *Metrics
+	// onEmpty runs, outside the lock, when a cluster loses its last session.
+	onEmpty func(cluster string)
+}
+
+// NewRegistry returns an empty registry.
+func NewRegistry(log hclog.Logger, m *Metrics) *Registry {
+	return &Registry{sessions: map[string][]*entry{}, log: log, metrics: m}
+}
+
+// Add registers sess for cluster and returns the function that removes it.
+func (r *Registry) Add(cluster string, sess *tunnel.Session, agentVersion string) (remove func()) {
+	r.mu.Lock()
+	r.nextID++
+	e := &entry{sess: sess, info: SessionInfo{
+		Cluster: cluster, ID: r.nextID, AgentVersion: agentVersion,
+		Remote: sess.RemoteAddr().String(), Since: time.Now(),
+	}}
+	r.sessions[cluster] = append(r.sessions[cluster], e)
+	n := len(r.sessions[cluster])
+	r.mu.Unlock()
+	r.metrics.sessionUp()
+	r.log.Info("agent connected", "cluster", cluster, "session", e.info.ID, "remote", e.info.Remote, "agent_version", agentVersion, "sessions", n)
+
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			r.mu.Lock()
+			list := slices.DeleteFunc(r.sessions[cluster], func(x *entry) bool { return x == e })
+			if len(list) == 0 {
+				delete(r.sessions, cluster)
+			} else {
+				r.sessions[cluster] = list
+			}
+			left := len(list)
+			r.mu.Unlock()
+			r.metrics.sessionDown()
+			r.log.Info("agent disconnected", "cluster", cluster, "session", e.info.ID, "sessions", left)
+			if left == 0 && r.onEmpty != nil {
+				r.onEmpty(cluster)
+			}
+		})
+	}
+}
+
+// Get returns the session that should carry a new stream to cluster.
+func (r *Registry) Get(cluster string) (*tunnel.Session, error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	list := r.sessions[cluster]
+	for i := len(list) - 1; i >= 0; i-- {
+		select {
+		case <-list[i].sess.Done():
+			continue
+		default:
+			return list[i].sess, nil
+		}
+	}
+	return nil, &ClusterError{Cluster: cluster, Err: ErrNotConnected}
+}
+
+// Sessions lists the connected sessions, by cluster then age.
+func (r *Registry) Sessions() []SessionInfo {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	var out []SessionInfo
+	for _, list := range r.sessions {
+		for _, e := range list {
+			info := e.info
+			info.Streams = e.sess.NumStreams()
+			out = append(out, info)
+		}
+	}
+	slices.SortFunc(out, func(a, b SessionInfo) int {
+		return cmp.Or(cmp.Compare(a.Cluster, b.Cluster), cmp.Compare(a.ID, b.ID))
+	})
+	return out
+}
+
+// CloseAll ends every session (hub shutdown).
+func (r *Registry) CloseAll() {
+	r.mu.RLock()
+	var all []*tunnel.Session
+	for _, list := range r.sessions {
+		for _, e := range list {
+			all = append(all, e.sess)
+		}
+	}
+	r.mu.RUnlock()
+	for _, s := range all {
+		_ = s.Close()
+	}
+}

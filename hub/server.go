@@ -1,0 +1,162 @@
+package hub
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"backhaul.io/backhaul/pkg/logging"
+	"backhaul.io/backhaul/tunnel"
+)
+
+// Config is everything a hub server needs; Options builds it from flags.
+type Config struct {
+	// Listen is the TLS address for agents and gateway callers.
+	Listen string
+	TLS    *tls.Config
+	// AdminListen, when set, serves /healthz, /readyz and /metrics in plain
+	// HTTP for probes and scrapers.
+	AdminListen string
+
+	AgentAuth AgentAuthenticator
+	Clusters  ClusterSource
+	Authn     Authenticator
+	Authz     Authorizer
+
+	Tunnel          *tunnel.Config
+	DialTimeout     time.Duration
+	ShutdownTimeout time.Duration
+
+	Log      hclog.Logger
+	Registry *prometheus.Registry
+}
+
+// Server is a running hub.
+type Server struct {
+	cfg      Config
+	registry *Registry
+	metrics  *Metrics
+	handler  http.Handler
+	admin    http.Handler
+	ready    atomic.Bool
+	addr     atomic.Value // net.Addr of the TLS listener
+}
+
+// New assembles the hub from cfg.
+func New(cfg Config) (*Server, error) {
+	if cfg.TLS == nil || cfg.AgentAuth == nil || cfg.Clusters == nil || cfg.Authn == nil || cfg.Authz == nil || cfg.Log == nil || cfg.Registry == nil || cfg.Tunnel == nil {
+		return nil, errors.New("hub config: TLS, AgentAuth, Clusters, Authn, Authz, Tunnel, Log and Registry are required")
+	}
+	s := &Server{cfg: cfg}
+	s.metrics = NewMetrics(cfg.Registry)
+	s.registry = NewRegistry(cfg.Log.Named(logging.Registry), s.metrics)
+	gw := NewGateway(&Gateway{
+		Authn: cfg.Authn, Authz: cfg.Authz, Clusters: cfg.Clusters, Registry: s.registry,
+		Log: cfg.Log.Named(logging.Gateway), Metrics: s.metrics, DialTimeout: cfg.DialTimeout,
+	})
+	tcfg := *cfg.Tunnel
+	tcfg.Logger = cfg.Log.Named(logging.Tunnel)
+	ep := &Endpoint{Auth: cfg.AgentAuth, Registry: s.registry, Config: &tcfg, Log: cfg.Log.Named(logging.Tunnel), Metrics: s.metrics}
+
+	admin := http.NewServeMux()
+	admin.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
+	admin.HandleFunc("GET /readyz", s.readyz)
+	admin.Handle("GET /metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
+	s.admin = admin
+
+	mux := http.NewServeMux()
+	mux.Handle(tunnel.Path, ep)
+	mux.Handle("/clusters/{name}/{path...}", gw)
+	mux.Handle("/clusters/{name}", gw)
+	mux.Handle("GET /status", &statusPage{authn: cfg.Authn, registry: s.registry})
+	mux.Handle("GET /healthz", admin)
+	mux.Handle("GET /readyz", admin)
+	mux.Handle("GET /metrics", admin)
+	s.handler = mux
+	ep.ctx = context.Background()
+	return s, nil
+}
+
+// Registry exposes the session registry (status, tests).
+func (s *Server) Registry() *Registry { return s.registry }
+
+// Handler is the TLS listener's handler.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Addr is the bound TLS address once Run is listening.
+func (s *Server) Addr() net.Addr {
+	a, _ := s.addr.Load().(net.Addr)
+	return a
+}
+
+func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
+	if !s.ready.Load() {
+		http.Error(w, "not ready: listeners are not serving", http.StatusServiceUnavailable)
+		return
+	}
+	_, _ = w.Write([]byte("ok"))
+}
+
+// Run serves until ctx ends, then drains for up to ShutdownTimeout.
+func (s *Server) Run(ctx context.Context) error {
+	ln, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", s.cfg.Listen, err)
+	}
+	s.addr.Store(ln.Addr())
+	servers := []*http.Server{{
+		Handler:           s.handler,
+		TLSConfig:         s.cfg.TLS,
+		ReadHeaderTimeout: 10 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          s.cfg.Log.Named("http").StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
+	}}
+	listeners := []net.Listener{tls.NewListener(ln, s.cfg.TLS)}
+	if s.cfg.AdminListen != "" {
+		aln, err := net.Listen("tcp", s.cfg.AdminListen)
+		if err != nil {
+			_ = ln.Close()
+			return fmt.Errorf("listen %s: %w", s.cfg.AdminListen, err)
+		}
+		servers = append(servers, &http.Server{Handler: s.admin, ReadHeaderTimeout: 10 * time.Second})
+		listeners = append(listeners, aln)
+	}
+	errc := make(chan error, len(servers))
+	var wg sync.WaitGroup
+	for i := range servers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := servers[i].Serve(listeners[i]); !errors.Is(err, http.ErrServerClosed) {
+				errc <- err
+			}
+		}()
+	}
+	s.ready.Store(true)
+	s.cfg.Log.Info("hub serving", "listen", ln.Addr().String(), "admin", s.cfg.AdminListen)
+
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	s.ready.Store(false)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
+	defer cancel()
+	// Hijacked tunnel connections are not tracked by Shutdown: close them.
+	s.registry.CloseAll()
+	for _, srv := range servers {
+		_ = srv.Shutdown(sctx)
+	}
+	wg.Wait()
+	return err
+}

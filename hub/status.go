@@ -1,0 +1,54 @@
+package hub
+
+import (
+	"encoding/json"
+	"html/template"
+	"net/http"
+	"strings"
+	"time"
+
+	"backhaul.io/backhaul/pkg/kubestatus"
+)
+
+// statusPage lists connected clusters with their tunnel round trip, as HTML
+// or, with Accept: application/json, as JSON. Callers must authenticate.
+type statusPage struct {
+	authn    Authenticator
+	registry *Registry
+}
+
+type statusRow struct {
+	SessionInfo
+	RTT string `json:"rtt"`
+	Age string `json:"age"`
+}
+
+var statusTmpl = template.Must(template.New("status").Parse(`<!doctype html>
+<html><head><title>Backhaul hub</title><style>body{font-family:sans-serif}td,th{padding:2px 10px;text-align:left}</style></head>
+<body><h1>Backhaul hub</h1><table><tr><th>Cluster</th><th>Session</th><th>Agent</th><th>Remote</th><th>Connected</th><th>Streams</th><th>RTT</th></tr>
+{{range .}}<tr><td>{{.Cluster}}</td><td>{{.ID}}</td><td>{{.AgentVersion}}</td><td>{{.Remote}}</td><td>{{.Age}}</td><td>{{.Streams}}</td><td>{{.RTT}}</td></tr>
+{{else}}<tr><td colspan=7>no agents connected</td></tr>{{end}}</table></body></html>`))
+
+func (p *statusPage) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if _, ok, err := p.authn.Authenticate(r); err != nil || !ok {
+		kubestatus.Write(w, http.StatusUnauthorized, "Unauthorized")
+		return
+	}
+	var rows []statusRow
+	for _, s := range p.registry.Sessions() {
+		row := statusRow{SessionInfo: s, Age: time.Since(s.Since).Round(time.Second).String(), RTT: "-"}
+		if sess, err := p.registry.Get(s.Cluster); err == nil {
+			if d, err := sess.Ping(); err == nil {
+				row.RTT = d.Round(time.Microsecond).String()
+			}
+		}
+		rows = append(rows, row)
+	}
+	if strings.Contains(r.Header.Get("Accept"), "application/json") {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(rows)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	_ = statusTmpl.Execute(w, rows)
+}

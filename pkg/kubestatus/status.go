@@ -1,0 +1,49 @@
+// Package kubestatus writes errors as Kubernetes Status objects, so kubectl
+// and client-go print the hub's reason instead of a bare HTTP code.
+package kubestatus
+
+import (
+	"encoding/json"
+	"net/http"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Write answers code with a Status whose message is msg.
+func Write(w http.ResponseWriter, code int, msg string) {
+	st := metav1.Status{
+		TypeMeta: metav1.TypeMeta{Kind: "Status", APIVersion: "v1"},
+		Status:   metav1.StatusFailure,
+		Message:  msg,
+		Reason:   reasonFor(code),
+		Code:     int32(code),
+	}
+	b, _ := json.Marshal(st)
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	_, _ = w.Write(b)
+}
+
+func reasonFor(code int) metav1.StatusReason {
+	switch code {
+	case http.StatusUnauthorized:
+		return metav1.StatusReasonUnauthorized
+	case http.StatusForbidden:
+		return metav1.StatusReasonForbidden
+	case http.StatusNotFound:
+		return metav1.StatusReasonNotFound
+	case http.StatusBadRequest:
+		return metav1.StatusReasonBadRequest
+	case http.StatusServiceUnavailable:
+		return metav1.StatusReasonServiceUnavailable
+	case http.StatusGatewayTimeout:
+		return metav1.StatusReasonTimeout
+	case http.StatusBadGateway:
+		return metav1.StatusReasonInternalError
+	default:
+		return metav1.StatusReasonUnknown
+	}
+}

@@ -1,0 +1,363 @@
+package harness
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+)
+
+const (
+	// NetnsPrefix prefixes the network namespace of every member; pass it to
+	// [CleanupStale] to clear namespaces left by crashed runs.
+	NetnsPrefix = "bhe2e-"
+	// APIServerPort is the member apiserver's secure port inside its namespace.
+	APIServerPort = 6443
+	// ReadyTimeout bounds how long [StartMember] waits for /readyz.
+	ReadyTimeout = 120 * time.Second
+
+	readyPollInterval = 500 * time.Millisecond
+	etcdQuotaBytes    = 8 << 30
+)
+
+// MemberConfig describes a member cluster to start.
+type MemberConfig struct {
+	Name  string // short DNS label, unique among concurrently running members
+	Index int    // 1..200, picks the 10.251.<Index>.0/30 subnet; unique too
+	Dir   string // scratch directory for data, certificates and logs
+}
+
+// Member is a running member cluster: etcd and kube-apiserver inside a
+// firewalled network namespace. Its apiserver is reachable only from inside
+// the namespace (InternalURL); a direct dial from the root namespace to
+// ExternalURL times out.
+type Member struct {
+	Name            string
+	Netns           *Netns
+	Dir             string
+	CAFile          string        // PEM CA that signed the apiserver's serving cert
+	CAPEM           []byte        // contents of CAFile
+	AdminToken      string        // bearer token of user "admin" in group system:masters
+	NobodyToken     string        // bearer token of user "nobody", no groups, no RBAC grants
+	InternalURL     string        // https://127.0.0.1:6443, valid inside the namespace
+	ExternalURL     string        // https://<NSIP>:6443, blocked from the root namespace
+	AdminKubeconfig string        // kubeconfig for InternalURL as admin (for use inside the namespace)
+	StartupTime     time.Duration // from starting etcd to the apiserver being ready
+
+	bins     Binaries
+	logDir   string
+	etcdArgs []string
+	apiArgs  []string
+
+	mu        sync.Mutex // guards etcd, apiserver and stopped
+	etcd      *Process
+	apiserver *Process
+	stopped   bool
+	stopOnce  sync.Once
+	stopErr   error
+}
+
+// StartMember creates the member's namespace, starts etcd and kube-apiserver
+// in it and waits up to [ReadyTimeout] for /readyz. On failure everything
+// started is torn down and the error carries the tail of the logs, which stay
+// in cfg.Dir. ctx bounds start-up only; stop the member with [Member.Stop].
+func StartMember(ctx context.Context, cfg MemberConfig) (_ *Member, err error) {
+	if !validMemberName(cfg.Name) {
+		return nil, fmt.Errorf("member: invalid name %q (want a DNS label of at most 40 characters)", cfg.Name)
+	}
+	if cfg.Index < 1 || cfg.Index > 200 {
+		return nil, fmt.Errorf("member %s: index %d out of range 1..200", cfg.Name, cfg.Index)
+	}
+	if cfg.Dir == "" {
+		return nil, fmt.Errorf("member %s: empty Dir", cfg.Name)
+	}
+	dir, err := filepath.Abs(cfg.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("member %s: %w", cfg.Name, err)
+	}
+	bins, err := LocateBinaries()
+	if err != nil {
+		return nil, fmt.Errorf("member %s: %w", cfg.Name, err)
+	}
+	ns, err := NewNetns(NetnsPrefix+cfg.Name, cfg.Index)
+	if err != nil {
+		return nil, fmt.Errorf("member %s: %w", cfg.Name, err)
+	}
+	m := &Member{
+		Name:            cfg.Name,
+		Netns:           ns,
+		Dir:             dir,
+		InternalURL:     fmt.Sprintf("https://127.0.0.1:%d", APIServerPort),
+		ExternalURL:     fmt.Sprintf("https://%s:%d", ns.NSIP, APIServerPort),
+		AdminKubeconfig: filepath.Join(dir, "admin.kubeconfig"),
+		bins:            bins,
+		logDir:          filepath.Join(dir, "logs"),
+	}
+	defer func() {
+		if err != nil {
+			_ = m.Stop()
+			err = fmt.Errorf("member %s: %w", cfg.Name, err)
+		}
+	}()
+	if err := m.prepare(); err != nil {
+		return nil, err
+	}
+
+	start := time.Now()
+	m.mu.Lock()
+	m.etcd, err = Start(ctx, "etcd", m.logDir, ns.Command(context.WithoutCancel(ctx), bins.Etcd, m.etcdArgs...))
+	m.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	if err := m.StartAPIServer(ctx); err != nil {
+		return nil, err
+	}
+	m.StartupTime = time.Since(start)
+	return m, nil
+}
+
+// prepare writes certificates, keys, the token file and the kubeconfig, and
+// computes the etcd and apiserver command lines.
+func (m *Member) prepare() error {
+	for _, d := range []string{m.Dir, m.logDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	pkiDir := filepath.Join(m.Dir, "pki")
+	ca, err := NewCA(pkiDir, "ca")
+	if err != nil {
+		return err
+	}
+	m.CAFile, m.CAPEM = ca.CertFile, ca.CertPEM
+	hosts := []string{"127.0.0.1", m.Netns.NSIP.String(), "localhost", "10.96.0.1",
+		"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"}
+	servingCert, servingKey, err := ca.Serving("apiserver", hosts)
+	if err != nil {
+		return err
+	}
+	saKey := filepath.Join(pkiDir, "service-account.key")
+	if err := WriteKey(saKey); err != nil {
+		return err
+	}
+	if m.AdminToken, err = newToken(); err != nil {
+		return err
+	}
+	if m.NobodyToken, err = newToken(); err != nil {
+		return err
+	}
+	tokenFile := filepath.Join(m.Dir, "tokens.csv")
+	tokens := fmt.Sprintf("%s,admin,admin,\"system:masters\"\n%s,nobody,nobody\n", m.AdminToken, m.NobodyToken)
+	if err := os.WriteFile(tokenFile, []byte(tokens), 0o600); err != nil {
+		return fmt.Errorf("write token file: %w", err)
+	}
+	if err := WriteKubeconfig(m.AdminKubeconfig, m.InternalURL, m.CAPEM, m.AdminToken); err != nil {
+		return err
+	}
+
+	m.etcdArgs = []string{
+		"--name=" + m.Name,
+		"--data-dir=" + filepath.Join(m.Dir, "etcd"),
+		"--listen-client-urls=http://127.0.0.1:2379",
+		"--advertise-client-urls=http://127.0.0.1:2379",
+		"--listen-peer-urls=http://127.0.0.1:2380",
+		"--initial-advertise-peer-urls=http://127.0.0.1:2380",
+		"--initial-cluster=" + m.Name + "=http://127.0.0.1:2380",
+		"--initial-cluster-state=new",
+		fmt.Sprintf("--quota-backend-bytes=%d", etcdQuotaBytes),
+		"--logger=zap",
+		"--log-outputs=stderr",
+	}
+	m.apiArgs = []string{
+		"--etcd-servers=http://127.0.0.1:2379",
+		"--bind-address=0.0.0.0",
+		fmt.Sprintf("--secure-port=%d", APIServerPort),
+		"--advertise-address=" + m.Netns.NSIP.String(),
+		"--service-cluster-ip-range=10.96.0.0/16",
+		"--authorization-mode=RBAC",
+		"--token-auth-file=" + tokenFile,
+		"--tls-cert-file=" + servingCert,
+		"--tls-private-key-file=" + servingKey,
+		"--client-ca-file=" + m.CAFile,
+		"--service-account-key-file=" + saKey,
+		"--service-account-signing-key-file=" + saKey,
+		"--service-account-issuer=https://kubernetes.default.svc",
+		"--cert-dir=" + filepath.Join(m.Dir, "apiserver-certs"),
+		"--enable-priority-and-fairness=false",
+		// Debian's etcd 3.4.23 predates the progress-notify fixes (3.4.31)
+		// the 1.36 watch cache needs to serve fresh watches; with the cache
+		// on, a watch started right after a write times out with "Too large
+		// resource version". Serve lists and watches from etcd directly.
+		"--watch-cache=false",
+		"--profiling=false",
+		"--v=1",
+	}
+	return nil
+}
+
+// StartAPIServer starts kube-apiserver if it is not running (for example
+// after [Member.StopAPIServer]) and waits up to [ReadyTimeout] for /readyz.
+// On failure the error carries the tails of the logs.
+func (m *Member) StartAPIServer(ctx context.Context) error {
+	if err := m.startAPIServer(ctx); err != nil {
+		return fmt.Errorf("%w\n%s", err, m.Logs())
+	}
+	return nil
+}
+
+func (m *Member) startAPIServer(ctx context.Context) error {
+	m.mu.Lock()
+	if m.stopped {
+		m.mu.Unlock()
+		return errors.New("member is stopped")
+	}
+	if m.apiserver != nil {
+		select {
+		case <-m.apiserver.Exited():
+		default:
+			m.mu.Unlock()
+			return m.waitReady(ctx)
+		}
+	}
+	cmd := m.Netns.Command(context.WithoutCancel(ctx), m.bins.KubeAPIServer, m.apiArgs...)
+	p, err := Start(ctx, "kube-apiserver", m.logDir, cmd)
+	if err != nil {
+		m.mu.Unlock()
+		return err
+	}
+	m.apiserver = p
+	m.mu.Unlock()
+	return m.waitReady(ctx)
+}
+
+// waitReady polls /readyz from inside the namespace until it answers "ok",
+// failing early if etcd or the apiserver exits.
+func (m *Member) waitReady(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, ReadyTimeout)
+	defer cancel()
+	m.mu.Lock()
+	procs := []*Process{m.etcd, m.apiserver}
+	m.mu.Unlock()
+
+	var lastErr error
+	for {
+		for _, p := range procs {
+			select {
+			case <-p.Exited():
+				return fmt.Errorf("%s exited while waiting for readiness: %v", p.Name(), p.Err())
+			default:
+			}
+		}
+		out, _, err := m.Kubectl(ctx, "get", "--raw=/readyz", "--request-timeout=5s")
+		if err == nil && strings.TrimSpace(out) == "ok" {
+			return nil
+		}
+		if err == nil {
+			err = fmt.Errorf("unexpected /readyz response %q", out)
+		}
+		lastErr = err
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("kube-apiserver not ready: %w (last error: %v)", ctx.Err(), lastErr)
+		case <-time.After(readyPollInterval):
+		}
+	}
+}
+
+// Kubectl runs the real kubectl inside the member's namespace against
+// InternalURL as admin: a direct write to the member, bypassing any tunnel.
+// On failure the error includes stderr.
+func (m *Member) Kubectl(ctx context.Context, args ...string) (stdout, stderr string, err error) {
+	return m.kubectl(ctx, args)
+}
+
+// KubectlAs is like [Member.Kubectl] but authenticates with token (for
+// example NobodyToken) instead of the admin token.
+func (m *Member) KubectlAs(ctx context.Context, token string, args ...string) (stdout, stderr string, err error) {
+	return m.kubectl(ctx, append([]string{"--token=" + token}, args...))
+}
+
+func (m *Member) kubectl(ctx context.Context, args []string) (string, string, error) {
+	full := append([]string{
+		"--kubeconfig=" + m.AdminKubeconfig,
+		"--cache-dir=" + filepath.Join(m.Dir, "kubectl-cache"),
+	}, args...)
+	cmd := m.Netns.Command(ctx, m.bins.Kubectl, full...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.String(), stderr.String(), fmt.Errorf("kubectl %s (in %s): %w: %s",
+			strings.Join(args, " "), m.Netns.Name, err, strings.TrimSpace(stderr.String()))
+	}
+	return stdout.String(), stderr.String(), nil
+}
+
+// StopAPIServer stops kube-apiserver (SIGTERM, then SIGKILL after
+// [StopGracePeriod]) and leaves etcd and the namespace up. It is idempotent.
+func (m *Member) StopAPIServer() {
+	m.mu.Lock()
+	p := m.apiserver
+	m.mu.Unlock()
+	if p != nil {
+		p.Stop()
+	}
+}
+
+// Stop stops kube-apiserver and etcd and deletes the namespace. Data and logs
+// stay in Dir. It is idempotent and safe to call concurrently.
+func (m *Member) Stop() error {
+	m.stopOnce.Do(func() {
+		m.mu.Lock()
+		m.stopped = true
+		etcd := m.etcd
+		m.mu.Unlock()
+		m.StopAPIServer()
+		if etcd != nil {
+			etcd.Stop()
+		}
+		m.stopErr = m.Netns.Close()
+	})
+	return m.stopErr
+}
+
+// Logs returns the tails of the etcd and kube-apiserver logs, for test
+// failure messages.
+func (m *Member) Logs() string {
+	var b strings.Builder
+	for _, l := range []struct {
+		name  string
+		lines int
+	}{{"etcd", 15}, {"kube-apiserver", 40}} {
+		path := filepath.Join(m.logDir, l.name+".log")
+		fmt.Fprintf(&b, "--- %s (last %d lines of %s) ---\n%s\n", l.name, l.lines, path, tailFile(path, l.lines))
+	}
+	return b.String()
+}
+
+func newToken() (string, error) {
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("generate token: %w", err)
+	}
+	return hex.EncodeToString(b), nil
+}
+
+func validMemberName(s string) bool {
+	if s == "" || len(s) > 40 || s[0] == '-' || s[len(s)-1] == '-' {
+		return false
+	}
+	for _, c := range s {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,85 @@
+package tunnel
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/yamux"
+)
+
+// Config tunes a session. Both sides should use the same keepalive figures.
+type Config struct {
+	// KeepAliveInterval is how often each side pings; keep it below the idle
+	// timeout of load balancers between agent and hub (often 30-60 s).
+	KeepAliveInterval time.Duration
+	// KeepAliveTimeout is how long a ping or a write may go unanswered before
+	// the session is declared dead.
+	KeepAliveTimeout time.Duration
+	// StreamWindow is the largest per-stream receive window. Larger windows
+	// let one stream fill a fast link; a stalled reader can hold at most this
+	// much of buffered data per stream.
+	StreamWindow uint32
+	// AcceptBacklog bounds streams opened by the peer but not yet accepted.
+	AcceptBacklog int
+	// HeaderTimeout bounds how long an accepted stream may take to send its
+	// request, and an opener to receive its reply beyond the dial timeout.
+	HeaderTimeout time.Duration
+	// DefaultDialTimeout is used when a request carries no timeout.
+	DefaultDialTimeout time.Duration
+	// Logger receives yamux's own messages and the session's.
+	Logger hclog.Logger
+}
+
+// DefaultConfig notices a dead peer within 25 s on both sides.
+func DefaultConfig() *Config {
+	return &Config{
+		KeepAliveInterval:  15 * time.Second,
+		KeepAliveTimeout:   10 * time.Second,
+		StreamWindow:       16 << 20,
+		AcceptBacklog:      1024,
+		HeaderTimeout:      10 * time.Second,
+		DefaultDialTimeout: 10 * time.Second,
+		Logger:             hclog.NewNullLogger(),
+	}
+}
+
+// Validate reports settings that cannot work.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.KeepAliveInterval <= 0 {
+		errs = append(errs, errors.New("keepalive interval must be positive"))
+	}
+	if c.KeepAliveTimeout <= 0 {
+		errs = append(errs, errors.New("keepalive timeout must be positive"))
+	}
+	if c.StreamWindow < 256<<10 {
+		errs = append(errs, fmt.Errorf("stream window %d is below yamux's minimum of 256 KiB", c.StreamWindow))
+	}
+	if c.AcceptBacklog <= 0 {
+		errs = append(errs, errors.New("accept backlog must be positive"))
+	}
+	if c.HeaderTimeout <= 0 || c.DefaultDialTimeout <= 0 {
+		errs = append(errs, errors.New("header and dial timeouts must be positive"))
+	}
+	if c.Logger == nil {
+		errs = append(errs, errors.New("logger is required"))
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Config) yamux() *yamux.Config {
+	y := yamux.DefaultConfig()
+	y.AcceptBacklog = c.AcceptBacklog
+	y.EnableKeepAlive = true
+	y.KeepAliveInterval = c.KeepAliveInterval
+	// yamux waits ConnectionWriteTimeout for a ping's answer, and for writes.
+	y.ConnectionWriteTimeout = c.KeepAliveTimeout
+	y.MaxStreamWindowSize = c.StreamWindow
+	y.StreamOpenTimeout = c.HeaderTimeout
+	y.StreamCloseTimeout = 5 * time.Minute
+	y.LogOutput = nil
+	y.Logger = c.Logger.Named("yamux").StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})
+	return y
+}

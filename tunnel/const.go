@@ -1,0 +1,137 @@
+package tunnel
+
+import (
+	"fmt"
+	"net/http"
+)
+
+const (
+	// Version is the stream-header and subprotocol version this package speaks.
+	Version uint8 = 1
+
+	// Subprotocol is the websocket subprotocol naming Version. A hub that does
+	// not speak it refuses the upgrade with 426.
+	Subprotocol = "backhaul.io/v1"
+
+	// Path is where the hub serves the tunnel endpoint.
+	Path = "/v1/tunnel"
+
+	// HeaderCluster carries the cluster name the agent serves on the upgrade.
+	HeaderCluster = "Backhaul-Cluster"
+	// HeaderAgentVersion carries the agent's build version on the upgrade.
+	HeaderAgentVersion = "Backhaul-Agent-Version"
+)
+
+// Sizes of the stream request and reply. requestFixedLen is
+// version + kind + idLen + addrLen + timeout.
+const (
+	sizeOfVersion = 1
+	sizeOfKind    = 1
+	sizeOfIDLen   = 1
+	sizeOfAddrLen = 1
+	sizeOfTimeout = 4
+
+	requestFixedLen = sizeOfVersion + sizeOfKind + sizeOfIDLen + sizeOfAddrLen + sizeOfTimeout
+
+	sizeOfCode   = 1
+	sizeOfMsgLen = 2
+
+	replyFixedLen = sizeOfVersion + sizeOfCode + sizeOfMsgLen
+
+	// MaxRequestIDLen bounds the request id.
+	MaxRequestIDLen = 64
+	// MaxAddressLen bounds the address (a DNS name of 253 bytes plus a port
+	// does not always fit; names longer than this are refused).
+	MaxAddressLen = 255
+	// MaxRequestLen is the largest stream request on the wire.
+	MaxRequestLen = requestFixedLen + MaxRequestIDLen + MaxAddressLen
+	// MaxMessageLen bounds the reason text in a reply.
+	MaxMessageLen = 1024
+	// MaxReplyLen is the largest reply on the wire.
+	MaxReplyLen = replyFixedLen + MaxMessageLen
+)
+
+// Kind says what a stream should reach on the accepting side.
+type Kind uint8
+
+const (
+	// KindAPIServer asks the agent for its member's Kubernetes API server. The
+	// stream then carries HTTP/1.1 requests, which the agent serves with its
+	// own credentials and the caller's impersonation headers.
+	KindAPIServer Kind = 1
+	// KindTCP asks the agent to dial Address, subject to its allowlist.
+	KindTCP Kind = 2
+)
+
+func (k Kind) String() string {
+	switch k {
+	case KindAPIServer:
+		return "apiserver"
+	case KindTCP:
+		return "tcp"
+	default:
+		return fmt.Sprintf("kind(%d)", uint8(k))
+	}
+}
+
+// Code is the acceptor's answer to a stream request.
+type Code uint8
+
+const (
+	CodeOK Code = 0
+	// CodeRefused: the destination refused the connection.
+	CodeRefused Code = 1
+	// CodeTimeout: the destination did not answer within the timeout.
+	CodeTimeout Code = 2
+	// CodeNotAllowed: the acceptor's policy forbids the destination.
+	CodeNotAllowed Code = 3
+	// CodeBadRequest: the request was malformed or of an unknown kind.
+	CodeBadRequest Code = 4
+	// CodeUnavailable: the acceptor cannot serve this kind right now.
+	CodeUnavailable Code = 5
+	// CodeInternal: anything else went wrong on the acceptor.
+	CodeInternal Code = 6
+
+	maxCode = CodeInternal
+)
+
+func (c Code) String() string {
+	switch c {
+	case CodeOK:
+		return "ok"
+	case CodeRefused:
+		return "refused"
+	case CodeTimeout:
+		return "timeout"
+	case CodeNotAllowed:
+		return "not_allowed"
+	case CodeBadRequest:
+		return "bad_request"
+	case CodeUnavailable:
+		return "unavailable"
+	case CodeInternal:
+		return "internal"
+	default:
+		return fmt.Sprintf("code(%d)", uint8(c))
+	}
+}
+
+// HTTPStatus is the status a front end answers its caller for this code.
+func (c Code) HTTPStatus() int {
+	switch c {
+	case CodeOK:
+		return http.StatusOK
+	case CodeRefused:
+		return http.StatusBadGateway
+	case CodeTimeout:
+		return http.StatusGatewayTimeout
+	case CodeNotAllowed:
+		return http.StatusForbidden
+	case CodeBadRequest:
+		return http.StatusBadRequest
+	case CodeUnavailable:
+		return http.StatusServiceUnavailable
+	default:
+		return http.StatusBadGateway
+	}
+}

@@ -1,0 +1,46 @@
+// Package tunnel is Backhaul's transport: one websocket connection, dialled out
+// by an agent to the hub, carrying one yamux session on which either side may
+// open streams. It has no Kubernetes imports and can be used on its own.
+//
+// # Connection
+//
+// The agent sends GET /v1/tunnel with the websocket upgrade, the subprotocol
+// [Subprotocol] (which names the protocol version), compression off, and its
+// credentials in ordinary HTTP headers. A refused upgrade answers a plain HTTP
+// status and a one-line reason; the dialler returns it as a [*HandshakeError].
+// After the upgrade the websocket carries binary messages only and is turned
+// into a net.Conn in exactly one place ([newSession]), under yamux.
+//
+// # Stream header
+//
+// Every stream starts with a request written by the side that opened it:
+//
+//	0       1       2       3       4               8
+//	+-------+-------+-------+-------+---------------+--------/ /--------+------/ /------+
+//	|version| kind  | idLen |addrLen| timeout (ms)  | request id (idLen) | address        |
+//	+-------+-------+-------+-------+---------------+--------/ /--------+------/ /------+
+//
+// version is [Version]; kind is a [Kind]; timeout is the dial budget the
+// opener grants, big-endian milliseconds (0: the acceptor's default); the
+// request id (at most [MaxRequestIDLen] printable ASCII bytes) ties hub and
+// agent logs together; the address is host:port for [KindTCP] and empty for
+// [KindAPIServer]. The whole request is at most [MaxRequestLen] bytes.
+//
+// The acceptor answers before any payload:
+//
+//	0       1       2               4
+//	+-------+-------+---------------+-------/ /-------+
+//	|version| code  | msgLen        | message (msgLen) |
+//	+-------+-------+---------------+-------/ /-------+
+//
+// code is a [Code] ([CodeOK] or a typed failure) and the message, at most
+// [MaxMessageLen] bytes, says why. After [CodeOK] the stream is a plain byte
+// pipe; after any other code the acceptor closes it.
+//
+// # Liveness
+//
+// yamux pings every [Config.KeepAliveInterval] and closes the session when a
+// ping is not answered within [Config.KeepAliveTimeout], so a dead or half-open
+// peer is noticed on both sides within their sum. Flow control is yamux's
+// per-stream window, so a stalled reader holds back only its own stream.
+package tunnel

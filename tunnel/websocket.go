@@ -1,0 +1,166 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// frameSlack covers yamux's 12-byte header and websocket framing on top of
+// the largest yamux body, which never exceeds the stream window.
+const frameSlack = 4096
+
+// Accept upgrades an agent's request to a tunnel session. The caller has
+// already authenticated the request. On a version mismatch it answers 426
+// and returns an error wrapping ErrVersion; the response is then written.
+func Accept(w http.ResponseWriter, r *http.Request, cfg *Config) (*Session, error) {
+	if !offers(r.Header, Subprotocol) {
+		w.Header().Set("Upgrade", "websocket")
+		http.Error(w, fmt.Sprintf("unsupported tunnel protocol %q; this hub speaks %q",
+			r.Header.Get("Sec-WebSocket-Protocol"), Subprotocol), http.StatusUpgradeRequired)
+		return nil, fmt.Errorf("%w: agent offered %q", ErrVersion, r.Header.Get("Sec-WebSocket-Protocol"))
+	}
+	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+		Subprotocols:    []string{Subprotocol},
+		CompressionMode: websocket.CompressionDisabled,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("websocket upgrade: %w", err)
+	}
+	return sessionOver(c, false, cfg)
+}
+
+func sessionOver(c *websocket.Conn, client bool, cfg *Config) (*Session, error) {
+	// The session outlives the upgrade request, so the conn gets its own
+	// context; Session.Close ends it.
+	nc := websocket.NetConn(context.Background(), c, websocket.MessageBinary)
+	// NetConn lifts the read limit; put a bound back so a peer cannot send
+	// one endless message.
+	c.SetReadLimit(int64(cfg.StreamWindow) + frameSlack)
+	return newSession(nc, client, cfg)
+}
+
+func offers(h http.Header, proto string) bool {
+	for _, v := range h.Values("Sec-WebSocket-Protocol") {
+		for _, p := range strings.Split(v, ",") {
+			if strings.TrimSpace(p) == proto {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Dialer opens tunnels from an agent to a hub.
+type Dialer struct {
+	// URL is wss://host[:port]; Path is appended when it has no path.
+	URL string
+	// TLSConfig verifies the hub (and may carry a client certificate).
+	TLSConfig *tls.Config
+	// Header is sent on the upgrade: credentials, HeaderCluster.
+	Header http.Header
+	// Proxy picks an egress proxy; nil means http.ProxyFromEnvironment
+	// (HTTPS_PROXY, NO_PROXY).
+	Proxy func(*http.Request) (*url.URL, error)
+	// HandshakeTimeout bounds TCP, TLS and the upgrade together.
+	HandshakeTimeout time.Duration
+	// Config tunes the session.
+	Config *Config
+
+	client *http.Client
+}
+
+// Dial connects once. A refused upgrade is a *HandshakeError.
+func (d *Dialer) Dial(ctx context.Context) (*Session, error) {
+	cfg := d.Config
+	if cfg == nil {
+		cfg = DefaultConfig()
+	}
+	u, err := d.url()
+	if err != nil {
+		return nil, err
+	}
+	if d.client == nil {
+		proxy := d.Proxy
+		if proxy == nil {
+			proxy = http.ProxyFromEnvironment
+		}
+		tlsCfg := d.TLSConfig.Clone()
+		if tlsCfg == nil {
+			tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12}
+		}
+		tlsCfg.NextProtos = []string{"http/1.1"}
+		d.client = &http.Client{Transport: &http.Transport{
+			Proxy:               proxy,
+			TLSClientConfig:     tlsCfg,
+			TLSHandshakeTimeout: d.timeout(),
+			ForceAttemptHTTP2:   false,
+			DisableCompression:  true,
+		}}
+	}
+	ctx, cancel := context.WithTimeout(ctx, d.timeout())
+	defer cancel()
+	c, resp, err := websocket.Dial(ctx, u, &websocket.DialOptions{
+		HTTPClient:      d.client,
+		HTTPHeader:      d.Header,
+		Subprotocols:    []string{Subprotocol},
+		CompressionMode: websocket.CompressionDisabled,
+	})
+	if err != nil {
+		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
+			return nil, &HandshakeError{StatusCode: resp.StatusCode, Reason: reason(resp)}
+		}
+		return nil, fmt.Errorf("dial hub %s: %w", u, err)
+	}
+	if c.Subprotocol() != Subprotocol {
+		_ = c.Close(websocket.StatusProtocolError, "subprotocol not negotiated")
+		return nil, fmt.Errorf("%w: hub chose subprotocol %q", ErrVersion, c.Subprotocol())
+	}
+	return sessionOver(c, true, cfg)
+}
+
+func (d *Dialer) timeout() time.Duration {
+	if d.HandshakeTimeout > 0 {
+		return d.HandshakeTimeout
+	}
+	return 15 * time.Second
+}
+
+func (d *Dialer) url() (string, error) {
+	u, err := url.Parse(d.URL)
+	if err != nil {
+		return "", fmt.Errorf("hub url: %w", err)
+	}
+	switch u.Scheme {
+	case "wss", "https":
+		u.Scheme = "wss"
+	case "ws", "http":
+		u.Scheme = "ws"
+	default:
+		return "", fmt.Errorf("hub url %q: scheme must be wss or https", d.URL)
+	}
+	if u.Path == "" || u.Path == "/" {
+		u.Path = Path
+	}
+	return u.String(), nil
+}
+
+// reason extracts the hub's one-line explanation from a refused upgrade.
+func reason(resp *http.Response) string {
+	if resp.Body == nil {
+		return ""
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1024))
+	if err != nil && !errors.Is(err, io.EOF) && len(b) == 0 {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
