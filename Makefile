@@ -58,7 +58,7 @@ unit:
 
 ## e2e: real kube-apiservers in network namespaces, reached only through the hub
 e2e: deps kube-bins build
-	go test -count=1 -timeout 25m $(GOTEST_FLAGS) ./test/...
+	go test -count=1 -p 1 -timeout 25m $(GOTEST_FLAGS) ./test/...
 
 ## bench: tunnel and gateway figures side by side with direct connections
 bench: deps kube-bins build
