@@ -213,6 +213,7 @@ type AgentConfig struct {
 	Cluster string
 	Token   string // hub token; defaults to the hub's for Cluster
 	Args    []string
+	Env     []string // added to the agent's environment (e.g. HTTPS_PROXY)
 }
 
 // StartAgent runs an agent inside m's namespace, dialling the hub on the
@@ -237,7 +238,9 @@ func StartAgent(ctx context.Context, h *Hub, m *Member, cfg AgentConfig) (*Proce
 		"--admin-listen", "127.0.0.1:0",
 		"--backoff-base", "500ms", "--backoff-max", "3s",
 	}, cfg.Args...)
-	return Start(ctx, cfg.Name, m.Dir, m.Netns.Command(context.Background(), cfg.Binary, args...))
+	cmd := m.Netns.Command(context.Background(), cfg.Binary, args...)
+	cmd.Env = append(os.Environ(), cfg.Env...)
+	return Start(ctx, cfg.Name, m.Dir, cmd)
 }
 
 // FreePort returns a TCP port free on all interfaces right now.
