@@ -118,8 +118,10 @@ func (s *Server) Run(ctx context.Context) error {
 		Handler:           s.handler,
 		TLSConfig:         s.cfg.TLS,
 		ReadHeaderTimeout: 10 * time.Second,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          s.cfg.Log.Named("http").StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
+		// No read or write timeout: watches and tunnels live for hours.
+		IdleTimeout:    2 * time.Minute,
+		MaxHeaderBytes: 64 << 10,
+		ErrorLog:       s.cfg.Log.Named("http").StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
 	}}
 	listeners := []net.Listener{tls.NewListener(ln, s.cfg.TLS)}
 	if s.cfg.AdminListen != "" {
