@@ -71,10 +71,12 @@ func (a *Agent) Connected() bool { return a.connected.Load() }
 
 // Run keeps the tunnel up and serves it until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	// wg.Wait is deferred first so it runs last, after cancel, which is what
+	// stops the goroutines it waits for.
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 
 	// API server streams are served by one http.Server fed from a listener.
 	lis := newStreamListener(ctx)

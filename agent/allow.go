@@ -43,11 +43,12 @@ func ParseAllowlist(entries []string) (*Allowlist, error) {
 		if e == "" {
 			continue
 		}
-		i := strings.LastIndexByte(e, ':')
-		if i < 0 {
-			return nil, fmt.Errorf("allow %q: want IP:port or CIDR:port", e)
+		// SplitHostPort insists on brackets around IPv6, so "fd00::1:443"
+		// is an error rather than a silent guess at the port.
+		host, portStr, err := net.SplitHostPort(e)
+		if err != nil {
+			return nil, fmt.Errorf("allow %q: want IP:port, CIDR:port or [IPv6]:port: %w", e, err)
 		}
-		host, portStr := strings.Trim(e[:i], "[]"), e[i+1:]
 		port, err := strconv.ParseUint(portStr, 10, 16)
 		if err != nil || port == 0 {
 			return nil, fmt.Errorf("allow %q: bad port", e)

@@ -50,6 +50,8 @@ type Server struct {
 	admin    http.Handler
 	ready    atomic.Bool
 	addr     atomic.Value // net.Addr of the TLS listener
+	// stopSessions ends every tunnel session's Serve.
+	stopSessions context.CancelFunc
 }
 
 // New assembles the hub from cfg.
@@ -83,7 +85,8 @@ func New(cfg Config) (*Server, error) {
 	mux.Handle("GET /readyz", admin)
 	mux.Handle("GET /metrics", admin)
 	s.handler = mux
-	ep.ctx = context.Background()
+	// Sessions end with the hub, including any that connect while it drains.
+	ep.ctx, s.stopSessions = context.WithCancel(context.Background())
 	return s, nil
 }
 
@@ -154,7 +157,8 @@ func (s *Server) Run(ctx context.Context) error {
 	s.ready.Store(false)
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
 	defer cancel()
-	// Hijacked tunnel connections are not tracked by Shutdown: close them.
+	// Hijacked tunnel connections are not tracked by Shutdown: end them.
+	s.stopSessions()
 	s.registry.CloseAll()
 	for _, srv := range servers {
 		_ = srv.Shutdown(sctx)

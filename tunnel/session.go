@@ -89,11 +89,9 @@ func (s *Session) Open(ctx context.Context, req Request) (net.Conn, error) {
 	if budget == 0 {
 		budget = s.cfg.DefaultDialTimeout
 	}
-	deadline := time.Now().Add(budget + s.cfg.HeaderTimeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	_ = stream.SetDeadline(deadline)
+	// ctx's own deadline is left to the AfterFunc, so that ctx ending is
+	// always reported as ctx's error, never as the peer being slow.
+	_ = stream.SetDeadline(time.Now().Add(budget + s.cfg.HeaderTimeout))
 	stop := context.AfterFunc(ctx, func() { _ = stream.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 
@@ -168,10 +166,12 @@ type Handler func(ctx context.Context, in *Incoming)
 // Serve accepts streams the peer opens and runs h for each until ctx ends or
 // the session closes; it then closes the session and waits for handlers.
 func (s *Session) Serve(ctx context.Context, h Handler) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	// wg.Wait is deferred first so it runs last, after cancel: handlers are
+	// told to return when ctx ends, so waiting for them first would hang.
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	stop := context.AfterFunc(ctx, func() { _ = s.Close() })
 	defer stop()
 	for {

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/coder/websocket"
@@ -75,7 +76,8 @@ type Dialer struct {
 	// Config tunes the session.
 	Config *Config
 
-	client *http.Client
+	clientOnce sync.Once
+	client     *http.Client
 }
 
 // Dial connects once. A refused upgrade is a *HandshakeError.
@@ -88,7 +90,7 @@ func (d *Dialer) Dial(ctx context.Context) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	if d.client == nil {
+	d.clientOnce.Do(func() {
 		proxy := d.Proxy
 		if proxy == nil {
 			proxy = http.ProxyFromEnvironment
@@ -105,7 +107,7 @@ func (d *Dialer) Dial(ctx context.Context) (*Session, error) {
 			ForceAttemptHTTP2:   false,
 			DisableCompression:  true,
 		}}
-	}
+	})
 	ctx, cancel := context.WithTimeout(ctx, d.timeout())
 	defer cancel()
 	c, resp, err := websocket.Dial(ctx, u, &websocket.DialOptions{

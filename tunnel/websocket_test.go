@@ -1,0 +1,210 @@
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/coder/websocket"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestDialHandshakeRefused(t *testing.T) {
+	tests := []struct {
+		name      string
+		status    int
+		reason    string
+		permanent bool
+	}{
+		{name: "unauthorized", status: http.StatusUnauthorized, reason: "invalid token for cluster alpha", permanent: true},
+		{name: "forbidden", status: http.StatusForbidden, reason: "cluster alpha is disabled", permanent: true},
+		{name: "upgrade required", status: http.StatusUpgradeRequired, reason: "this hub speaks backhaul.io/v2", permanent: true},
+		{name: "unavailable", status: http.StatusServiceUnavailable, reason: "draining", permanent: false},
+		{name: "internal error", status: http.StatusInternalServerError, reason: "oops", permanent: false},
+		{name: "not found", status: http.StatusNotFound, reason: "no tunnel here", permanent: false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				http.Error(w, tc.reason, tc.status)
+			}))
+			defer srv.Close()
+			d := testDialer(t, srv, nil)
+			sess, err := d.Dial(context.Background())
+			require.Error(t, err)
+			assert.Nil(t, sess)
+			var he *HandshakeError
+			require.ErrorAs(t, err, &he)
+			assert.Equal(t, tc.status, he.StatusCode)
+			assert.Contains(t, he.Reason, tc.reason)
+			assert.Equal(t, tc.permanent, IsPermanent(err))
+		})
+	}
+}
+
+func TestDialSendsHeadersAndPath(t *testing.T) {
+	got := make(chan *http.Request, 1)
+	accepted := make(chan *Session, 1)
+	cfg := testConfig(t)
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- r
+		s, err := Accept(w, r, cfg)
+		if err != nil {
+			return
+		}
+		accepted <- s
+	}))
+	defer srv.Close()
+	d := testDialer(t, srv, nil)
+	d.Header = http.Header{}
+	d.Header.Set("Authorization", "Bearer secret-token-0123456789")
+	d.Header.Set(HeaderCluster, "alpha")
+	d.Header.Set(HeaderAgentVersion, "v1.2.3")
+	sess, err := d.Dial(context.Background())
+	require.NoError(t, err)
+	defer sess.Close()
+	server := <-accepted
+	defer server.Close()
+
+	r := <-got
+	assert.Equal(t, Path, r.URL.Path)
+	assert.Equal(t, "Bearer secret-token-0123456789", r.Header.Get("Authorization"))
+	assert.Equal(t, "alpha", r.Header.Get(HeaderCluster))
+	assert.Equal(t, "v1.2.3", r.Header.Get(HeaderAgentVersion))
+	assert.True(t, offers(r.Header, Subprotocol))
+	assert.NotContains(t, r.Header.Get("Sec-WebSocket-Extensions"), "permessage-deflate", "compression must be off")
+}
+
+// TestAcceptRefusesOtherSubprotocol speaks to Accept with a plain websocket
+// client, as an agent of another protocol version would.
+func TestAcceptRefusesOtherSubprotocol(t *testing.T) {
+	tests := []struct {
+		name   string
+		protos []string
+	}{
+		{name: "other version", protos: []string{"backhaul.io/v0"}},
+		{name: "none", protos: nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			acceptErr := make(chan error, 1)
+			srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				s, err := Accept(w, r, testConfig(t))
+				if s != nil {
+					_ = s.Close()
+				}
+				acceptErr <- err
+			}))
+			defer srv.Close()
+			client := srv.Client()
+			defer client.CloseIdleConnections()
+			c, resp, err := websocket.Dial(context.Background(), "wss://"+srv.Listener.Addr().String()+Path, &websocket.DialOptions{
+				HTTPClient:   client,
+				Subprotocols: tc.protos,
+			})
+			require.Error(t, err)
+			if c != nil {
+				_ = c.CloseNow()
+			}
+			require.NotNil(t, resp)
+			assert.Equal(t, http.StatusUpgradeRequired, resp.StatusCode)
+			body, _ := io.ReadAll(resp.Body)
+			assert.Contains(t, string(body), Subprotocol, "the refusal names the protocol the hub speaks")
+			require.ErrorIs(t, <-acceptErr, ErrVersion)
+		})
+	}
+}
+
+// TestDialRejectsHubWithoutSubprotocol: a server that upgrades but does not
+// choose the subprotocol is not a hub this agent can talk to.
+func TestDialRejectsHubWithoutSubprotocol(t *testing.T) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		_, _, _ = c.Read(context.Background()) // until the client closes
+	}))
+	defer srv.Close()
+	d := testDialer(t, srv, nil)
+	sess, err := d.Dial(context.Background())
+	require.ErrorIs(t, err, ErrVersion)
+	assert.Nil(t, sess)
+}
+
+func TestDialUnreachable(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	require.NoError(t, ln.Close())
+
+	srv := httptest.NewUnstartedServer(nil) // only for testDialer's certificate plumbing
+	srv.StartTLS()
+	defer srv.Close()
+	d := testDialer(t, srv, nil)
+	d.URL = "wss://" + addr
+	_, err = d.Dial(context.Background())
+	require.Error(t, err)
+	var he *HandshakeError
+	assert.False(t, errors.As(err, &he), "a refused TCP connection is not a handshake refusal")
+	assert.False(t, IsPermanent(err))
+}
+
+func TestDialerURL(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    string
+		wantErr bool
+	}{
+		{in: "wss://hub.example.com", want: "wss://hub.example.com/v1/tunnel"},
+		{in: "wss://hub.example.com:8443/", want: "wss://hub.example.com:8443/v1/tunnel"},
+		{in: "https://hub.example.com", want: "wss://hub.example.com/v1/tunnel"},
+		{in: "wss://hub.example.com/custom/path", want: "wss://hub.example.com/custom/path"},
+		{in: "ws://127.0.0.1:8080", want: "ws://127.0.0.1:8080/v1/tunnel"},
+		{in: "http://127.0.0.1:8080", want: "ws://127.0.0.1:8080/v1/tunnel"},
+		{in: "ftp://hub.example.com", wantErr: true},
+		{in: "hub.example.com:8443", wantErr: true},
+		{in: "://bad", wantErr: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.in, func(t *testing.T) {
+			got, err := (&Dialer{URL: tc.in}).url()
+			if tc.wantErr {
+				require.Error(t, err)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, got)
+		})
+	}
+}
+
+func TestOffers(t *testing.T) {
+	tests := []struct {
+		name   string
+		values []string
+		want   bool
+	}{
+		{name: "only", values: []string{Subprotocol}, want: true},
+		{name: "in a list", values: []string{"a, " + Subprotocol + " ,b"}, want: true},
+		{name: "second header", values: []string{"a", Subprotocol}, want: true},
+		{name: "absent", values: []string{"backhaul.io/v0"}},
+		{name: "prefix only", values: []string{Subprotocol + "x"}},
+		{name: "none"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := http.Header{}
+			for _, v := range tc.values {
+				h.Add("Sec-WebSocket-Protocol", v)
+			}
+			assert.Equal(t, tc.want, offers(h, Subprotocol))
+		})
+	}
+}
