@@ -214,6 +214,10 @@ func dialCode(err error) tunnel.Code {
 	}
 }
 
+// copyPool holds the buffers of TCP pipes: large enough that a bulk
+// transfer crosses the tunnel in few frames.
+var copyPool = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+
 // pipe copies both ways, passing half-closes on, and returns when both
 // directions are done or ctx ends.
 func pipe(ctx context.Context, a, b net.Conn) {
@@ -223,7 +227,11 @@ func pipe(ctx context.Context, a, b net.Conn) {
 	wg.Add(2)
 	cp := func(dst, src net.Conn) {
 		defer wg.Done()
-		_, _ = io.Copy(dst, src)
+		bp := copyPool.Get().(*[]byte)
+		defer copyPool.Put(bp)
+		// The wrappers hide ReadFrom/WriteTo so the large buffer is used:
+		// 32 KiB copies mean many small tunnel frames.
+		_, _ = io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *bp)
 		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 			_ = cw.CloseWrite()
 		} else {

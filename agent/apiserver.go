@@ -52,7 +52,7 @@ func newAPIProxy(cfg *rest.Config, denyGroups []string, log hclog.Logger) (*apiP
 			pr.Out.Host = ""
 		},
 		Transport:     rt,
-		FlushInterval: -1,
+		FlushInterval: 0, // streaming responses are flushed per write regardless
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			log.Warn("member API request failed", "request_id", r.Header.Get("Backhaul-Request-Id"), "error", err)
 			kubestatus.Write(w, http.StatusBadGateway, fmt.Sprintf("agent cannot reach its API server: %v", err))

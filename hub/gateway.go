@@ -56,9 +56,12 @@ func NewGateway(g *Gateway) *Gateway {
 		ForceAttemptHTTP2:     false,
 	}
 	g.proxy = &httputil.ReverseProxy{
-		Rewrite:       g.rewrite,
-		Transport:     g.transport,
-		FlushInterval: -1, // watches and chunked lists stream as they come
+		Rewrite:   g.rewrite,
+		Transport: g.transport,
+		// 0, not -1: ReverseProxy flushes responses of unknown length
+		// (watches, chunked lists) on every write anyway, and a small
+		// response then goes out in one write instead of several.
+		FlushInterval: 0,
 		ErrorHandler:  g.proxyError,
 		ErrorLog:      g.Log.Named("reverseproxy").StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
 	}

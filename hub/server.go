@@ -68,6 +68,9 @@ func New(cfg Config) (*Server, error) {
 	})
 	tcfg := *cfg.Tunnel
 	tcfg.Logger = cfg.Log.Named(logging.Tunnel)
+	// Agents open no streams to the hub, so a deep accept queue per idle
+	// session would only cost memory.
+	tcfg.AcceptBacklog = min(tcfg.AcceptBacklog, 16)
 	ep := &Endpoint{Auth: cfg.AgentAuth, Registry: s.registry, Config: &tcfg, Log: cfg.Log.Named(logging.Tunnel), Metrics: s.metrics}
 
 	admin := http.NewServeMux()

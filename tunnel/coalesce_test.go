@@ -1,0 +1,57 @@
+package tunnel
+
+import (
+	"encoding/binary"
+	"net"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+type recordConn struct {
+	net.Conn
+	writes [][]byte
+}
+
+func (r *recordConn) Write(p []byte) (int, error) {
+	r.writes = append(r.writes, append([]byte(nil), p...))
+	return len(p), nil
+}
+
+func yamuxHeader(typ uint8, length uint32) []byte {
+	h := make([]byte, yamuxHeaderLen)
+	h[1] = typ
+	binary.BigEndian.PutUint32(h[8:12], length)
+	return h
+}
+
+func TestFrameConnCoalesces(t *testing.T) {
+	cases := []struct {
+		name       string
+		frames     [][]byte
+		wantWrites []int // lengths of the underlying writes
+	}{
+		{"data header joins its body", [][]byte{yamuxHeader(yamuxTypeData, 5), []byte("hello")}, []int{17}},
+		{"window update passes alone", [][]byte{yamuxHeader(1, 1024)}, []int{12}},
+		{"empty data frame (FIN) is not held", [][]byte{yamuxHeader(yamuxTypeData, 0)}, []int{12}},
+		{"large body is not copied", [][]byte{yamuxHeader(yamuxTypeData, coalesceMax), make([]byte, coalesceMax)}, []int{12, coalesceMax}},
+		{"mixed", [][]byte{yamuxHeader(2, 0), yamuxHeader(yamuxTypeData, 3), []byte("abc"), yamuxHeader(1, 9)}, []int{12, 15, 12}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			rc := &recordConn{}
+			fc := &frameConn{Conn: rc}
+			for _, f := range tc.frames {
+				n, err := fc.Write(f)
+				require.NoError(t, err)
+				assert.Equal(t, len(f), n)
+			}
+			var got []int
+			for _, w := range rc.writes {
+				got = append(got, len(w))
+			}
+			assert.Equal(t, tc.wantWrites, got)
+		})
+	}
+}
