@@ -1,0 +1,193 @@
+// Command bench measures Backhaul side by side with direct connections, in
+// one run, and prints a table of figures, ratios and targets:
+//
+//   - the tunnel in process: an HTTP origin reached directly over loopback
+//     TCP and through one TLS websocket tunnel served by the real agent;
+//   - the hub's L7 gateway in front of a real kube-apiserver, against the
+//     same client inside the member's namespace;
+//   - the resident memory a real backhaul-hub process spends per idle agent.
+//
+// Targets are reported, never asserted: the exit status is non-zero only
+// when a figure could not be measured. Run it as `make bench` or
+// `go run ./test/bench [-quick] [-skip-kube]` from the repository root, as
+// root (the apiserver figure uses network namespaces).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"runtime"
+	"syscall"
+	"time"
+
+	"backhaul.io/backhaul/test/harness"
+)
+
+// options are the bench's flags; quick shrinks every run.
+type options struct {
+	quick      bool
+	skipTunnel bool
+	skipKube   bool
+	skipMemory bool
+	keep       bool
+	profileDir string
+
+	requests      int // sequential GETs per side, tunnel figures
+	workers       int
+	duration      time.Duration
+	downloadBytes int64
+	downloads     int
+	kubeRequests  int
+	agents        int
+	settleLimit   time.Duration // longest wait for the member to settle
+
+	internalDirect bool
+
+	profiles []string // written profiles, for the closing note
+}
+
+func parseOptions(args []string) (*options, error) {
+	o := &options{workers: 64, downloadBytes: 256 << 20}
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.BoolVar(&o.quick, "quick", false, "short smoke run (under a minute)")
+	fs.BoolVar(&o.skipTunnel, "skip-tunnel", false, "skip the in-process tunnel figures")
+	fs.BoolVar(&o.skipKube, "skip-kube", false, "skip the kube-apiserver gateway figures (they need root)")
+	fs.BoolVar(&o.skipMemory, "skip-memory", false, "skip the hub memory figure")
+	fs.IntVar(&o.agents, "agents", 0, "idle agent sessions for the hub memory figure (default 1000, -quick 200)")
+	fs.StringVar(&o.profileDir, "profile", "", "directory for CPU profiles of the tunnel throughput runs and a heap profile of the agent side of idle sessions")
+	fs.BoolVar(&o.keep, "keep", false, "keep the scratch directory with process logs")
+	fs.BoolVar(&o.internalDirect, "internal-direct", false, "internal: run one direct latency run from a spec on stdin")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	o.requests, o.duration, o.downloads, o.kubeRequests, o.settleLimit = 5000, 10*time.Second, 3, 2000, 30*time.Second
+	if o.quick {
+		o.requests, o.duration, o.downloads, o.kubeRequests, o.settleLimit = 1000, 2*time.Second, 1, 500, 10*time.Second
+	}
+	if o.agents == 0 {
+		o.agents = 1000
+		if o.quick {
+			o.agents = 200
+		}
+	}
+	if o.agents < 1 || o.agents > 9999 {
+		return nil, fmt.Errorf("-agents %d: want 1..9999", o.agents)
+	}
+	return o, nil
+}
+
+func main() { os.Exit(run()) }
+
+func run() int {
+	o, err := parseOptions(os.Args[1:])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if o.internalDirect {
+		if err := internalDirect(ctx); err != nil {
+			fmt.Fprintln(os.Stderr, "bench -internal-direct:", err)
+			return 1
+		}
+		return 0
+	}
+	// Every connection this program and its children make goes to loopback
+	// or to a namespace it created; never through a proxy.
+	for _, k := range []string{"HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"} {
+		_ = os.Unsetenv(k)
+	}
+	dir, err := os.MkdirTemp("", "backhaul-bench-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 1
+	}
+	defer func() {
+		if o.keep {
+			fmt.Fprintf(os.Stderr, "bench: logs kept in %s\n", dir)
+		} else {
+			_ = os.RemoveAll(dir)
+		}
+	}()
+	if o.profileDir != "" {
+		if err := os.MkdirAll(o.profileDir, 0o755); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			return 1
+		}
+	}
+
+	start := time.Now()
+	t := &table{}
+	if !o.skipTunnel {
+		benchTunnel(ctx, o, dir, t)
+	}
+	if !o.skipKube || !o.skipMemory {
+		progress("building backhaul-hub and backhaul-agent")
+		hubBin, agentBin, err := harness.BackhaulBinaries(ctx)
+		if err != nil {
+			err = fmt.Errorf("build: %w", err)
+		}
+		if !o.skipKube && ctx.Err() == nil {
+			if err != nil {
+				t.add(row{Figure: "apiserver GET via gateway", Err: err})
+			} else {
+				benchGateway(ctx, o, hubBin, agentBin, dir, t)
+			}
+		}
+		if !o.skipMemory && ctx.Err() == nil {
+			if err != nil {
+				t.add(row{Figure: "hub RSS per idle agent", Err: err})
+			} else {
+				benchHubMemory(ctx, o, hubBin, dir, t)
+			}
+		}
+	}
+	t.note("direct: tunnel rows dial the origin over loopback TCP; backhaul rows open a stream on one TLS websocket")
+	t.note("  tunnel to the real agent, which dials the origin. Ratios are backhaul / direct. Run took %s.",
+		time.Since(start).Round(time.Second))
+	for _, p := range o.profiles {
+		t.note("profile: %s", p)
+	}
+
+	mode := ""
+	if o.quick {
+		mode = ", quick"
+	}
+	fmt.Println()
+	t.print(os.Stdout, fmt.Sprintf("Backhaul bench (%d cores, %s, %s%s)",
+		runtime.NumCPU(), runtime.Version(), time.Now().Format("2006-01-02 15:04 MST"), mode))
+	switch {
+	case ctx.Err() != nil:
+		fmt.Fprintln(os.Stderr, "bench: interrupted")
+		return 130
+	case t.failed():
+		return 1
+	}
+	return 0
+}
+
+// progress tells the operator what the bench is doing, on stderr so the
+// table on stdout stays clean.
+var progressStart = time.Now()
+
+func progress(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "[%5.1fs] %s\n", time.Since(progressStart).Seconds(), fmt.Sprintf(format, args...))
+}
+
+// noProxy keeps tunnel dials on loopback whatever the environment says.
+func noProxy(*http.Request) (*url.URL, error) { return nil, nil }
+
+// quietLog swallows net/http's server log lines (closed connections at
+// teardown are expected).
+func quietLog() *log.Logger { return log.New(io.Discard, "", 0) }
