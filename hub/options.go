@@ -21,6 +21,7 @@ import (
 type Options struct {
 	Listen          string
 	AdminListen     string
+	Profiling       bool
 	TLSCertFile     string
 	TLSKeyFile      string
 	ClientCAFile    string
@@ -51,6 +52,7 @@ func NewOptions() *Options {
 func (o *Options) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Listen, "listen", o.Listen, "TLS address for agents (/v1/tunnel) and gateway callers (/clusters/NAME/...)")
 	fs.StringVar(&o.AdminListen, "admin-listen", o.AdminListen, "plain-HTTP address for /healthz, /readyz and /metrics (empty: only on the TLS listener)")
+	fs.BoolVar(&o.Profiling, "profiling", o.Profiling, "serve /debug/pprof/ on --admin-listen")
 	fs.StringVar(&o.TLSCertFile, "tls-cert-file", o.TLSCertFile, "PEM serving certificate (chain)")
 	fs.StringVar(&o.TLSKeyFile, "tls-key-file", o.TLSKeyFile, "PEM key of the serving certificate")
 	fs.StringVar(&o.ClientCAFile, "client-ca-file", o.ClientCAFile, "PEM CA bundle; callers presenting a certificate it signed authenticate as CN (user) and O (groups)")
@@ -127,7 +129,7 @@ func (o *Options) Config(log hclog.Logger) (Config, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return Config{
-		Listen: o.Listen, TLS: tlsCfg, AdminListen: o.AdminListen,
+		Listen: o.Listen, TLS: tlsCfg, AdminListen: o.AdminListen, Profiling: o.Profiling,
 		AgentAuth: agents, Clusters: agents, Authn: authn, Authz: AllowAuthenticated{},
 		Tunnel: tcfg, DialTimeout: o.DialTimeout, ShutdownTimeout: o.ShutdownTimeout,
 		Log: log, Registry: reg,

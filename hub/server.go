@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,6 +28,8 @@ type Config struct {
 	// AdminListen, when set, serves /healthz, /readyz and /metrics in plain
 	// HTTP for probes and scrapers.
 	AdminListen string
+	// Profiling serves /debug/pprof/ on AdminListen.
+	Profiling bool
 
 	AgentAuth AgentAuthenticator
 	Clusters  ClusterSource
@@ -77,6 +80,14 @@ func New(cfg Config) (*Server, error) {
 	admin.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
 	admin.HandleFunc("GET /readyz", s.readyz)
 	admin.Handle("GET /metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
+	if cfg.Profiling && cfg.AdminListen != "" {
+		// Only on the plain admin listener, which should stay private.
+		admin.HandleFunc("/debug/pprof/", pprof.Index)
+		admin.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		admin.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		admin.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		admin.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	s.admin = admin
 
 	mux := http.NewServeMux()
