@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -157,6 +156,8 @@ func (a *Agent) serveStream(ctx context.Context, lis *streamListener, in *tunnel
 		lis.deliver(c)
 	case tunnel.KindTCP:
 		a.serveTCP(ctx, in)
+	case tunnel.KindAPIServerTCP:
+		a.serveAPIServerTCP(ctx, in)
 	default:
 		a.metrics.streams.WithLabelValues("unknown", tunnel.CodeBadRequest.String()).Inc()
 		_ = in.Reject(tunnel.CodeBadRequest, "unknown stream kind")
@@ -199,7 +200,30 @@ func (a *Agent) serveTCP(ctx context.Context, in *tunnel.Incoming) {
 		return
 	}
 	a.metrics.streams.WithLabelValues(req.Kind.String(), tunnel.CodeOK.String()).Inc()
-	pipe(ctx, stream, conn)
+	tunnel.Pipe(ctx, stream, conn)
+}
+
+// serveAPIServerTCP connects the stream to the member API server's TCP
+// address; the caller does TLS with it end to end.
+func (a *Agent) serveAPIServerTCP(ctx context.Context, in *tunnel.Incoming) {
+	req := in.Request
+	dctx, cancel := context.WithTimeout(ctx, req.Timeout)
+	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(dctx, "tcp", a.api.hostPort())
+	if err != nil {
+		code := dialCode(err)
+		a.metrics.streams.WithLabelValues(req.Kind.String(), code.String()).Inc()
+		_ = in.Reject(code, fmt.Sprintf("agent cannot reach its API server: %v", err))
+		return
+	}
+	stream, err := in.Accept()
+	if err != nil {
+		_ = conn.Close()
+		return
+	}
+	a.metrics.streams.WithLabelValues(req.Kind.String(), tunnel.CodeOK.String()).Inc()
+	tunnel.Pipe(ctx, stream, conn)
 }
 
 func dialCode(err error) tunnel.Code {
@@ -212,35 +236,4 @@ func dialCode(err error) tunnel.Code {
 	default:
 		return tunnel.CodeRefused
 	}
-}
-
-// copyPool holds the buffers of TCP pipes: large enough that a bulk
-// transfer crosses the tunnel in few frames.
-var copyPool = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
-
-// pipe copies both ways, passing half-closes on, and returns when both
-// directions are done or ctx ends.
-func pipe(ctx context.Context, a, b net.Conn) {
-	stop := context.AfterFunc(ctx, func() { _ = a.Close(); _ = b.Close() })
-	defer stop()
-	var wg sync.WaitGroup
-	wg.Add(2)
-	cp := func(dst, src net.Conn) {
-		defer wg.Done()
-		bp := copyPool.Get().(*[]byte)
-		defer copyPool.Put(bp)
-		// The wrappers hide ReadFrom/WriteTo so the large buffer is used:
-		// 32 KiB copies mean many small tunnel frames.
-		_, _ = io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *bp)
-		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-			_ = cw.CloseWrite()
-		} else {
-			_ = dst.Close()
-		}
-	}
-	go cp(a, b)
-	go cp(b, a)
-	wg.Wait()
-	_ = a.Close()
-	_ = b.Close()
 }

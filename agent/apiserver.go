@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/textproto"
@@ -60,6 +61,17 @@ func newAPIProxy(cfg *rest.Config, denyGroups []string, log hclog.Logger) (*apiP
 		ErrorLog: log.StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
 	}
 	return p, nil
+}
+
+// hostPort is the API server's TCP address, with the scheme's default port.
+func (p *apiProxy) hostPort() string {
+	if p.target.Port() != "" {
+		return p.target.Host
+	}
+	if p.target.Scheme == "http" {
+		return net.JoinHostPort(p.target.Hostname(), "80")
+	}
+	return net.JoinHostPort(p.target.Hostname(), "443")
 }
 
 func (p *apiProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -22,6 +23,11 @@ type Options struct {
 	Listen          string
 	AdminListen     string
 	Profiling       bool
+	ConnectListen   string
+	ConnectTLS      bool
+	ConnectUDS      string
+	ConnectUDSUser  string
+	ClusterSuffix   string
 	TLSCertFile     string
 	TLSKeyFile      string
 	ClientCAFile    string
@@ -44,6 +50,8 @@ func NewOptions() *Options {
 		KeepAlive:       t.KeepAliveInterval,
 		KeepAliveWait:   t.KeepAliveTimeout,
 		ShutdownTimeout: 10 * time.Second,
+		ConnectUDSUser:  "system:backhaul:uds",
+		ClusterSuffix:   DefaultClusterSuffix,
 		Log:             logging.Options{Name: "backhaul-hub", Format: "text", Level: "info"},
 	}
 }
@@ -53,6 +61,11 @@ func (o *Options) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Listen, "listen", o.Listen, "TLS address for agents (/v1/tunnel) and gateway callers (/clusters/NAME/...)")
 	fs.StringVar(&o.AdminListen, "admin-listen", o.AdminListen, "plain-HTTP address for /healthz, /readyz and /metrics (empty: only on the TLS listener)")
 	fs.BoolVar(&o.Profiling, "profiling", o.Profiling, "serve /debug/pprof/ on --admin-listen")
+	fs.StringVar(&o.ConnectListen, "connect-listen", o.ConnectListen, "TCP address of the HTTP CONNECT front end (empty: off); targets are CLUSTER<suffix>:PORT")
+	fs.BoolVar(&o.ConnectTLS, "connect-tls", o.ConnectTLS, "serve --connect-listen in TLS with the serving certificate, accepting client certificates from --client-ca-file")
+	fs.StringVar(&o.ConnectUDS, "connect-uds", o.ConnectUDS, "Unix socket path of the CONNECT front end (empty: off); callers are trusted by the socket's file permissions")
+	fs.StringVar(&o.ConnectUDSUser, "connect-uds-user", o.ConnectUDSUser, "identity given to callers on --connect-uds")
+	fs.StringVar(&o.ClusterSuffix, "cluster-suffix", o.ClusterSuffix, "host suffix that marks a cluster name in a CONNECT target")
 	fs.StringVar(&o.TLSCertFile, "tls-cert-file", o.TLSCertFile, "PEM serving certificate (chain)")
 	fs.StringVar(&o.TLSKeyFile, "tls-key-file", o.TLSKeyFile, "PEM key of the serving certificate")
 	fs.StringVar(&o.ClientCAFile, "client-ca-file", o.ClientCAFile, "PEM CA bundle; callers presenting a certificate it signed authenticate as CN (user) and O (groups)")
@@ -81,6 +94,12 @@ func (o *Options) Validate() error {
 	}
 	if o.DialTimeout <= 0 || o.KeepAlive <= 0 || o.KeepAliveWait <= 0 {
 		errs = append(errs, errors.New("timeouts must be positive"))
+	}
+	if !strings.HasPrefix(o.ClusterSuffix, ".") || len(o.ClusterSuffix) < 2 {
+		errs = append(errs, fmt.Errorf("--cluster-suffix %q must start with a dot", o.ClusterSuffix))
+	}
+	if o.ConnectUDS != "" && o.ConnectUDSUser == "" {
+		errs = append(errs, errors.New("--connect-uds-user must name an identity"))
 	}
 	if err := o.Log.Validate(); err != nil {
 		errs = append(errs, err)
@@ -130,6 +149,8 @@ func (o *Options) Config(log hclog.Logger) (Config, error) {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return Config{
 		Listen: o.Listen, TLS: tlsCfg, AdminListen: o.AdminListen, Profiling: o.Profiling,
+		ConnectListen: o.ConnectListen, ConnectTLS: o.ConnectTLS, ConnectUDS: o.ConnectUDS,
+		ConnectUDSUser: o.ConnectUDSUser, ClusterSuffix: o.ClusterSuffix,
 		AgentAuth: agents, Clusters: agents, Authn: authn, Authz: AllowAuthenticated{},
 		Tunnel: tcfg, DialTimeout: o.DialTimeout, ShutdownTimeout: o.ShutdownTimeout,
 		Log: log, Registry: reg,

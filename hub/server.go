@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,6 +32,17 @@ type Config struct {
 	// Profiling serves /debug/pprof/ on AdminListen.
 	Profiling bool
 
+	// ConnectListen, when set, serves the CONNECT front end on TCP, in TLS
+	// (with client certificates) when ConnectTLS is set.
+	ConnectListen string
+	ConnectTLS    bool
+	// ConnectUDS, when set, serves the CONNECT front end on a Unix socket
+	// whose callers all act as ConnectUDSUser (the socket's permissions
+	// are the authentication, as for a kube-apiserver egress selector).
+	ConnectUDS     string
+	ConnectUDSUser string
+	ClusterSuffix  string
+
 	AgentAuth AgentAuthenticator
 	Clusters  ClusterSource
 	Authn     Authenticator
@@ -46,13 +58,15 @@ type Config struct {
 
 // Server is a running hub.
 type Server struct {
-	cfg      Config
-	registry *Registry
-	metrics  *Metrics
-	handler  http.Handler
-	admin    http.Handler
-	ready    atomic.Bool
-	addr     atomic.Value // net.Addr of the TLS listener
+	cfg         Config
+	registry    *Registry
+	metrics     *Metrics
+	handler     http.Handler
+	admin       http.Handler
+	connect     *ConnectProxy
+	ready       atomic.Bool
+	addr        atomic.Value // net.Addr of the TLS listener
+	connectAddr atomic.Value // net.Addr of the CONNECT TCP listener
 	// stopSessions ends every tunnel session's Serve.
 	stopSessions context.CancelFunc
 }
@@ -69,6 +83,14 @@ func New(cfg Config) (*Server, error) {
 		Authn: cfg.Authn, Authz: cfg.Authz, Clusters: cfg.Clusters, Registry: s.registry,
 		Log: cfg.Log.Named(logging.Gateway), Metrics: s.metrics, DialTimeout: cfg.DialTimeout,
 	})
+	suffix := cfg.ClusterSuffix
+	if suffix == "" {
+		suffix = DefaultClusterSuffix
+	}
+	s.connect = &ConnectProxy{
+		Authn: cfg.Authn, Authz: cfg.Authz, Clusters: cfg.Clusters, Registry: s.registry,
+		Suffix: suffix, DialTimeout: cfg.DialTimeout, Log: cfg.Log.Named(logging.Connect), Metrics: s.metrics,
+	}
 	tcfg := *cfg.Tunnel
 	tcfg.Logger = cfg.Log.Named(logging.Tunnel)
 	// Agents open no streams to the hub, so a deep accept queue per idle
@@ -102,6 +124,28 @@ func New(cfg Config) (*Server, error) {
 	// Sessions end with the hub, including any that connect while it drains.
 	ep.ctx, s.stopSessions = context.WithCancel(context.Background())
 	return s, nil
+}
+
+func (s *Server) connectServer(connCtx func(context.Context, net.Conn) context.Context) *http.Server {
+	return &http.Server{
+		Handler:           s.connect,
+		ReadHeaderTimeout: 10 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		ConnContext:       connCtx,
+		ErrorLog:          s.cfg.Log.Named(logging.Connect).StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
+	}
+}
+
+func closeAll(ls []net.Listener) {
+	for _, l := range ls {
+		_ = l.Close()
+	}
+}
+
+// ConnectAddr is the bound CONNECT TCP address once Run is listening.
+func (s *Server) ConnectAddr() net.Addr {
+	a, _ := s.connectAddr.Load().(net.Addr)
+	return a
 }
 
 // Registry exposes the session registry (status, tests).
@@ -144,11 +188,37 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.cfg.AdminListen != "" {
 		aln, err := net.Listen("tcp", s.cfg.AdminListen)
 		if err != nil {
-			_ = ln.Close()
+			closeAll(listeners)
 			return fmt.Errorf("listen %s: %w", s.cfg.AdminListen, err)
 		}
 		servers = append(servers, &http.Server{Handler: s.admin, ReadHeaderTimeout: 10 * time.Second})
 		listeners = append(listeners, aln)
+	}
+	if s.cfg.ConnectListen != "" {
+		cln, err := net.Listen("tcp", s.cfg.ConnectListen)
+		if err != nil {
+			closeAll(listeners)
+			return fmt.Errorf("listen %s: %w", s.cfg.ConnectListen, err)
+		}
+		s.connectAddr.Store(cln.Addr())
+		if s.cfg.ConnectTLS {
+			cln = tls.NewListener(cln, s.cfg.TLS)
+		}
+		servers = append(servers, s.connectServer(nil))
+		listeners = append(listeners, cln)
+	}
+	if s.cfg.ConnectUDS != "" {
+		_ = os.Remove(s.cfg.ConnectUDS)
+		uln, err := net.Listen("unix", s.cfg.ConnectUDS)
+		if err != nil {
+			closeAll(listeners)
+			return fmt.Errorf("listen %s: %w", s.cfg.ConnectUDS, err)
+		}
+		user := &User{Name: s.cfg.ConnectUDSUser}
+		servers = append(servers, s.connectServer(func(ctx context.Context, _ net.Conn) context.Context {
+			return context.WithValue(ctx, udsUserKey{}, user)
+		}))
+		listeners = append(listeners, uln)
 	}
 	errc := make(chan error, len(servers))
 	var wg sync.WaitGroup
@@ -162,7 +232,8 @@ func (s *Server) Run(ctx context.Context) error {
 		}()
 	}
 	s.ready.Store(true)
-	s.cfg.Log.Info("hub serving", "listen", ln.Addr().String(), "admin", s.cfg.AdminListen)
+	s.cfg.Log.Info("hub serving", "listen", ln.Addr().String(), "admin", s.cfg.AdminListen,
+		"connect", s.cfg.ConnectListen, "connect_uds", s.cfg.ConnectUDS)
 
 	select {
 	case <-ctx.Done():

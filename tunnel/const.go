@@ -61,6 +61,10 @@ const (
 	KindAPIServer Kind = 1
 	// KindTCP asks the agent to dial Address, subject to its allowlist.
 	KindTCP Kind = 2
+	// KindAPIServerTCP asks the agent for a raw TCP connection to its
+	// member's API server: the caller speaks TLS end to end with it (the
+	// CONNECT front end), so the hub never sees the member's credentials.
+	KindAPIServerTCP Kind = 3
 )
 
 func (k Kind) String() string {
@@ -69,6 +73,8 @@ func (k Kind) String() string {
 		return "apiserver"
 	case KindTCP:
 		return "tcp"
+	case KindAPIServerTCP:
+		return "apiserver-tcp"
 	default:
 		return fmt.Sprintf("kind(%d)", uint8(k))
 	}

@@ -24,7 +24,7 @@
 // opener grants, big-endian milliseconds (0: the acceptor's default); the
 // request id (at most [MaxRequestIDLen] printable ASCII bytes) ties hub and
 // agent logs together; the address is host:port for [KindTCP] and empty for
-// [KindAPIServer]. The whole request is at most [MaxRequestLen] bytes.
+// [KindAPIServer] and [KindAPIServerTCP]. The whole request is at most [MaxRequestLen] bytes.
 //
 // The acceptor answers before any payload:
 //

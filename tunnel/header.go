@@ -12,7 +12,7 @@ import (
 // Request is what the opener of a stream asks for.
 type Request struct {
 	Kind Kind
-	// Address is host:port for KindTCP and empty for KindAPIServer.
+	// Address is host:port for KindTCP and empty for the API server kinds.
 	Address string
 	// Timeout is the dial budget; zero lets the acceptor choose. It travels
 	// as a duration, not a point in time, so clock skew between hub and
@@ -25,9 +25,9 @@ type Request struct {
 // Validate reports whether r can be put on the wire and served.
 func (r Request) Validate() error {
 	switch r.Kind {
-	case KindAPIServer:
+	case KindAPIServer, KindAPIServerTCP:
 		if r.Address != "" {
-			return fmt.Errorf("%w: apiserver request carries an address", ErrMalformed)
+			return fmt.Errorf("%w: %s request carries an address", ErrMalformed, r.Kind)
 		}
 	case KindTCP:
 		if len(r.Address) > MaxAddressLen {

@@ -18,6 +18,7 @@ const (
 	Auth     = "auth"
 	Admin    = "admin"
 	Proxy    = "proxy"
+	Connect  = "connect"
 )
 
 // Options say how a process logs.

@@ -1,0 +1,216 @@
+package hub
+
+import (
+	"bufio"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"k8s.io/apimachinery/pkg/util/validation"
+
+	"backhaul.io/backhaul/tunnel"
+)
+
+// DefaultClusterSuffix makes "NAME.cluster.backhaul:443" name a cluster's
+// API server in a CONNECT request.
+const DefaultClusterSuffix = ".cluster.backhaul"
+
+// udsUserKey marks requests that arrived on the Unix socket, whose callers
+// are trusted by filesystem permission (kube-apiserver's egress selector
+// sends no credentials there).
+type udsUserKey struct{}
+
+// ConnectProxy is the L4 front end: an HTTP CONNECT proxy whose targets are
+// clusters' API servers. TLS stays end to end between the caller and the
+// member; the hub sees neither requests nor the member's credentials.
+type ConnectProxy struct {
+	Authn    Authenticator
+	Authz    Authorizer
+	Clusters ClusterSource
+	Registry *Registry
+	// Suffix marks cluster targets: NAME+Suffix:port.
+	Suffix      string
+	DialTimeout time.Duration
+	Log         hclog.Logger
+	Metrics     *Metrics
+}
+
+// ServeHTTP implements http.Handler; only CONNECT is served.
+func (p *ConnectProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodConnect {
+		p.refuse(w, http.StatusMethodNotAllowed, "this is a CONNECT proxy; use the gateway at /clusters/NAME/ for requests")
+		return
+	}
+	user, err := p.authenticate(r)
+	if err != nil {
+		p.Metrics.failure(reasonUnauthorized)
+		w.Header().Set("Proxy-Authenticate", `Basic realm="backhaul", Bearer realm="backhaul"`)
+		p.refuse(w, http.StatusProxyAuthRequired, err.Error())
+		return
+	}
+	host, port, err := net.SplitHostPort(r.Host)
+	if err != nil || host == "" || port == "" {
+		p.refuse(w, http.StatusBadRequest, fmt.Sprintf("CONNECT target %q is not host:port", r.Host))
+		return
+	}
+	name, ok := strings.CutSuffix(strings.ToLower(host), p.Suffix)
+	if !ok || len(validation.IsDNS1123Label(name)) > 0 {
+		p.Metrics.failure(reasonUnknownCluster)
+		p.refuse(w, http.StatusNotFound, fmt.Sprintf("no route to %s: targets are CLUSTER%s:PORT", r.Host, p.Suffix))
+		return
+	}
+	allowed, why, err := p.Authz.Authorize(r.Context(), user, name)
+	if err != nil || !allowed {
+		p.Metrics.failure(reasonForbidden)
+		p.refuse(w, http.StatusForbidden, fmt.Sprintf("user %q cannot reach cluster %s: %s%v", user.Name, name, why, errOrEmpty(err)))
+		return
+	}
+	if !p.Clusters.Known(name) {
+		p.Metrics.failure(reasonUnknownCluster)
+		p.refuse(w, http.StatusNotFound, fmt.Sprintf("cluster %q not found", name))
+		return
+	}
+	sess, err := p.Registry.Get(name)
+	if err != nil {
+		p.Metrics.failure(reasonNotConnected)
+		p.refuse(w, http.StatusServiceUnavailable, fmt.Sprintf("cluster %s is not connected", name))
+		return
+	}
+	id := newRequestID()
+	start := time.Now()
+	stream, err := sess.Open(r.Context(), tunnel.Request{Kind: tunnel.KindAPIServerTCP, Timeout: p.DialTimeout, RequestID: id})
+	if err != nil {
+		code, reason, msg := classify(name, err)
+		p.Metrics.failure(reason)
+		p.Log.Info("CONNECT failed", "cluster", name, "user", user.Name, "request_id", id, "code", code, "error", err)
+		p.refuse(w, code, msg)
+		return
+	}
+	p.Metrics.streamOpened(tunnel.KindAPIServerTCP.String(), time.Since(start).Seconds())
+	conn := &countedConn{Conn: stream, m: p.Metrics}
+
+	client, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		_ = conn.Close()
+		p.refuse(w, http.StatusInternalServerError, "cannot take over the connection")
+		return
+	}
+	_ = client.SetDeadline(time.Time{})
+	if _, err := client.Write([]byte("HTTP/1.1 200 Connection established\r\n\r\n")); err != nil {
+		_ = client.Close()
+		_ = conn.Close()
+		return
+	}
+	// Bytes the client sent after the CONNECT header (a TLS ClientHello,
+	// say) may already sit in the server's read buffer; bufferedConn
+	// delivers them first.
+	p.Log.Debug("CONNECT established", "cluster", name, "user", user.Name, "request_id", id)
+	tunnel.Pipe(context.WithoutCancel(r.Context()), &bufferedConn{Conn: client, r: brw.Reader}, conn)
+}
+
+func errOrEmpty(err error) string {
+	if err == nil {
+		return ""
+	}
+	return ": " + err.Error()
+}
+
+// authenticate takes a client certificate, Proxy-Authorization (Bearer, or
+// Basic whose password is a token, which is what client-go's proxy-url with
+// user info sends), or the Unix socket's configured identity.
+func (p *ConnectProxy) authenticate(r *http.Request) (*User, error) {
+	if u, ok := r.Context().Value(udsUserKey{}).(*User); ok {
+		return u, nil
+	}
+	clone := r.Clone(r.Context())
+	clone.Header = http.Header{}
+	if pa := r.Header.Get("Proxy-Authorization"); pa != "" {
+		tok, ok := bearer(pa)
+		if !ok {
+			tok, ok = basicPassword(pa)
+		}
+		if !ok {
+			return nil, errors.New("Proxy-Authorization must be Bearer TOKEN or Basic with the token as password")
+		}
+		clone.Header.Set("Authorization", "Bearer "+tok)
+	}
+	u, ok, err := p.Authn.Authenticate(clone)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, errors.New("proxy authentication required: send Proxy-Authorization or a client certificate")
+	}
+	return u, nil
+}
+
+func basicPassword(h string) (string, bool) {
+	const prefix = "Basic "
+	if len(h) <= len(prefix) || !strings.EqualFold(h[:len(prefix)], prefix) {
+		return "", false
+	}
+	b, err := base64.StdEncoding.DecodeString(strings.TrimSpace(h[len(prefix):]))
+	if err != nil {
+		return "", false
+	}
+	_, pw, ok := strings.Cut(string(b), ":")
+	return pw, ok && pw != ""
+}
+
+// refuse answers with code and msg as both the reason phrase and the body,
+// since CONNECT clients usually show only the status line.
+func (p *ConnectProxy) refuse(w http.ResponseWriter, code int, msg string) {
+	phrase := strings.Map(func(r rune) rune {
+		if r < 0x20 || r > 0x7e {
+			return ' '
+		}
+		return r
+	}, msg)
+	if len(phrase) > 200 {
+		phrase = phrase[:200]
+	}
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		http.Error(w, msg, code)
+		return
+	}
+	defer conn.Close()
+	hdr := ""
+	for k, vs := range w.Header() {
+		for _, v := range vs {
+			hdr += k + ": " + v + "\r\n"
+		}
+	}
+	body := msg + "\n"
+	fmt.Fprintf(brw, "HTTP/1.1 %d %s\r\n%sContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+		code, phrase, hdr, len(body), body)
+	_ = brw.Flush()
+}
+
+// bufferedConn reads what the server had buffered before the raw conn.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufferedConn) Read(p []byte) (int, error) {
+	if c.r != nil && c.r.Buffered() > 0 {
+		return c.r.Read(p)
+	}
+	c.r = nil
+	return c.Conn.Read(p)
+}
+
+// CloseWrite keeps half-close working through the wrapper.
+func (c *bufferedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
