@@ -68,6 +68,8 @@ type Hub struct {
 	URL         string // https://127.0.0.1:PORT
 	Port        int
 	AdminURL    string // http://127.0.0.1:ADMINPORT
+	ConnectAddr string // 127.0.0.1:PORT of the plain CONNECT front end
+	ConnectUDS  string // path of the CONNECT Unix socket
 	AgentTokens map[string]string
 	proc        *Process
 	certFile    string
@@ -99,6 +101,12 @@ func StartHub(ctx context.Context, cfg HubConfig) (*Hub, error) {
 	if h.adminPort, err = FreePort(); err != nil {
 		return nil, err
 	}
+	cport, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	h.ConnectAddr = fmt.Sprintf("127.0.0.1:%d", cport)
+	h.ConnectUDS = filepath.Join(cfg.Dir, "connect.sock")
 	h.Port = cfg.Port
 	h.URL = fmt.Sprintf("https://127.0.0.1:%d", cfg.Port)
 	h.AdminURL = fmt.Sprintf("http://127.0.0.1:%d", h.adminPort)
@@ -137,6 +145,8 @@ func (h *Hub) Start(ctx context.Context) error {
 		"--token-auth-file", h.tokenFile,
 		"--agent-token-file", h.agentFile,
 		"--shutdown-timeout", "2s",
+		"--connect-listen", h.ConnectAddr,
+		"--connect-uds", h.ConnectUDS,
 	}, h.cfg.Args...)
 	p, err := Start(ctx, "backhaul-hub", h.cfg.Dir, exec.Command(h.cfg.Binary, args...))
 	if err != nil {
