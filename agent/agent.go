@@ -32,6 +32,10 @@ type Config struct {
 	AdminListen string
 	Log         hclog.Logger
 	Registry    *prometheus.Registry
+	// NodeAddresses and KubeletPort, in node mode, admit the node's kubelet
+	// to the allowlist (the hub routes these addresses to this agent).
+	NodeAddresses []netip.Addr
+	KubeletPort   uint16
 	// Resolve looks up names for TCP dials; nil uses the system resolver.
 	Resolve func(ctx context.Context, host string) ([]netip.Addr, error)
 }
@@ -61,6 +65,13 @@ func New(cfg Config) (*Agent, error) {
 	api, err := newAPIProxy(cfg.Member, cfg.DenyGroups, cfg.Log.Named(logging.Proxy))
 	if err != nil {
 		return nil, err
+	}
+	// By default the only TCP destination is the member's API server.
+	if ap, err := netip.ParseAddrPort(api.hostPort()); err == nil {
+		cfg.Allow.Add(ap.Addr(), ap.Port())
+	}
+	for _, ip := range cfg.NodeAddresses {
+		cfg.Allow.Add(ip, cfg.KubeletPort)
 	}
 	return &Agent{cfg: cfg, metrics: NewMetrics(cfg.Registry), api: api, log: cfg.Log}, nil
 }
@@ -97,6 +108,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("listen %s: %w", a.cfg.AdminListen, err)
 		}
+		// Before any stream is served: the admin port is never a target.
+		a.cfg.Allow.DenyLoopbackPort(uint16(aln.Addr().(*net.TCPAddr).Port))
 		admin := &http.Server{Handler: a.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
 		wg.Add(1)
 		go func() {
@@ -170,11 +183,6 @@ func (a *Agent) serveTCP(ctx context.Context, in *tunnel.Incoming) {
 		a.metrics.streams.WithLabelValues(req.Kind.String(), code.String()).Inc()
 		a.log.Info("refused dial", "address", req.Address, "request_id", req.RequestID, "code", code, "reason", msg)
 		_ = in.Reject(code, msg)
-	}
-	if a.cfg.Allow.Empty() {
-		a.metrics.refusals.WithLabelValues(refuseNotAllowed).Inc()
-		reject(tunnel.CodeNotAllowed, "this agent allows no TCP destinations")
-		return
 	}
 	dctx, cancel := context.WithTimeout(ctx, req.Timeout)
 	defer cancel()

@@ -311,6 +311,12 @@ func TestNewRequiresConfig(t *testing.T) {
 	}
 	a, err := New(full())
 	require.NoError(t, err)
-	assert.True(t, a.cfg.Allow.Empty(), "no allowlist means no TCP")
+	// With no allowlist, the member API server is the only TCP destination.
+	api, err := netip.ParseAddrPort(a.api.hostPort())
+	require.NoError(t, err)
+	ok, _, _ := a.cfg.Allow.Check(api)
+	assert.True(t, ok, "the API server is admitted by default")
+	ok, _, _ = a.cfg.Allow.Check(netip.AddrPortFrom(api.Addr(), api.Port()+1))
+	assert.False(t, ok, "nothing else is")
 	assert.False(t, a.Connected())
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -12,6 +13,7 @@ import (
 const (
 	refuseLinkLocal  = "link_local"
 	refuseNotAllowed = "not_allowlisted"
+	refuseLoopback   = "loopback_admin"
 )
 
 // alwaysDenied are never dialled, whatever the allowlist says: cloud
@@ -33,6 +35,21 @@ type rule struct {
 // at all: by default an agent only serves its API server.
 type Allowlist struct {
 	rules []rule
+	// adminPorts are the agent's own loopback ports, never dialled.
+	adminPorts []uint16
+}
+
+// Add admits one address on one port (the API server; in node mode, the
+// node's kubelet).
+func (a *Allowlist) Add(ip netip.Addr, port uint16) {
+	ip = ip.Unmap()
+	a.rules = append(a.rules, rule{prefix: netip.PrefixFrom(ip, ip.BitLen()), port: port})
+}
+
+// DenyLoopbackPort refuses port on every loopback and unspecified address,
+// whatever the rules say: the agent's own admin endpoints are not a target.
+func (a *Allowlist) DenyLoopbackPort(port uint16) {
+	a.adminPorts = append(a.adminPorts, port)
 }
 
 // ParseAllowlist reads entries "IP:port", "CIDR:port" or "[IPv6]:port".
@@ -77,6 +94,9 @@ func (a *Allowlist) Check(addr netip.AddrPort) (ok bool, reason, msg string) {
 		if d.Contains(ip) {
 			return false, refuseLinkLocal, fmt.Sprintf("%s is a link-local or metadata address and is never dialled", ip)
 		}
+	}
+	if (ip.IsLoopback() || ip.IsUnspecified()) && slices.Contains(a.adminPorts, addr.Port()) {
+		return false, refuseLoopback, fmt.Sprintf("%s is the agent's own admin port and is never dialled", addr)
 	}
 	for _, r := range a.rules {
 		if r.port == addr.Port() && r.prefix.Contains(ip) {

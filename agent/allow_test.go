@@ -187,3 +187,30 @@ func TestAllowlistResolve(t *testing.T) {
 		}
 	})
 }
+
+func TestAllowlistAdminPortAndAdd(t *testing.T) {
+	a := &Allowlist{}
+	a.Add(netip.MustParseAddr("127.0.0.1"), 9090)
+	a.Add(netip.MustParseAddr("10.0.0.5"), 10250)
+	a.DenyLoopbackPort(9090)
+	cases := []struct {
+		name   string
+		addr   string
+		ok     bool
+		reason string
+	}{
+		{"added address", "10.0.0.5:10250", true, ""},
+		{"added address, other port", "10.0.0.5:22", false, refuseNotAllowed},
+		{"admin port even when listed", "127.0.0.1:9090", false, refuseLoopback},
+		{"admin port on another loopback", "127.0.0.2:9090", false, refuseLoopback},
+		{"admin port on ::1", "[::1]:9090", false, refuseLoopback},
+		{"admin port on unspecified", "0.0.0.0:9090", false, refuseLoopback},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ok, reason, _ := a.Check(netip.MustParseAddrPort(tc.addr))
+			assert.Equal(t, tc.ok, ok)
+			assert.Equal(t, tc.reason, reason)
+		})
+	}
+}

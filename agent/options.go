@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"strings"
@@ -34,6 +35,9 @@ type Options struct {
 	AdminListen string
 	Allow       string
 	DenyGroups  string
+	NodeName    string
+	NodeAddrs   string
+	KubeletPort uint
 	KeepAlive   time.Duration
 	KeepWait    time.Duration
 	BackoffBase time.Duration
@@ -48,6 +52,7 @@ func NewOptions() *Options {
 	return &Options{
 		AdminListen: ":9090",
 		DenyGroups:  "system:masters",
+		KubeletPort: 10250,
 		KeepAlive:   t.KeepAliveInterval,
 		KeepWait:    t.KeepAliveTimeout,
 		BackoffBase: b.Base,
@@ -64,8 +69,11 @@ func (o *Options) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&o.TokenFile, "token-file", o.TokenFile, "file holding the agent's bearer token for the hub")
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "kubeconfig for the member API server (empty: in-cluster service account)")
 	fs.StringVar(&o.AdminListen, "admin-listen", o.AdminListen, "address for /healthz, /readyz and /metrics (empty: off)")
-	fs.StringVar(&o.Allow, "allow", o.Allow, "comma-separated TCP destinations the hub may dial through this agent: IP:port or CIDR:port (empty: none)")
+	fs.StringVar(&o.Allow, "allow", o.Allow, "comma-separated TCP destinations the hub may dial through this agent: IP:port or CIDR:port, besides the member API server, which is always admitted")
 	fs.StringVar(&o.DenyGroups, "deny-impersonate-groups", o.DenyGroups, "comma-separated groups never passed on when impersonating hub callers")
+	fs.StringVar(&o.NodeName, "node-name", o.NodeName, "node mode (DaemonSet on edge nodes): this node's name")
+	fs.StringVar(&o.NodeAddrs, "node-addresses", o.NodeAddrs, "node mode: comma-separated IPs of this node; the hub routes CONNECT IP:PORT to this agent, which admits IP:--kubelet-port")
+	fs.UintVar(&o.KubeletPort, "kubelet-port", o.KubeletPort, "node mode: the kubelet port admitted on --node-addresses")
 	fs.DurationVar(&o.KeepAlive, "keepalive-interval", o.KeepAlive, "tunnel ping interval; keep below load-balancer idle timeouts")
 	fs.DurationVar(&o.KeepWait, "keepalive-timeout", o.KeepWait, "how long a ping may go unanswered before reconnecting")
 	fs.DurationVar(&o.BackoffBase, "backoff-base", o.BackoffBase, "first reconnect backoff ceiling (full jitter)")
@@ -91,6 +99,15 @@ func (o *Options) Validate() error {
 	}
 	if _, err := ParseAllowlist(splitList(o.Allow)); err != nil {
 		errs = append(errs, err)
+	}
+	if _, err := parseAddrs(o.NodeAddrs); err != nil {
+		errs = append(errs, err)
+	}
+	if (o.NodeAddrs != "") != (o.NodeName != "") {
+		errs = append(errs, errors.New("node mode takes both --node-name and --node-addresses"))
+	}
+	if o.KubeletPort == 0 || o.KubeletPort > 65535 {
+		errs = append(errs, fmt.Errorf("--kubelet-port %d out of range", o.KubeletPort))
 	}
 	if err := o.Log.Validate(); err != nil {
 		errs = append(errs, err)
@@ -136,19 +153,29 @@ func (o *Options) Config(log hclog.Logger) (Config, error) {
 	h.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
 	h.Set(tunnel.HeaderCluster, o.Cluster)
 	h.Set(tunnel.HeaderAgentVersion, version.Version)
+	nodeAddrs, err := parseAddrs(o.NodeAddrs)
+	if err != nil {
+		return Config{}, err
+	}
+	if o.NodeName != "" {
+		h.Set(tunnel.HeaderNode, o.NodeName)
+		h.Set(tunnel.HeaderNodeAddresses, o.NodeAddrs)
+	}
 	b := tunnel.DefaultBackoff()
 	b.Base, b.Max = o.BackoffBase, o.BackoffMax
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return Config{
-		Dialer:      &tunnel.Dialer{URL: o.HubURL, TLSConfig: tlsCfg, Header: h, Config: tcfg},
-		Backoff:     b,
-		Member:      member,
-		Allow:       allow,
-		DenyGroups:  splitList(o.DenyGroups),
-		AdminListen: o.AdminListen,
-		Log:         log,
-		Registry:    reg,
+		Dialer:        &tunnel.Dialer{URL: o.HubURL, TLSConfig: tlsCfg, Header: h, Config: tcfg},
+		Backoff:       b,
+		Member:        member,
+		Allow:         allow,
+		DenyGroups:    splitList(o.DenyGroups),
+		NodeAddresses: nodeAddrs,
+		KubeletPort:   uint16(o.KubeletPort),
+		AdminListen:   o.AdminListen,
+		Log:           log,
+		Registry:      reg,
 	}, nil
 }
 
@@ -160,4 +187,16 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+func parseAddrs(s string) ([]netip.Addr, error) {
+	var out []netip.Addr
+	for _, p := range splitList(s) {
+		ip, err := netip.ParseAddr(p)
+		if err != nil {
+			return nil, fmt.Errorf("--node-addresses: %w", err)
+		}
+		out = append(out, ip)
+	}
+	return out, nil
 }

@@ -20,6 +20,11 @@ const (
 	HeaderCluster = "Backhaul-Cluster"
 	// HeaderAgentVersion carries the agent's build version on the upgrade.
 	HeaderAgentVersion = "Backhaul-Agent-Version"
+	// HeaderNode and HeaderNodeAddresses carry, for an agent in node mode,
+	// its node's name and comma-separated IP addresses, which the hub
+	// routes to this session.
+	HeaderNode          = "Backhaul-Node"
+	HeaderNodeAddresses = "Backhaul-Node-Addresses"
 )
 
 // Sizes of the stream request and reply. requestFixedLen is
