@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -27,8 +28,10 @@ const DefaultClusterSuffix = ".cluster.backhaul"
 type udsUserKey struct{}
 
 // ConnectProxy is the L4 front end: an HTTP CONNECT proxy whose targets are
-// clusters' API servers. TLS stays end to end between the caller and the
-// member; the hub sees neither requests nor the member's credentials.
+// clusters' API servers (CLUSTER+Suffix:PORT) and node addresses advertised
+// by node-mode agents (IP:PORT). TLS stays end to end between the caller
+// and the member; the hub sees neither requests nor the member's
+// credentials.
 type ConnectProxy struct {
 	Authn    Authenticator
 	Authz    Authorizer
@@ -59,10 +62,9 @@ func (p *ConnectProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.refuse(w, http.StatusBadRequest, fmt.Sprintf("CONNECT target %q is not host:port", r.Host))
 		return
 	}
-	name, ok := strings.CutSuffix(strings.ToLower(host), p.Suffix)
-	if !ok || len(validation.IsDNS1123Label(name)) > 0 {
-		p.Metrics.failure(reasonUnknownCluster)
-		p.refuse(w, http.StatusNotFound, fmt.Sprintf("no route to %s: targets are CLUSTER%s:PORT", r.Host, p.Suffix))
+	name, req, sess, code, msg := p.target(host, r.Host)
+	if code != 0 {
+		p.refuse(w, code, msg)
 		return
 	}
 	allowed, why, err := p.Authz.Authorize(r.Context(), user, name)
@@ -71,28 +73,25 @@ func (p *ConnectProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.refuse(w, http.StatusForbidden, fmt.Sprintf("user %q cannot reach cluster %s: %s%v", user.Name, name, why, errOrEmpty(err)))
 		return
 	}
-	if !p.Clusters.Known(name) {
-		p.Metrics.failure(reasonUnknownCluster)
-		p.refuse(w, http.StatusNotFound, fmt.Sprintf("cluster %q not found", name))
-		return
-	}
-	sess, err := p.Registry.Get(name)
-	if err != nil {
-		p.Metrics.failure(reasonNotConnected)
-		p.refuse(w, http.StatusServiceUnavailable, fmt.Sprintf("cluster %s is not connected", name))
-		return
+	if sess == nil {
+		if sess, err = p.Registry.Get(name); err != nil {
+			p.Metrics.failure(reasonNotConnected)
+			p.refuse(w, http.StatusServiceUnavailable, fmt.Sprintf("cluster %s is not connected", name))
+			return
+		}
 	}
 	id := newRequestID()
+	req.RequestID, req.Timeout = id, p.DialTimeout
 	start := time.Now()
-	stream, err := sess.Open(r.Context(), tunnel.Request{Kind: tunnel.KindAPIServerTCP, Timeout: p.DialTimeout, RequestID: id})
+	stream, err := sess.Open(r.Context(), req)
 	if err != nil {
 		code, reason, msg := classify(name, err)
 		p.Metrics.failure(reason)
-		p.Log.Info("CONNECT failed", "cluster", name, "user", user.Name, "request_id", id, "code", code, "error", err)
+		p.Log.Info("CONNECT failed", "cluster", name, "target", r.Host, "user", user.Name, "request_id", id, "code", code, "error", err)
 		p.refuse(w, code, msg)
 		return
 	}
-	p.Metrics.streamOpened(tunnel.KindAPIServerTCP.String(), time.Since(start).Seconds())
+	p.Metrics.streamOpened(req.Kind.String(), time.Since(start).Seconds())
 	conn := &countedConn{Conn: stream, m: p.Metrics}
 
 	client, brw, err := http.NewResponseController(w).Hijack()
@@ -112,6 +111,34 @@ func (p *ConnectProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// delivers them first.
 	p.Log.Debug("CONNECT established", "cluster", name, "user", user.Name, "request_id", id)
 	tunnel.Pipe(context.WithoutCancel(r.Context()), &bufferedConn{Conn: client, r: brw.Reader}, conn)
+}
+
+// target resolves a CONNECT host: CLUSTER+Suffix names a cluster's API
+// server; an IP address goes to the node-mode agent that advertised it. A
+// non-zero code is a refusal with msg.
+func (p *ConnectProxy) target(host, hostport string) (cluster string, req tunnel.Request, sess *tunnel.Session, code int, msg string) {
+	if ip, err := netip.ParseAddr(host); err == nil {
+		if why := unroutable(ip); why != "" {
+			p.Metrics.failure(reasonForbidden)
+			return "", req, nil, http.StatusForbidden, fmt.Sprintf("%s is %s and is never routed", ip, why)
+		}
+		cluster, sess, err = p.Registry.Route(ip)
+		if err != nil {
+			p.Metrics.failure(reasonNoRoute)
+			return "", req, nil, http.StatusNotFound, fmt.Sprintf("no route to %s: %v", hostport, err)
+		}
+		return cluster, tunnel.Request{Kind: tunnel.KindTCP, Address: hostport}, sess, 0, ""
+	}
+	name, ok := strings.CutSuffix(strings.ToLower(host), p.Suffix)
+	if !ok || len(validation.IsDNS1123Label(name)) > 0 {
+		p.Metrics.failure(reasonUnknownCluster)
+		return "", req, nil, http.StatusNotFound, fmt.Sprintf("no route to %s: targets are CLUSTER%s:PORT or a node IP:PORT", hostport, p.Suffix)
+	}
+	if !p.Clusters.Known(name) {
+		p.Metrics.failure(reasonUnknownCluster)
+		return "", req, nil, http.StatusNotFound, fmt.Sprintf("cluster %q not found", name)
+	}
+	return name, tunnel.Request{Kind: tunnel.KindAPIServerTCP}, nil, 0, ""
 }
 
 func errOrEmpty(err error) string {

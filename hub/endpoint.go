@@ -3,7 +3,10 @@ package hub
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
+	"net/netip"
+	"strings"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -37,6 +40,14 @@ func (e *Endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusUnauthorized)
 		return
 	}
+	node := r.Header.Get(tunnel.HeaderNode)
+	addrs, err := parseNodeAddresses(r.Header.Get(tunnel.HeaderNodeAddresses))
+	if err != nil {
+		e.Metrics.connect("bad_request")
+		e.Log.Warn("refused agent", "cluster", cluster, "remote", r.RemoteAddr, "error", err)
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
 	sess, err := tunnel.Accept(w, r, e.Config)
 	if err != nil {
 		if errors.Is(err, tunnel.ErrVersion) {
@@ -47,7 +58,7 @@ func (e *Endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	e.Metrics.connect("ok")
-	remove := e.Registry.Add(cluster, sess, r.Header.Get(tunnel.HeaderAgentVersion))
+	remove := e.Registry.Add(cluster, sess, r.Header.Get(tunnel.HeaderAgentVersion), node, addrs)
 	defer remove()
 	ctx := e.ctx
 	if ctx == nil {
@@ -59,4 +70,46 @@ func (e *Endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_ = in.Reject(tunnel.CodeNotAllowed, "the hub accepts no streams from agents")
 	})
 	e.Log.Debug("session ended", "cluster", cluster, "reason", err)
+}
+
+// maxNodeAddresses bounds what one agent may claim.
+const maxNodeAddresses = 32
+
+// parseNodeAddresses reads an agent's advertised node IPs. Addresses that
+// can never be a node's (loopback, link-local, unspecified, multicast) are
+// refused, so an agent cannot make the hub route to them.
+func parseNodeAddresses(h string) ([]netip.Addr, error) {
+	if strings.TrimSpace(h) == "" {
+		return nil, nil
+	}
+	parts := strings.Split(h, ",")
+	if len(parts) > maxNodeAddresses {
+		return nil, fmt.Errorf("%d node addresses advertised, at most %d", len(parts), maxNodeAddresses)
+	}
+	out := make([]netip.Addr, 0, len(parts))
+	for _, p := range parts {
+		ip, err := netip.ParseAddr(strings.TrimSpace(p))
+		if err != nil {
+			return nil, fmt.Errorf("node address %q: %w", p, err)
+		}
+		if reason := unroutable(ip); reason != "" {
+			return nil, fmt.Errorf("node address %s is %s", ip, reason)
+		}
+		out = append(out, ip.Unmap())
+	}
+	return out, nil
+}
+
+// unroutable says why the hub never routes to ip, or "".
+func unroutable(ip netip.Addr) string {
+	ip = ip.Unmap()
+	switch {
+	case ip.IsLoopback():
+		return "a loopback address"
+	case ip.IsLinkLocalUnicast(), ip == netip.MustParseAddr("fd00:ec2::254"):
+		return "a link-local or metadata address"
+	case ip.IsUnspecified(), ip.IsMulticast(), ip.IsLinkLocalMulticast():
+		return "not a unicast address"
+	}
+	return ""
 }

@@ -268,7 +268,7 @@ func (h *gatewayHarness) connect(t *testing.T, cluster string, handler tunnel.Ha
 	require.NoError(t, err)
 	agentSide, err := tunnel.NewSession(b, true, cfg)
 	require.NoError(t, err)
-	remove := h.g.Registry.Add(cluster, hubSide, "test")
+	remove := h.g.Registry.Add(cluster, hubSide, "test", "", nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {

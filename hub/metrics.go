@@ -13,6 +13,7 @@ const (
 	reasonAgentAuth      = "agent_unauthenticated"
 	reasonVersion        = "version"
 	reasonBadGateway     = "bad_gateway"
+	reasonNoRoute        = "no_route"
 )
 
 // Metrics are the hub's Prometheus series, registered on an injected registry.

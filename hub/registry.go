@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"sync"
 	"time"
@@ -37,6 +38,9 @@ type SessionInfo struct {
 	AgentVersion string    `json:"agentVersion"`
 	Since        time.Time `json:"since"`
 	Streams      int       `json:"streams"`
+	// Node and Addresses are set for agents in node mode.
+	Node      string       `json:"node,omitempty"`
+	Addresses []netip.Addr `json:"addresses,omitempty"`
 }
 
 type entry struct {
@@ -50,27 +54,37 @@ type entry struct {
 type Registry struct {
 	mu       sync.RWMutex
 	sessions map[string][]*entry
-	nextID   uint64
-	log      hclog.Logger
-	metrics  *Metrics
+	// routes sends node addresses to the agents that advertised them; the
+	// newest claim wins, and a route goes with its session.
+	routes  map[netip.Addr][]*entry
+	nextID  uint64
+	log     hclog.Logger
+	metrics *Metrics
 	// onEmpty runs, outside the lock, when a cluster loses its last session.
 	onEmpty func(cluster string)
 }
 
 // NewRegistry returns an empty registry.
 func NewRegistry(log hclog.Logger, m *Metrics) *Registry {
-	return &Registry{sessions: map[string][]*entry{}, log: log, metrics: m}
+	return &Registry{sessions: map[string][]*entry{}, routes: map[netip.Addr][]*entry{}, log: log, metrics: m}
 }
 
 // Add registers sess for cluster and returns the function that removes it.
-func (r *Registry) Add(cluster string, sess *tunnel.Session, agentVersion string) (remove func()) {
+// node and addrs are set for an agent in node mode.
+func (r *Registry) Add(cluster string, sess *tunnel.Session, agentVersion, node string, addrs []netip.Addr) (remove func()) {
 	r.mu.Lock()
 	r.nextID++
 	e := &entry{sess: sess, info: SessionInfo{
 		Cluster: cluster, ID: r.nextID, AgentVersion: agentVersion,
-		Remote: sess.RemoteAddr().String(), Since: time.Now(),
+		Remote: sess.RemoteAddr().String(), Since: time.Now(), Node: node, Addresses: addrs,
 	}}
 	r.sessions[cluster] = append(r.sessions[cluster], e)
+	for _, a := range addrs {
+		if prev := r.routes[a]; len(prev) > 0 && prev[len(prev)-1].info.Cluster != cluster {
+			r.log.Warn("node address moves to another cluster", "address", a, "from", prev[len(prev)-1].info.Cluster, "to", cluster)
+		}
+		r.routes[a] = append(r.routes[a], e)
+	}
 	n := len(r.sessions[cluster])
 	r.mu.Unlock()
 	r.metrics.sessionUp()
@@ -80,6 +94,13 @@ func (r *Registry) Add(cluster string, sess *tunnel.Session, agentVersion string
 	return func() {
 		once.Do(func() {
 			r.mu.Lock()
+			for _, a := range addrs {
+				if rs := slices.DeleteFunc(r.routes[a], func(x *entry) bool { return x == e }); len(rs) > 0 {
+					r.routes[a] = rs
+				} else {
+					delete(r.routes, a)
+				}
+			}
 			list := slices.DeleteFunc(r.sessions[cluster], func(x *entry) bool { return x == e })
 			if len(list) == 0 {
 				delete(r.sessions, cluster)
@@ -111,6 +132,25 @@ func (r *Registry) Get(cluster string) (*tunnel.Session, error) {
 		}
 	}
 	return nil, &ClusterError{Cluster: cluster, Err: ErrNotConnected}
+}
+
+// ErrNoRoute: no connected agent advertised the address.
+var ErrNoRoute = errors.New("no agent advertises this address")
+
+// Route returns the cluster and session of the agent that owns addr.
+func (r *Registry) Route(addr netip.Addr) (cluster string, sess *tunnel.Session, err error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	list := r.routes[addr.Unmap()]
+	for i := len(list) - 1; i >= 0; i-- {
+		select {
+		case <-list[i].sess.Done():
+			continue
+		default:
+			return list[i].info.Cluster, list[i].sess, nil
+		}
+	}
+	return "", nil, ErrNoRoute
 }
 
 // Sessions lists the connected sessions, by cluster then age.
