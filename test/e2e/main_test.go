@@ -48,6 +48,10 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	// Re-executed inside a namespace as a stand-in node service.
+	if addr := os.Getenv(envServe); addr != "" {
+		os.Exit(serveNodeStandIn(addr))
+	}
 	code := func() int {
 		if os.Geteuid() != 0 {
 			setupErr = fmt.Errorf("skipping: the e2e suite needs root for network namespaces")
