@@ -52,6 +52,9 @@ func TestMain(m *testing.M) {
 	if addr := os.Getenv(envServe); addr != "" {
 		os.Exit(serveNodeStandIn(addr))
 	}
+	if spec := os.Getenv(envKubelet); spec != "" {
+		os.Exit(serveKubeletStandIn(spec))
+	}
 	code := func() int {
 		if os.Geteuid() != 0 {
 			setupErr = fmt.Errorf("skipping: the e2e suite needs root for network namespaces")
@@ -88,6 +91,13 @@ func setup(ctx context.Context) (_ *environment, teardown func(), err error) {
 	if _, err := harness.CleanupStale("bhe2e-"); err != nil {
 		return nil, teardown, err
 	}
+	// Node addresses of the tests live inside member namespaces; in the
+	// root namespace they are blackholed, so a direct dial fails here and
+	// never leaves the machine by the default route.
+	if out, err := execCommand(ctx, "ip", "route", "replace", "blackhole", nodeRange).CombinedOutput(); err != nil {
+		return nil, teardown, fmt.Errorf("blackhole %s: %w: %s", nodeRange, err, out)
+	}
+	cleanups = append(cleanups, func() { _ = execCommand(context.Background(), "ip", "route", "del", "blackhole", nodeRange).Run() })
 	if e.bins, err = harness.LocateBinaries(); err != nil {
 		return nil, teardown, fmt.Errorf("%w (run `make kube-bins deps`)", err)
 	}

@@ -24,6 +24,9 @@ import (
 // (run inside a member's namespace), answering every request with it.
 const envServe = "BACKHAUL_E2E_SERVE"
 
+// nodeRange holds the tests' node addresses (inside member namespaces).
+const nodeRange = "10.252.0.0/16"
+
 func serveNodeStandIn(addr string) int {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -114,9 +117,9 @@ func TestNodeAgentsRouteByAddress(t *testing.T) {
 		}))
 		assert.Equal(t, n.ip+":10250", body, "CONNECT %s reached the wrong node", n.ip)
 	}
-	// (No direct-dial check here: the node addresses exist only inside the
-	// site's namespace, and from the root namespace a dial would leave the
-	// machine by its default route.)
+	// The hub's own namespace has no path to these addresses.
+	_, err := net.DialTimeout("tcp", "10.252.1.1:10250", 2*time.Second)
+	require.Error(t, err)
 
 	before := e.hubCounter(t, `backhaul_hub_errors_total{reason="not_allowed"}`)
 	refusals := []struct{ target, status string }{

@@ -32,6 +32,9 @@ type MemberConfig struct {
 	Name  string // short DNS label, unique among concurrently running members
 	Index int    // 1..200, picks the 10.251.<Index>.0/30 subnet; unique too
 	Dir   string // scratch directory for data, certificates and logs
+	// APIServerArgs are appended to kube-apiserver's flags (e.g. an egress
+	// selector for a "cloud" control plane).
+	APIServerArgs []string
 }
 
 // Member is a running member cluster: etcd and kube-apiserver inside a
@@ -55,6 +58,8 @@ type Member struct {
 	logDir   string
 	etcdArgs []string
 	apiArgs  []string
+	// extraArgs come from MemberConfig.APIServerArgs.
+	extraArgs []string
 
 	mu        sync.Mutex // guards etcd, apiserver and stopped
 	etcd      *Process
@@ -99,6 +104,7 @@ func StartMember(ctx context.Context, cfg MemberConfig) (_ *Member, err error) {
 		AdminKubeconfig: filepath.Join(dir, "admin.kubeconfig"),
 		bins:            bins,
 		logDir:          filepath.Join(dir, "logs"),
+		extraArgs:       cfg.APIServerArgs,
 	}
 	defer func() {
 		if err != nil {
@@ -200,6 +206,7 @@ func (m *Member) prepare() error {
 		"--profiling=false",
 		"--v=1",
 	}
+	m.apiArgs = append(m.apiArgs, m.extraArgs...)
 	return nil
 }
 
