@@ -59,7 +59,9 @@ func TestEgressSelectorReachesEdgeKubelet(t *testing.T) {
 	// The edge node: an address in the site, a kubelet on it, a node agent.
 	out, err := edge.Netns.Command(ctx, "ip", "addr", "add", nodeIP+"/32", "dev", "lo").CombinedOutput()
 	require.NoError(t, err, string(out))
-	t.Cleanup(func() { _ = edge.Netns.Command(context.Background(), "ip", "addr", "del", nodeIP+"/32", "dev", "lo").Run() })
+	t.Cleanup(func() {
+		_ = edge.Netns.Command(context.Background(), "ip", "addr", "del", nodeIP+"/32", "dev", "lo").Run()
+	})
 	kca, err := harness.NewCA(filepath.Join(t.TempDir()), "kubelet-ca")
 	require.NoError(t, err)
 	cert, key, err := kca.Serving("kubelet", []string{nodeIP})
