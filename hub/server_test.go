@@ -126,7 +126,9 @@ func startHub(t *testing.T) *hubEnv {
 
 	tcfg := tunnel.DefaultConfig()
 	srv, err := New(Config{
-		Listen: "127.0.0.1:0",
+		Listen:        "127.0.0.1:0",
+		ConnectListen: "127.0.0.1:0",
+		ConnectTLS:    true,
 		TLS: &tls.Config{
 			Certificates: []tls.Certificate{ca.serverCert(t)},
 			ClientCAs:    ca.pool,
