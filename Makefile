@@ -73,6 +73,8 @@ FUZZTIME ?= 30s
 fuzz:
 	go test -run='^$$' -fuzz=FuzzReadRequest -fuzztime=$(FUZZTIME) ./tunnel/
 	go test -run='^$$' -fuzz=FuzzReadReply -fuzztime=$(FUZZTIME) ./tunnel/
+	go test -run='^$$' -fuzz=FuzzParseNodeAddresses -fuzztime=$(FUZZTIME) ./hub/
+	go test -run='^$$' -fuzz=FuzzCredentialHeaders -fuzztime=$(FUZZTIME) ./hub/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi
