@@ -4,7 +4,6 @@ import (
 	"encoding/pem"
 	"net/http"
 	"net/http/httptest"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -12,6 +11,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"go.uber.org/goleak"
 	"k8s.io/client-go/rest"
+
+	"backhaul.io/backhaul/pkg/logging/logtest"
 )
 
 func TestMain(m *testing.M) {
@@ -21,33 +22,8 @@ func TestMain(m *testing.M) {
 // waitBound turns a hang into a failure; nothing is timed against it.
 const waitBound = 10 * time.Second
 
-// testLogger writes through t.Log and goes quiet once the test has finished.
-func testLogger(t testing.TB) hclog.Logger {
-	w := &testWriter{t: t}
-	t.Cleanup(w.stop)
-	return hclog.New(&hclog.LoggerOptions{Name: "test", Level: hclog.Debug, Output: w})
-}
-
-type testWriter struct {
-	mu   sync.Mutex
-	t    testing.TB
-	done bool
-}
-
-func (w *testWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.done {
-		w.t.Log(strings.TrimRight(string(p), "\n"))
-	}
-	return len(p), nil
-}
-
-func (w *testWriter) stop() {
-	w.mu.Lock()
-	w.done = true
-	w.mu.Unlock()
-}
+// testLogger writes through t.Log.
+func testLogger(t testing.TB) hclog.Logger { return logtest.New(t) }
 
 // fakeMember is a member API server that records requests.
 type fakeMember struct {
