@@ -179,50 +179,35 @@ func (a *Agent) serveStream(ctx context.Context, lis *streamListener, in *tunnel
 
 func (a *Agent) serveTCP(ctx context.Context, in *tunnel.Incoming) {
 	req := in.Request
-	reject := func(code tunnel.Code, msg string) {
-		a.metrics.streams.WithLabelValues(req.Kind.String(), code.String()).Inc()
-		a.log.Info("refused dial", "address", req.Address, "request_id", req.RequestID, "code", code, "reason", msg)
-		_ = in.Reject(code, msg)
-	}
 	dctx, cancel := context.WithTimeout(ctx, req.Timeout)
 	defer cancel()
 	ap, reason, msg, err := a.cfg.Allow.resolveAllowed(func(h string) ([]netip.Addr, error) { return a.cfg.Resolve(dctx, h) }, req.Address)
-	if err != nil {
-		reject(tunnel.CodeRefused, fmt.Sprintf("resolve %s: %v", req.Address, err))
-		return
-	}
-	if reason != "" {
+	switch {
+	case err != nil:
+		a.reject(in, tunnel.CodeRefused, fmt.Sprintf("resolve %s: %v", req.Address, err))
+	case reason != "":
 		a.metrics.refusals.WithLabelValues(reason).Inc()
-		reject(tunnel.CodeNotAllowed, msg)
-		return
+		a.reject(in, tunnel.CodeNotAllowed, msg)
+	default:
+		a.dialAndPipe(ctx, dctx, in, ap.String(), "")
 	}
-	var d net.Dialer
-	conn, err := d.DialContext(dctx, "tcp", ap.String())
-	if err != nil {
-		reject(dialCode(err), err.Error())
-		return
-	}
-	stream, err := in.Accept()
-	if err != nil {
-		_ = conn.Close()
-		return
-	}
-	a.metrics.streams.WithLabelValues(req.Kind.String(), tunnel.CodeOK.String()).Inc()
-	tunnel.Pipe(ctx, stream, conn)
 }
 
 // serveAPIServerTCP connects the stream to the member API server's TCP
 // address; the caller does TLS with it end to end.
 func (a *Agent) serveAPIServerTCP(ctx context.Context, in *tunnel.Incoming) {
-	req := in.Request
-	dctx, cancel := context.WithTimeout(ctx, req.Timeout)
+	dctx, cancel := context.WithTimeout(ctx, in.Request.Timeout)
 	defer cancel()
+	a.dialAndPipe(ctx, dctx, in, a.api.hostPort(), "agent cannot reach its API server: ")
+}
+
+// dialAndPipe dials addr within dctx, answers the stream, and pipes until
+// either side ends or ctx does.
+func (a *Agent) dialAndPipe(ctx, dctx context.Context, in *tunnel.Incoming, addr, failPrefix string) {
 	var d net.Dialer
-	conn, err := d.DialContext(dctx, "tcp", a.api.hostPort())
+	conn, err := d.DialContext(dctx, "tcp", addr)
 	if err != nil {
-		code := dialCode(err)
-		a.metrics.streams.WithLabelValues(req.Kind.String(), code.String()).Inc()
-		_ = in.Reject(code, fmt.Sprintf("agent cannot reach its API server: %v", err))
+		a.reject(in, dialCode(err), failPrefix+err.Error())
 		return
 	}
 	stream, err := in.Accept()
@@ -230,8 +215,15 @@ func (a *Agent) serveAPIServerTCP(ctx context.Context, in *tunnel.Incoming) {
 		_ = conn.Close()
 		return
 	}
-	a.metrics.streams.WithLabelValues(req.Kind.String(), tunnel.CodeOK.String()).Inc()
+	a.metrics.streams.WithLabelValues(in.Request.Kind.String(), tunnel.CodeOK.String()).Inc()
 	tunnel.Pipe(ctx, stream, conn)
+}
+
+func (a *Agent) reject(in *tunnel.Incoming, code tunnel.Code, msg string) {
+	req := in.Request
+	a.metrics.streams.WithLabelValues(req.Kind.String(), code.String()).Inc()
+	a.log.Info("refused stream", "kind", req.Kind, "address", req.Address, "request_id", req.RequestID, "code", code, "reason", msg)
+	_ = in.Reject(code, msg)
 }
 
 func dialCode(err error) tunnel.Code {
