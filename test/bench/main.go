@@ -3,14 +3,17 @@
 //
 //   - the tunnel in process: an HTTP origin reached directly over loopback
 //     TCP and through one TLS websocket tunnel served by the real agent;
+//   - the hub's CONNECT front end in process: the same origin, as the
+//     member's API server address, reached directly and through the real
+//     hub and agent;
 //   - the hub's L7 gateway in front of a real kube-apiserver, against the
 //     same client inside the member's namespace;
 //   - the resident memory a real backhaul-hub process spends per idle agent.
 //
 // Targets are reported, never asserted: the exit status is non-zero only
 // when a figure could not be measured. Run it as `make bench` or
-// `go run ./test/bench [-quick] [-skip-kube]` from the repository root, as
-// root (the apiserver figure uses network namespaces).
+// `go run ./test/bench [-quick] [-skip-connect] [-skip-kube]` from the
+// repository root, as root (the apiserver figure uses network namespaces).
 package main
 
 import (
@@ -32,21 +35,23 @@ import (
 
 // options are the bench's flags; quick shrinks every run.
 type options struct {
-	quick      bool
-	skipTunnel bool
-	skipKube   bool
-	skipMemory bool
-	keep       bool
-	profileDir string
+	quick       bool
+	skipTunnel  bool
+	skipConnect bool
+	skipKube    bool
+	skipMemory  bool
+	keep        bool
+	profileDir  string
 
-	requests      int // sequential GETs per side, tunnel figures
-	workers       int
-	duration      time.Duration
-	downloadBytes int64
-	downloads     int
-	kubeRequests  int
-	agents        int
-	settleLimit   time.Duration // longest wait for the member to settle
+	requests        int // sequential GETs per side, tunnel figures
+	workers         int
+	duration        time.Duration
+	downloadBytes   int64
+	downloads       int
+	kubeRequests    int
+	connectRequests int // sequential connections per side, CONNECT setup figure
+	agents          int
+	settleLimit     time.Duration // longest wait for the member to settle
 
 	internalDirect bool
 
@@ -58,6 +63,7 @@ func parseOptions(args []string) (*options, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.BoolVar(&o.quick, "quick", false, "short smoke run (under a minute)")
 	fs.BoolVar(&o.skipTunnel, "skip-tunnel", false, "skip the in-process tunnel figures")
+	fs.BoolVar(&o.skipConnect, "skip-connect", false, "skip the in-process CONNECT front end figures")
 	fs.BoolVar(&o.skipKube, "skip-kube", false, "skip the kube-apiserver gateway figures (they need root)")
 	fs.BoolVar(&o.skipMemory, "skip-memory", false, "skip the hub memory figure")
 	fs.IntVar(&o.agents, "agents", 0, "idle agent sessions for the hub memory figure (default 1000, -quick 200)")
@@ -71,8 +77,10 @@ func parseOptions(args []string) (*options, error) {
 		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	o.requests, o.duration, o.downloads, o.kubeRequests, o.settleLimit = 5000, 10*time.Second, 3, 2000, 30*time.Second
+	o.connectRequests = 2000
 	if o.quick {
 		o.requests, o.duration, o.downloads, o.kubeRequests, o.settleLimit = 1000, 2*time.Second, 1, 500, 10*time.Second
+		o.connectRequests = 500
 	}
 	if o.agents == 0 {
 		o.agents = 1000
@@ -131,6 +139,9 @@ func run() int {
 	t := &table{}
 	if !o.skipTunnel {
 		benchTunnel(ctx, o, dir, t)
+	}
+	if !o.skipConnect && ctx.Err() == nil {
+		benchConnect(ctx, o, dir, t)
 	}
 	if !o.skipKube || !o.skipMemory {
 		progress("building backhaul-hub and backhaul-agent")

@@ -106,6 +106,16 @@ func latencyRow(figure string, direct, backhaul []time.Duration, limit time.Dura
 	return r
 }
 
+// latencyCeilingRow is latencyRow with the target on the backhaul p50
+// itself rather than on what it adds, for figures whose budget is a whole
+// operation (a proxied connection set up and used once).
+func latencyCeilingRow(figure string, direct, backhaul []time.Duration, limit time.Duration) row {
+	r := latencyRow(figure, direct, backhaul, 0)
+	b50, _ := percentiles(backhaul)
+	r.Target = fmt.Sprintf("≤%s p50 (%s)", fmtDur(limit), verdict(b50 <= limit))
+	return r
+}
+
 // rateRow compares two rates (higher is better); target, when set, is the
 // least acceptable backhaul figure in the row's unit.
 func rateRow(figure, unit string, direct, backhaul, target float64) row {
@@ -119,6 +129,14 @@ func rateRow(figure, unit string, direct, backhaul, target float64) row {
 	if target > 0 {
 		r.Target = fmt.Sprintf("≥%s (%s)", fmtRate(target, unit), verdict(backhaul >= target))
 	}
+	return r
+}
+
+// rateShareRow is rateRow with the target on the ratio: the least share of
+// the direct figure, measured in the same run, that backhaul should reach.
+func rateShareRow(figure, unit string, direct, backhaul, minRatio float64) row {
+	r := rateRow(figure, unit, direct, backhaul, 0)
+	r.Target = fmt.Sprintf("≥%s (%s)", fmtRatio(minRatio), verdict(backhaul/direct >= minRatio))
 	return r
 }
 

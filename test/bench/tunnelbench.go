@@ -88,6 +88,17 @@ func benchTunnel(ctx context.Context, o *options, dir string, t *table) {
 // compareSequential runs n sequential GETs direct and tunnelled (dials[0]
 // and dials[1]), interleaved in blocks, and compares their latency.
 func compareSequential(ctx context.Context, figure, url string, n int, keepAlive bool, dials [2]dialFunc, limit time.Duration, w *writeRatio) row {
+	runs, err := interleaved(ctx, url, n, keepAlive, dials, w)
+	if err != nil {
+		return row{Figure: figure, Err: err}
+	}
+	return latencyRow(figure, runs[0], runs[1], limit)
+}
+
+// interleaved runs n sequential GETs through each of dials, in alternating
+// blocks after a warm-up, and returns every request's latency per side.
+func interleaved(ctx context.Context, url string, n int, keepAlive bool, dials [2]dialFunc, w *writeRatio) ([2][]time.Duration, error) {
+	var runs [2][]time.Duration
 	clients := []*http.Client{
 		newClient(clientConfig{dial: dials[0], keepAlive: keepAlive}),
 		newClient(clientConfig{dial: dials[1], keepAlive: keepAlive}),
@@ -95,24 +106,23 @@ func compareSequential(ctx context.Context, figure, url string, n int, keepAlive
 	for _, c := range clients {
 		defer c.CloseIdleConnections()
 	}
-	runs := make([][]time.Duration, 2)
 	for b := range latencyBlocks {
 		for i, c := range clients {
 			if b == 0 { // warm up outside the syscall count
 				if _, err := sequential(ctx, c, latencyRun{URL: url, N: 200}); err != nil {
-					return row{Figure: figure, Err: fmt.Errorf("%s: warm-up: %w", side(i), err)}
+					return runs, fmt.Errorf("%s: warm-up: %w", side(i), err)
 				}
 			}
 			before := writeSyscalls()
 			ds, err := sequential(ctx, c, latencyRun{URL: url, N: n / latencyBlocks})
 			if err != nil {
-				return row{Figure: figure, Err: fmt.Errorf("%s: %w", side(i), err)}
+				return runs, fmt.Errorf("%s: %w", side(i), err)
 			}
 			w.add(i, writeSyscalls()-before, float64(len(ds)))
 			runs[i] = append(runs[i], ds...)
 		}
 	}
-	return latencyRow(figure, runs[0], runs[1], limit)
+	return runs, nil
 }
 
 func compareRPS(ctx context.Context, figure, url string, workers int, d time.Duration, dials [2]dialFunc) row {
@@ -132,7 +142,17 @@ func compareRPS(ctx context.Context, figure, url string, workers int, d time.Dur
 // compareDownload alternates direct and tunnelled downloads and compares
 // the median throughput of each.
 func compareDownload(ctx context.Context, figure, url string, size int64, runs int, dials [2]dialFunc, w *writeRatio) row {
-	rates := make([][]float64, 2)
+	mbps, err := downloads(ctx, url, size, runs, dials, w)
+	if err != nil {
+		return row{Figure: figure, Err: err}
+	}
+	return rateRow(figure, "MB/s", mbps[0], mbps[1], targetMBps)
+}
+
+// downloads fetches url runs times through each of dials, alternating, each
+// on a new connection, and returns the median MB/s per side.
+func downloads(ctx context.Context, url string, size int64, runs int, dials [2]dialFunc, w *writeRatio) ([2]float64, error) {
+	var rates [2][]float64
 	for range runs {
 		for i, dial := range dials {
 			c := newClient(clientConfig{dial: dial, keepAlive: false})
@@ -140,13 +160,13 @@ func compareDownload(ctx context.Context, figure, url string, size int64, runs i
 			bps, err := download(ctx, c, url, size)
 			c.CloseIdleConnections()
 			if err != nil {
-				return row{Figure: figure, Err: fmt.Errorf("%s: %w", side(i), err)}
+				return [2]float64{}, fmt.Errorf("%s: %w", side(i), err)
 			}
 			w.add(i, writeSyscalls()-before, float64(size)/(1<<20))
 			rates[i] = append(rates[i], bps/1e6)
 		}
 	}
-	return rateRow(figure, "MB/s", median(rates[0]), median(rates[1]), targetMBps)
+	return [2]float64{median(rates[0]), median(rates[1])}, nil
 }
 
 // writeRatio accumulates write(2) calls per unit of work, direct ([0]) and

@@ -49,9 +49,11 @@ func startTunnelRig(ctx context.Context, dir string, big int64) (_ *tunnelRig, e
 			r.close()
 		}
 	}()
-	if r.origin, err = r.startOrigin(big); err != nil {
+	var stop func()
+	if r.origin, stop, err = startOrigin(big); err != nil {
 		return nil, err
 	}
+	r.stops = append(r.stops, stop)
 	hubURL, caPEM, sessions, err := r.startHubSide(dir)
 	if err != nil {
 		return nil, err
@@ -70,8 +72,9 @@ func startTunnelRig(ctx context.Context, dir string, big int64) (_ *tunnelRig, e
 }
 
 // startOrigin serves /small (smallBody bytes) and /big (big bytes streamed
-// from one pre-filled buffer) on loopback.
-func (r *tunnelRig) startOrigin(big int64) (string, error) {
+// from one pre-filled buffer) on loopback. The tunnel rig reaches it as a
+// TCP destination, the CONNECT rig as the member's API server address.
+func startOrigin(big int64) (addr string, stop func(), _ error) {
 	small := make([]byte, smallBody)
 	chunk := make([]byte, 1<<20)
 	for i := range chunk {
@@ -97,31 +100,21 @@ func (r *tunnelRig) startOrigin(big int64) (string, error) {
 	})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return "", fmt.Errorf("origin: %w", err)
+		return "", nil, fmt.Errorf("origin: %w", err)
 	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: quietLog()}
 	go func() { _ = srv.Serve(ln) }()
-	r.stops = append(r.stops, func() { _ = srv.Close() })
-	return ln.Addr().String(), nil
+	return ln.Addr().String(), func() { _ = srv.Close() }, nil
 }
 
 // startHubSide serves tunnel.Path behind TLS with a certificate from a
 // throwaway CA, like the hub does, and hands every accepted session to the
 // returned channel.
 func (r *tunnelRig) startHubSide(dir string) (url string, caPEM []byte, _ <-chan *tunnel.Session, _ error) {
-	ca, err := harness.NewCA(dir, "tunnel-ca")
+	tlsCfg, caPEM, err := servingTLS(dir, "tunnel")
 	if err != nil {
 		return "", nil, nil, err
 	}
-	certFile, keyFile, err := ca.Serving("tunnel-hub", []string{"127.0.0.1"})
-	if err != nil {
-		return "", nil, nil, err
-	}
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		return "", nil, nil, err
-	}
-	tlsCfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}
 
 	// Sessions live past the upgrade request; this context ends them.
 	sctx, cancel := context.WithCancel(context.Background())
@@ -155,7 +148,26 @@ func (r *tunnelRig) startHubSide(dir string) (url string, caPEM []byte, _ <-chan
 		_ = srv.Close()
 		wg.Wait()
 	})
-	return "wss://" + ln.Addr().String(), ca.CertPEM, sessions, nil
+	return "wss://" + ln.Addr().String(), caPEM, sessions, nil
+}
+
+// servingTLS issues a certificate for 127.0.0.1 from a throwaway CA, with
+// files <dir>/<name>-ca.* and <dir>/<name>-hub.*, and returns the server
+// side's TLS config and the CA that clients trust.
+func servingTLS(dir, name string) (*tls.Config, []byte, error) {
+	ca, err := harness.NewCA(dir, name+"-ca")
+	if err != nil {
+		return nil, nil, err
+	}
+	certFile, keyFile, err := ca.Serving(name+"-hub", []string{"127.0.0.1"})
+	if err != nil {
+		return nil, nil, err
+	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}, ca.CertPEM, nil
 }
 
 // startAgent runs the real agent with the origin on its allowlist. Its
@@ -167,21 +179,37 @@ func (r *tunnelRig) startAgent(ctx context.Context, hubURL string, caPEM []byte)
 	}
 	h := http.Header{}
 	h.Set(tunnel.HeaderCluster, "bench")
-	a, err := agent.New(agent.Config{
-		Dialer: &tunnel.Dialer{
-			URL:       hubURL,
-			TLSConfig: tlsSettings{CAPEM: caPEM}.config(),
-			Header:    h,
-			Proxy:     noProxy,
-			Config:    tunnel.DefaultConfig(),
-		},
-		Member:   &rest.Config{Host: "https://127.0.0.1:1"},
-		Allow:    allow,
-		Log:      hclog.New(&hclog.LoggerOptions{Name: "bench-agent", Level: hclog.Warn, Output: os.Stderr}),
-		Registry: prometheus.NewRegistry(),
+	stop, err := runAgent(ctx, agent.Config{
+		Dialer: agentDialer(hubURL, caPEM, h),
+		Member: &rest.Config{Host: "https://127.0.0.1:1"},
+		Allow:  allow,
 	})
 	if err != nil {
 		return err
+	}
+	r.stops = append(r.stops, stop)
+	return nil
+}
+
+// agentDialer dials hubURL over TLS trusting caPEM, never through a proxy.
+func agentDialer(hubURL string, caPEM []byte, h http.Header) *tunnel.Dialer {
+	return &tunnel.Dialer{
+		URL:       hubURL,
+		TLSConfig: tlsSettings{CAPEM: caPEM}.config(),
+		Header:    h,
+		Proxy:     noProxy,
+		Config:    tunnel.DefaultConfig(),
+	}
+}
+
+// runAgent runs the real agent (agent.New) with cfg, adding a warn-level
+// logger and a fresh registry, until stop is called.
+func runAgent(ctx context.Context, cfg agent.Config) (stop func(), _ error) {
+	cfg.Log = hclog.New(&hclog.LoggerOptions{Name: "bench-agent", Level: hclog.Warn, Output: os.Stderr})
+	cfg.Registry = prometheus.NewRegistry()
+	a, err := agent.New(cfg)
+	if err != nil {
+		return nil, err
 	}
 	actx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	done := make(chan struct{})
@@ -189,9 +217,8 @@ func (r *tunnelRig) startAgent(ctx context.Context, hubURL string, caPEM []byte)
 		defer close(done)
 		_ = a.Run(actx)
 	}()
-	r.stops = append(r.stops, func() {
+	return func() {
 		cancel()
 		<-done
-	})
-	return nil
+	}, nil
 }

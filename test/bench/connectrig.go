@@ -1,0 +1,232 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/client-go/rest"
+
+	"backhaul.io/backhaul/agent"
+	"backhaul.io/backhaul/hub"
+	"backhaul.io/backhaul/test/harness"
+	"backhaul.io/backhaul/tunnel"
+)
+
+// connectCluster is the one cluster of the CONNECT rig; CONNECT names its
+// API server as connectCluster+hub.DefaultClusterSuffix:443.
+const connectCluster = "bench"
+
+// connectRig is the in-process topology of the CONNECT figures: the real hub
+// (hub.New) with its CONNECT front end on loopback TCP, the real agent
+// dialling it over TLS, and the bench's HTTP origin standing in for the
+// member's API server. A CONNECT to the cluster becomes a raw stream to the
+// API server's host:port, so the origin needs no TLS: TLS would be the
+// caller's, end to end, and the same on the direct side.
+type connectRig struct {
+	origin string      // host:port of the origin (the "API server")
+	hub    *hub.Server // for the leak check after the runs
+	// request is the CONNECT request every dial sends.
+	request string
+	proxy   string // host:port of the CONNECT front end
+	stops   []func()
+
+	mu         sync.Mutex
+	handshakes []time.Duration // of every dial: TCP to the proxy to the 200
+}
+
+// takeHandshakes returns the handshake times recorded so far and forgets them.
+func (r *connectRig) takeHandshakes() []time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	hs := r.handshakes
+	r.handshakes = nil
+	return hs
+}
+
+func (r *connectRig) close() {
+	for i := len(r.stops) - 1; i >= 0; i-- {
+		r.stops[i]()
+	}
+}
+
+// startConnectRig starts origin, hub and agent and returns once the hub has
+// the agent's session. big is the size of the origin's /big response.
+func startConnectRig(ctx context.Context, dir string, big int64) (_ *connectRig, err error) {
+	r := &connectRig{}
+	defer func() {
+		if err != nil {
+			r.close()
+		}
+	}()
+	var stop func()
+	if r.origin, stop, err = startOrigin(big); err != nil {
+		return nil, err
+	}
+	r.stops = append(r.stops, stop)
+	agentToken := rand.Text()
+	hubURL, caPEM, err := r.startHub(ctx, dir, agentToken)
+	if err != nil {
+		return nil, err
+	}
+	h := http.Header{}
+	h.Set("Authorization", "Bearer "+agentToken)
+	h.Set(tunnel.HeaderCluster, connectCluster)
+	// The agent dials its API server for a CONNECT stream by the host:port
+	// of Member.Host; nothing else of it is used here.
+	stop, err = runAgent(ctx, agent.Config{
+		Dialer: agentDialer(hubURL, caPEM, h),
+		Member: &rest.Config{Host: "https://" + r.origin},
+	})
+	if err != nil {
+		return nil, err
+	}
+	r.stops = append(r.stops, stop)
+	err = harness.WaitFor(ctx, 15*time.Second, 10*time.Millisecond, func() error {
+		_, err := r.hub.Registry().Get(connectCluster)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("the agent did not connect to the in-process hub: %w", err)
+	}
+	return r, nil
+}
+
+// startHub runs the real hub on loopback with one cluster whose agent token
+// is agentToken, and one caller (callerToken) whom every cluster admits. It
+// returns the agents' URL and the CA that signed the hub's certificate.
+func (r *connectRig) startHub(ctx context.Context, dir, agentToken string) (string, []byte, error) {
+	tlsCfg, caPEM, err := servingTLS(dir, "connect")
+	if err != nil {
+		return "", nil, err
+	}
+	agentFile := filepath.Join(dir, "connect-agent-tokens.csv")
+	callerFile := filepath.Join(dir, "connect-caller-tokens.csv")
+	if err := errors.Join(
+		os.WriteFile(agentFile, []byte(agentToken+","+connectCluster+"\n"), 0o600),
+		os.WriteFile(callerFile, []byte(callerToken+","+callerUser+","+callerUser+"\n"), 0o600),
+	); err != nil {
+		return "", nil, err
+	}
+	agents, err := hub.NewAgentTokens(agentFile, "")
+	if err != nil {
+		return "", nil, err
+	}
+	callers, err := hub.LoadStaticTokens(callerFile)
+	if err != nil {
+		return "", nil, err
+	}
+	srv, err := hub.New(hub.Config{
+		Listen:          "127.0.0.1:0",
+		TLS:             tlsCfg,
+		ConnectListen:   "127.0.0.1:0",
+		AgentAuth:       agents,
+		Clusters:        agents,
+		Authn:           callers,
+		Authz:           hub.AllowAuthenticated{},
+		Tunnel:          tunnel.DefaultConfig(),
+		DialTimeout:     10 * time.Second,
+		ShutdownTimeout: 5 * time.Second,
+		Log:             hclog.New(&hclog.LoggerOptions{Name: "bench-hub", Level: hclog.Warn, Output: os.Stderr}),
+		Registry:        prometheus.NewRegistry(),
+	})
+	if err != nil {
+		return "", nil, err
+	}
+	hctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	var runErr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runErr = srv.Run(hctx)
+	}()
+	r.stops = append(r.stops, func() {
+		// The agent has stopped: let the hub see its session end first, so
+		// that the hub's shutdown does not cut a live session and log it.
+		_ = harness.WaitFor(context.Background(), 2*time.Second, 5*time.Millisecond, func() error {
+			if _, err := srv.Registry().Get(connectCluster); err == nil {
+				return errors.New("session still registered")
+			}
+			return nil
+		})
+		cancel()
+		<-done
+	})
+	r.hub = srv
+	// Run binds every listener before it serves, or returns.
+	for srv.Addr() == nil || srv.ConnectAddr() == nil {
+		select {
+		case <-done:
+			return "", nil, fmt.Errorf("hub: %w", runErr)
+		case <-ctx.Done():
+			return "", nil, ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	r.proxy = srv.ConnectAddr().String()
+	target := connectCluster + hub.DefaultClusterSuffix + ":443"
+	r.request = "CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\nProxy-Authorization: Bearer " + callerToken + "\r\n\r\n"
+	return "wss://" + srv.Addr().String(), caPEM, nil
+}
+
+// dial opens a raw stream to the cluster's API server through the CONNECT
+// front end, as kubectl with a proxy-url does: TCP to the proxy, CONNECT,
+// the 200. It is a dialFunc; the address asked for is ignored.
+func (r *connectRig) dial(ctx context.Context, _, _ string) (_ net.Conn, err error) {
+	start := time.Now()
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", r.proxy)
+	if err != nil {
+		return nil, fmt.Errorf("dial CONNECT proxy: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = c.Close()
+		}
+	}()
+	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	if _, err := io.WriteString(c, r.request); err != nil {
+		return nil, fmt.Errorf("send CONNECT: %w", err)
+	}
+	br := bufio.NewReaderSize(c, 512)
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	if err != nil {
+		return nil, fmt.Errorf("read CONNECT response: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return nil, fmt.Errorf("CONNECT: %s: %s", resp.Status, strings.TrimSpace(string(msg)))
+	}
+	if !stop() {
+		return nil, ctx.Err()
+	}
+	r.mu.Lock()
+	r.handshakes = append(r.handshakes, time.Since(start))
+	r.mu.Unlock()
+	if br.Buffered() > 0 {
+		// The origin spoke first and its bytes came with the 200.
+		return &prefixedConn{Conn: c, r: io.MultiReader(io.LimitReader(br, int64(br.Buffered())), c)}, nil
+	}
+	return c, nil
+}
+
+// prefixedConn reads what was buffered with the CONNECT response first.
+type prefixedConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c *prefixedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
