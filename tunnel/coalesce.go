@@ -28,9 +28,20 @@ type frameConn struct {
 	net.Conn
 	hdr  [yamuxHeaderLen]byte
 	held bool
+	// batch, on the agent, gathers the websocket library's small writes of
+	// one message; each Write here is whole messages, so it ends the batch.
+	batch *batchConn
 }
 
-func (c *frameConn) Write(p []byte) (int, error) {
+func (c *frameConn) Write(p []byte) (n int, err error) {
+	if c.batch != nil {
+		c.batch.hold()
+		defer func() {
+			if ferr := c.batch.release(); err == nil && ferr != nil {
+				err = ferr
+			}
+		}()
+	}
 	if c.held {
 		c.held = false
 		if len(p) <= coalesceMax-yamuxHeaderLen {

@@ -55,3 +55,26 @@ func TestFrameConnCoalesces(t *testing.T) {
 		})
 	}
 }
+
+func TestBatchConnGathersHeldWrites(t *testing.T) {
+	rc := &recordConn{}
+	bc := &batchConn{Conn: rc}
+
+	_, err := bc.Write([]byte("control"))
+	require.NoError(t, err)
+	bc.hold()
+	for range 40 { // 40 × 4 KiB = 160 KiB: two full batches and a rest
+		n, err := bc.Write(make([]byte, 4096))
+		require.NoError(t, err)
+		require.Equal(t, 4096, n)
+	}
+	require.NoError(t, bc.release())
+	_, err = bc.Write([]byte("after"))
+	require.NoError(t, err)
+
+	var got []int
+	for _, w := range rc.writes {
+		got = append(got, len(w))
+	}
+	assert.Equal(t, []int{7, batchMax, batchMax, 160<<10 - 2*batchMax, 5}, got)
+}

@@ -25,7 +25,7 @@ type Session struct {
 
 // newSession is the one place a websocket-backed net.Conn becomes a yamux
 // session. client is true on the side that dialled (the agent).
-func newSession(conn net.Conn, client bool, cfg *Config) (*Session, error) {
+func newSession(conn net.Conn, client bool, cfg *Config, batch *batchConn) (*Session, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("tunnel config: %w", err)
 	}
@@ -33,7 +33,7 @@ func newSession(conn net.Conn, client bool, cfg *Config) (*Session, error) {
 		mux *yamux.Session
 		err error
 	)
-	fc := &frameConn{Conn: conn}
+	fc := &frameConn{Conn: conn, batch: batch}
 	if client {
 		mux, err = yamux.Client(fc, cfg.yamux())
 	} else {
@@ -49,7 +49,7 @@ func newSession(conn net.Conn, client bool, cfg *Config) (*Session, error) {
 // NewSession runs a session over an already-established conn. The websocket
 // front door uses it; tests use it over pipes and plain TCP.
 func NewSession(conn net.Conn, client bool, cfg *Config) (*Session, error) {
-	return newSession(conn, client, cfg)
+	return newSession(conn, client, cfg, nil)
 }
 
 // Done is closed when the session ends, for whatever reason.

@@ -36,17 +36,17 @@ func Accept(w http.ResponseWriter, r *http.Request, cfg *Config) (*Session, erro
 	if err != nil {
 		return nil, fmt.Errorf("websocket upgrade: %w", err)
 	}
-	return sessionOver(c, false, cfg)
+	return sessionOver(c, false, cfg, nil)
 }
 
-func sessionOver(c *websocket.Conn, client bool, cfg *Config) (*Session, error) {
+func sessionOver(c *websocket.Conn, client bool, cfg *Config, batch *batchConn) (*Session, error) {
 	// The session outlives the upgrade request, so the conn gets its own
 	// context; Session.Close ends it.
 	nc := websocket.NetConn(context.Background(), c, websocket.MessageBinary)
 	// NetConn lifts the read limit; put a bound back so a peer cannot send
 	// one endless message.
 	c.SetReadLimit(int64(cfg.StreamWindow) + frameSlack)
-	return newSession(nc, client, cfg)
+	return newSession(nc, client, cfg, batch)
 }
 
 func offers(h http.Header, proto string) bool {
@@ -101,8 +101,11 @@ func (d *Dialer) Dial(ctx context.Context) (*Session, error) {
 		}
 		tlsCfg.NextProtos = []string{"http/1.1"}
 		d.client = &http.Client{Transport: &http.Transport{
-			Proxy:               proxy,
-			TLSClientConfig:     tlsCfg,
+			Proxy:           proxy,
+			TLSClientConfig: tlsCfg,
+			// Used when no proxy is: through a proxy the transport does
+			// its own TLS, and writes are simply not batched.
+			DialTLSContext:      dialTLSBatched(&tlsDialer{Config: tlsCfg}),
 			TLSHandshakeTimeout: d.timeout(),
 			ForceAttemptHTTP2:   false,
 			DisableCompression:  true,
@@ -110,6 +113,8 @@ func (d *Dialer) Dial(ctx context.Context) (*Session, error) {
 	})
 	ctx, cancel := context.WithTimeout(ctx, d.timeout())
 	defer cancel()
+	slot := &batchSlot{}
+	ctx = context.WithValue(ctx, batchKey{}, slot)
 	c, resp, err := websocket.Dial(ctx, u, &websocket.DialOptions{
 		HTTPClient:      d.client,
 		HTTPHeader:      d.Header,
@@ -126,8 +131,11 @@ func (d *Dialer) Dial(ctx context.Context) (*Session, error) {
 		_ = c.Close(websocket.StatusProtocolError, "subprotocol not negotiated")
 		return nil, fmt.Errorf("%w: hub chose subprotocol %q", ErrVersion, c.Subprotocol())
 	}
-	return sessionOver(c, true, cfg)
+	return sessionOver(c, true, cfg, slot.conn)
 }
+
+// tlsDialer is crypto/tls's dialer; named here so the batch file reads well.
+type tlsDialer = tls.Dialer
 
 func (d *Dialer) timeout() time.Duration {
 	if d.HandshakeTimeout > 0 {
