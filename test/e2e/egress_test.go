@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -16,13 +18,16 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"k8s.io/cri-streaming/pkg/streaming/remotecommand"
+	utilexec "k8s.io/utils/exec"
 
 	"backhaul.io/backhaul/test/harness"
 )
 
 // envKubelet makes the test binary a minimal kubelet: "ADDR|CERT|KEY".
-// It serves only containerLogs; exec and the other streams come with the
-// full test kubelet.
+// It serves containerLogs and exec (commands run on the host, through the
+// upstream streaming library); attach, port-forward and log follow come
+// with the full test kubelet.
 const envKubelet = "BACKHAUL_E2E_KUBELET"
 
 func serveKubeletStandIn(spec string) int {
@@ -35,6 +40,15 @@ func serveKubeletStandIn(spec string) int {
 	mux.HandleFunc("GET /containerLogs/{ns}/{pod}/{container}", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "log line from %s/%s/%s on the edge node\n", r.PathValue("ns"), r.PathValue("pod"), r.PathValue("container"))
 	})
+	mux.HandleFunc("/exec/{ns}/{pod}/{container}", func(w http.ResponseWriter, r *http.Request) {
+		opts, err := remotecommand.NewOptions(r)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		remotecommand.ServeExec(w, r, hostExecutor{}, r.PathValue("pod"), "", r.PathValue("container"),
+			r.URL.Query()["command"], opts, time.Hour, 30*time.Second, remotecommand.SupportedStreamingProtocols)
+	})
 	srv := &http.Server{Addr: parts[0], Handler: mux, ReadHeaderTimeout: 5 * time.Second,
 		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12}}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
@@ -45,6 +59,30 @@ func serveKubeletStandIn(spec string) int {
 		return 1
 	}
 	return 0
+}
+
+// hostExecutor runs exec commands as host processes.
+type hostExecutor struct{}
+
+func (hostExecutor) ExecInContainer(ctx context.Context, _, _, _ string, cmd []string, in io.Reader, out, errw io.WriteCloser, _ bool, _ <-chan remotecommand.TerminalSize, _ time.Duration) error {
+	if len(cmd) == 0 {
+		return fmt.Errorf("no command")
+	}
+	c := exec.CommandContext(ctx, cmd[0], cmd[1:]...)
+	if in != nil {
+		c.Stdin = in
+	}
+	if out != nil {
+		c.Stdout = out
+	}
+	if errw != nil {
+		c.Stderr = errw
+	}
+	err := c.Run()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return utilexec.ExitErrorWrapper{ExitError: ee}
+	}
+	return err
 }
 
 // Edge topology: a cloud kube-apiserver whose "cluster" egress goes to the
@@ -144,6 +182,13 @@ spec:
 		return nil
 	}))
 	assert.Equal(t, "log line from default/edge-pod/app on the edge node", strings.TrimSpace(logs))
+
+	// exec: the command's real output and exit code.
+	stdout, stderr, err := cloud.Kubectl(ctx, "exec", "edge-pod", "-c", "app", "--", "sh", "-c", "echo hello from the edge; exit 3")
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee, "stdout %q stderr %q", stdout, stderr)
+	assert.Equal(t, 3, ee.ExitCode(), stderr)
+	assert.Equal(t, "hello from the edge", strings.TrimSpace(stdout))
 
 	// The hub's namespace (and the cloud's, routed through it) has no
 	// path to the node but the tunnel.
