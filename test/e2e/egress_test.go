@@ -2,88 +2,20 @@ package e2e
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"k8s.io/cri-streaming/pkg/streaming/remotecommand"
-	utilexec "k8s.io/utils/exec"
 
 	"backhaul.io/backhaul/test/harness"
 )
-
-// envKubelet makes the test binary a minimal kubelet: "ADDR|CERT|KEY".
-// It serves containerLogs and exec (commands run on the host, through the
-// upstream streaming library); attach, port-forward and log follow come
-// with the full test kubelet.
-const envKubelet = "BACKHAUL_E2E_KUBELET"
-
-func serveKubeletStandIn(spec string) int {
-	parts := strings.Split(spec, "|")
-	if len(parts) != 3 {
-		fmt.Fprintln(os.Stderr, "want ADDR|CERT|KEY")
-		return 2
-	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /containerLogs/{ns}/{pod}/{container}", func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "log line from %s/%s/%s on the edge node\n", r.PathValue("ns"), r.PathValue("pod"), r.PathValue("container"))
-	})
-	mux.HandleFunc("/exec/{ns}/{pod}/{container}", func(w http.ResponseWriter, r *http.Request) {
-		opts, err := remotecommand.NewOptions(r)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		remotecommand.ServeExec(w, r, hostExecutor{}, r.PathValue("pod"), "", r.PathValue("container"),
-			r.URL.Query()["command"], opts, time.Hour, 30*time.Second, remotecommand.SupportedStreamingProtocols)
-	})
-	srv := &http.Server{Addr: parts[0], Handler: mux, ReadHeaderTimeout: 5 * time.Second,
-		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12}}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	defer stop()
-	go func() { <-ctx.Done(); _ = srv.Close() }()
-	if err := srv.ListenAndServeTLS(parts[1], parts[2]); err != nil && err != http.ErrServerClosed {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	return 0
-}
-
-// hostExecutor runs exec commands as host processes.
-type hostExecutor struct{}
-
-func (hostExecutor) ExecInContainer(ctx context.Context, _, _, _ string, cmd []string, in io.Reader, out, errw io.WriteCloser, _ bool, _ <-chan remotecommand.TerminalSize, _ time.Duration) error {
-	if len(cmd) == 0 {
-		return fmt.Errorf("no command")
-	}
-	c := exec.CommandContext(ctx, cmd[0], cmd[1:]...)
-	if in != nil {
-		c.Stdin = in
-	}
-	if out != nil {
-		c.Stdout = out
-	}
-	if errw != nil {
-		c.Stderr = errw
-	}
-	err := c.Run()
-	if ee, ok := err.(*exec.ExitError); ok {
-		return utilexec.ExitErrorWrapper{ExitError: ee}
-	}
-	return err
-}
 
 // Edge topology: a cloud kube-apiserver whose "cluster" egress goes to the
 // hub's CONNECT Unix socket reaches a kubelet on an edge node that accepts
@@ -93,28 +25,6 @@ func TestEgressSelectorReachesEdgeKubelet(t *testing.T) {
 	ctx := context.Background()
 	edge := e.members["m2"]
 	const nodeIP, nodeName = "10.252.2.1", "edge-node-1"
-
-	// The edge node: an address in the site, a kubelet on it, a node agent.
-	out, err := edge.Netns.Command(ctx, "ip", "addr", "add", nodeIP+"/32", "dev", "lo").CombinedOutput()
-	require.NoError(t, err, string(out))
-	t.Cleanup(func() {
-		_ = edge.Netns.Command(context.Background(), "ip", "addr", "del", nodeIP+"/32", "dev", "lo").Run()
-	})
-	kca, err := harness.NewCA(filepath.Join(t.TempDir()), "kubelet-ca")
-	require.NoError(t, err)
-	cert, key, err := kca.Serving("kubelet", []string{nodeIP})
-	require.NoError(t, err)
-	cmd := edge.Netns.Command(context.Background(), os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), envKubelet+"="+nodeIP+":10250|"+cert+"|"+key)
-	kubelet, err := harness.Start(ctx, "kubelet-"+nodeName, edge.Dir, cmd)
-	require.NoError(t, err)
-	t.Cleanup(kubelet.Stop)
-	agent, err := harness.StartAgent(ctx, e.hub, edge, harness.AgentConfig{
-		Binary: e.agentBin, Name: "agent-" + nodeName, Cluster: "m2",
-		Args: []string{"--node-name", nodeName, "--node-addresses", nodeIP},
-	})
-	require.NoError(t, err)
-	t.Cleanup(agent.Stop)
 
 	// The cloud control plane.
 	dir := t.TempDir()
@@ -131,25 +41,38 @@ egressSelections:
 `, e.hub.ConnectUDS)), 0o600))
 	cloud, err := harness.StartMember(ctx, harness.MemberConfig{
 		Name: "cloud", Index: 43, Dir: filepath.Join(dir, "cloud"),
-		APIServerArgs: []string{
-			"--egress-selector-config-file=" + egress,
-			"--kubelet-certificate-authority=" + kca.CertFile,
-			"--kubelet-preferred-address-types=InternalIP",
-		},
+		APIServerArgs: []string{"--egress-selector-config-file=" + egress},
 	})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = cloud.Stop() })
+
+	// The edge node: an address in the site, the test kubelet on it (its
+	// certificate from the cloud's CA, which the cloud API server trusts),
+	// and a node agent.
+	out, err := edge.Netns.Command(ctx, "ip", "addr", "add", nodeIP+"/32", "dev", "lo").CombinedOutput()
+	require.NoError(t, err, string(out))
+	t.Cleanup(func() {
+		_ = edge.Netns.Command(context.Background(), "ip", "addr", "del", nodeIP+"/32", "dev", "lo").Run()
+	})
+	bin, err := harness.TestKubeletBinary(ctx)
+	require.NoError(t, err)
+	kubelet, err := harness.StartKubelet(ctx, bin, edge.Netns, cloud.CA, cloud.CAFile, nodeName, nodeIP, filepath.Join(dir, "kubelet"))
+	require.NoError(t, err)
+	t.Cleanup(kubelet.Proc.Stop)
+	require.NoError(t, os.WriteFile(filepath.Join(kubelet.LogDir, "default_edge-pod_app.log"),
+		[]byte("log line from default/edge-pod/app on the edge node\n"), 0o644))
+	agent, err := harness.StartAgent(ctx, e.hub, edge, harness.AgentConfig{
+		Binary: e.agentBin, Name: "agent-" + nodeName, Cluster: "m2",
+		Args: []string{"--node-name", nodeName, "--node-addresses", nodeIP},
+	})
+	require.NoError(t, err)
+	t.Cleanup(agent.Stop)
 	k := func(args ...string) (string, error) {
 		stdout, stderr, err := cloud.Kubectl(ctx, args...)
 		return stdout + stderr, err
 	}
 	objects := filepath.Join(cloud.Dir, "edge.yaml")
 	require.NoError(t, os.WriteFile(objects, []byte(`apiVersion: v1
-kind: Node
-metadata:
-  name: edge-node-1
----
-apiVersion: v1
 kind: ServiceAccount
 metadata:
   name: default
@@ -169,9 +92,7 @@ spec:
 `), 0o600))
 	out2, err := k("apply", "-f", objects)
 	require.NoError(t, err, out2)
-	out2, err = k("patch", "node", nodeName, "--subresource=status", "--type=merge", "-p",
-		fmt.Sprintf(`{"status":{"addresses":[{"type":"InternalIP","address":%q}],"daemonEndpoints":{"kubeletEndpoint":{"Port":10250}}}}`, nodeIP))
-	require.NoError(t, err, out2)
+	require.NoError(t, cloud.RegisterNode(ctx, kubelet))
 
 	var logs string
 	require.NoError(t, harness.WaitFor(ctx, 20*time.Second, 300*time.Millisecond, func() error {

@@ -40,6 +40,15 @@ type environment struct {
 	agents     map[string]*harness.Process
 	kubeconfig string
 	mu         sync.Mutex
+	// late are cleanups registered by tests for shared fixtures.
+	late []func()
+}
+
+// addCleanup runs f at suite teardown (for fixtures shared by tests).
+func (e *environment) addCleanup(f func()) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.late = append(e.late, f)
 }
 
 var (
@@ -52,8 +61,8 @@ func TestMain(m *testing.M) {
 	if addr := os.Getenv(envServe); addr != "" {
 		os.Exit(serveNodeStandIn(addr))
 	}
-	if spec := os.Getenv(envKubelet); spec != "" {
-		os.Exit(serveKubeletStandIn(spec))
+	if addr := os.Getenv(envEcho); addr != "" {
+		os.Exit(serveEcho(addr))
 	}
 	code := func() int {
 		if os.Geteuid() != 0 {
@@ -168,6 +177,14 @@ func setup(ctx context.Context) (_ *environment, teardown func(), err error) {
 		e.agents[n] = p
 		cleanups = append(cleanups, func() { e.agent(n).Stop() })
 	}
+	cleanups = append(cleanups, func() {
+		e.mu.Lock()
+		late := e.late
+		e.mu.Unlock()
+		for i := len(late) - 1; i >= 0; i-- {
+			late[i]()
+		}
+	})
 	e.kubeconfig = filepath.Join(e.dir, "kubeconfig")
 	if err := e.hub.WriteKubeconfig(e.kubeconfig, names, callers["admin"].Token); err != nil {
 		return nil, teardown, err

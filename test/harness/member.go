@@ -47,6 +47,7 @@ type Member struct {
 	Dir             string
 	CAFile          string        // PEM CA that signed the apiserver's serving cert
 	CAPEM           []byte        // contents of CAFile
+	CA              *CA           // the member's CA, to issue more certificates (a kubelet's)
 	AdminToken      string        // bearer token of user "admin" in group system:masters
 	NobodyToken     string        // bearer token of user "nobody", no groups, no RBAC grants
 	InternalURL     string        // https://127.0.0.1:6443, valid inside the namespace
@@ -143,7 +144,13 @@ func (m *Member) prepare() error {
 	if err != nil {
 		return err
 	}
-	m.CAFile, m.CAPEM = ca.CertFile, ca.CertPEM
+	m.CAFile, m.CAPEM, m.CA = ca.CertFile, ca.CertPEM, ca
+	// The API server talks to kubelets (the test kubelet) with a client
+	// certificate from the member CA and verifies them against it.
+	kcCert, kcKey, err := ca.Client("apiserver-kubelet-client", "kube-apiserver-kubelet-client", []string{"kubeadm:cluster-admins"})
+	if err != nil {
+		return err
+	}
 	hosts := []string{"127.0.0.1", m.Netns.NSIP.String(), "localhost", "10.96.0.1",
 		"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"}
 	servingCert, servingKey, err := ca.Serving("apiserver", hosts)
@@ -204,6 +211,10 @@ func (m *Member) prepare() error {
 		// resource version". Serve lists and watches from etcd directly.
 		"--watch-cache=false",
 		"--profiling=false",
+		"--kubelet-client-certificate=" + kcCert,
+		"--kubelet-client-key=" + kcKey,
+		"--kubelet-certificate-authority=" + ca.CertFile,
+		"--kubelet-preferred-address-types=InternalIP",
 		"--v=1",
 	}
 	m.apiArgs = append(m.apiArgs, m.extraArgs...)

@@ -1,0 +1,84 @@
+package harness
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+)
+
+// TestKubeletBinary builds ./test/kubelet into the bin dir.
+func TestKubeletBinary(ctx context.Context) (string, error) {
+	root, err := RepoRoot()
+	if err != nil {
+		return "", err
+	}
+	dir := os.Getenv(EnvBinDir)
+	if dir == "" {
+		dir = filepath.Join(root, "_output", "bin")
+	}
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", dir+"/backhaul-test-kubelet", "./test/kubelet")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build test kubelet: %w\n%s", err, out)
+	}
+	return filepath.Join(dir, "backhaul-test-kubelet"), nil
+}
+
+// Kubelet is a test kubelet running in a namespace.
+type Kubelet struct {
+	NodeName string
+	IP       string
+	// LogDir holds NAMESPACE_POD_CONTAINER.log files it serves.
+	LogDir string
+	Proc   *Process
+}
+
+// StartKubelet runs the test kubelet at ip:10250 inside ns, with a serving
+// certificate from ca (which the API server must trust) and trusting
+// clientCA for the API server's client certificate.
+func StartKubelet(ctx context.Context, bin string, ns *Netns, ca *CA, clientCAFile, nodeName, ip, dir string) (*Kubelet, error) {
+	logDir := filepath.Join(dir, "containers")
+	if err := os.MkdirAll(logDir, 0o755); err != nil {
+		return nil, err
+	}
+	cert, key, err := ca.Serving("kubelet-"+nodeName, []string{ip, nodeName})
+	if err != nil {
+		return nil, err
+	}
+	cmd := ns.Command(context.Background(), bin, "--listen", ip+":10250", "--tls-cert-file", cert, "--tls-key-file", key,
+		"--client-ca-file", clientCAFile, "--log-dir", logDir)
+	p, err := Start(ctx, "kubelet-"+nodeName, dir, cmd)
+	if err != nil {
+		return nil, err
+	}
+	// Listening is quick; wait until the port answers from inside the ns.
+	err = WaitFor(ctx, 10*time.Second, 50*time.Millisecond, func() error {
+		return ns.Command(ctx, "bash", "-c", "exec 3<>/dev/tcp/"+ip+"/10250").Run()
+	})
+	if err != nil {
+		p.Stop()
+		return nil, fmt.Errorf("test kubelet did not listen: %w\n%s", err, p.Tail(20))
+	}
+	return &Kubelet{NodeName: nodeName, IP: ip, LogDir: logDir, Proc: p}, nil
+}
+
+// RegisterNode creates the Node object for k in m and points its status at
+// k's address and port, so the API server's logs/exec/attach/port-forward
+// go there.
+func (m *Member) RegisterNode(ctx context.Context, k *Kubelet) error {
+	manifest := filepath.Join(m.Dir, "node-"+k.NodeName+".yaml")
+	if err := os.WriteFile(manifest, []byte("apiVersion: v1\nkind: Node\nmetadata:\n  name: "+k.NodeName+"\n"), 0o644); err != nil {
+		return err
+	}
+	if _, stderr, err := m.Kubectl(ctx, "apply", "-f", manifest); err != nil {
+		return fmt.Errorf("create node %s: %w: %s", k.NodeName, err, stderr)
+	}
+	patch := fmt.Sprintf(`{"status":{"addresses":[{"type":"InternalIP","address":%q}],"daemonEndpoints":{"kubeletEndpoint":{"Port":10250}}}}`, k.IP)
+	if _, stderr, err := m.Kubectl(ctx, "patch", "node", k.NodeName, "--subresource=status", "--type=merge", "-p", patch); err != nil {
+		return fmt.Errorf("node %s status: %w: %s", k.NodeName, err, stderr)
+	}
+	return nil
+}
