@@ -28,6 +28,10 @@ var callers = map[string]harness.Caller{
 	"masters": {Token: "e2e-masters-token-0123456789abcd", User: "root-on-hub", Groups: []string{"system:masters"}},
 }
 
+// agentAdminPort is where each member's main agent serves /metrics, on
+// its namespace's loopback.
+const agentAdminPort = 9090
+
 // env is the shared topology: one hub, two members with agents. Starting
 // apiservers is the slow part, so tests share it and each one restores what
 // it breaks.
@@ -170,7 +174,7 @@ func setup(ctx context.Context) (_ *environment, teardown func(), err error) {
 		if _, stderr, err := m.Kubectl(ctx, "create", "clusterrolebinding", "fleet-admins", "--clusterrole=cluster-admin", "--group=fleet-admins"); err != nil {
 			return nil, teardown, fmt.Errorf("grant fleet-admins in %s: %w: %s", n, err, stderr)
 		}
-		p, err := harness.StartAgent(ctx, e.hub, m, harness.AgentConfig{Binary: agentBin, Cluster: n})
+		p, err := harness.StartAgent(ctx, e.hub, m, harness.AgentConfig{Binary: agentBin, Cluster: n, AdminPort: agentAdminPort})
 		if err != nil {
 			return nil, teardown, err
 		}
@@ -213,7 +217,7 @@ func (e *environment) agent(name string) *harness.Process {
 
 // restartAgent starts cluster's agent again after a test stopped it.
 func (e *environment) restartAgent(ctx context.Context, name string) error {
-	p, err := harness.StartAgent(ctx, e.hub, e.members[name], harness.AgentConfig{Binary: e.agentBin, Cluster: name})
+	p, err := harness.StartAgent(ctx, e.hub, e.members[name], harness.AgentConfig{Binary: e.agentBin, Cluster: name, AdminPort: agentAdminPort})
 	if err != nil {
 		return err
 	}

@@ -114,6 +114,8 @@ spec:
     image: example.invalid/app
   - name: follow
     image: example.invalid/app
+  - name: firehose
+    image: example.invalid/app
 `, streamsNS, streamsPod, streamsNode)), 0o644); err != nil {
 		return nil, err
 	}
@@ -122,7 +124,7 @@ spec:
 	}
 	// Running, so kubectl attach and port-forward accept the Pod.
 	if _, stderr, err := m.Kubectl(ctx, "patch", "pod", "-n", streamsNS, streamsPod, "--subresource=status", "--type=merge",
-		"-p", `{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True"}],"containerStatuses":[{"name":"app","ready":true,"restartCount":0,"image":"example.invalid/app","imageID":"","state":{"running":{}}},{"name":"follow","ready":true,"restartCount":0,"image":"example.invalid/app","imageID":"","state":{"running":{}}}]}}`); err != nil {
+		"-p", `{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True"}],"containerStatuses":[{"name":"app","ready":true,"restartCount":0,"image":"example.invalid/app","imageID":"","state":{"running":{}}},{"name":"follow","ready":true,"restartCount":0,"image":"example.invalid/app","imageID":"","state":{"running":{}}},{"name":"firehose","ready":true,"restartCount":0,"image":"example.invalid/app","imageID":"","state":{"running":{}}}]}}`); err != nil {
 		return nil, fmt.Errorf("pod status: %w: %s", err, stderr)
 	}
 	return k, nil

@@ -224,6 +224,9 @@ type AgentConfig struct {
 	Token   string // hub token; defaults to the hub's for Cluster
 	Args    []string
 	Env     []string // added to the agent's environment (e.g. HTTPS_PROXY)
+	// AdminPort is the agent's admin port on the namespace's loopback;
+	// 0 picks any free one.
+	AdminPort int
 }
 
 // StartAgent runs an agent inside m's namespace, dialling the hub on the
@@ -245,7 +248,7 @@ func StartAgent(ctx context.Context, h *Hub, m *Member, cfg AgentConfig) (*Proce
 		"--cluster", cfg.Cluster,
 		"--token-file", tokFile,
 		"--kubeconfig", m.AdminKubeconfig,
-		"--admin-listen", "127.0.0.1:0",
+		"--admin-listen", fmt.Sprintf("127.0.0.1:%d", cfg.AdminPort),
 		"--backoff-base", "500ms", "--backoff-max", "3s",
 	}, cfg.Args...)
 	cmd := m.Netns.Command(context.Background(), cfg.Binary, args...)

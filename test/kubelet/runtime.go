@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -193,6 +194,10 @@ func (r *runtime) logPath(nsPod, container string) string {
 // serveLogs serves a container's log file; with follow=true it keeps
 // sending what is appended until the caller goes away.
 func (r *runtime) serveLogs(w http.ResponseWriter, req *http.Request) {
+	if req.PathValue("container") == firehose {
+		r.serveFirehose(w, req)
+		return
+	}
 	path := filepath.Join(r.logDir, fmt.Sprintf("%s_%s_%s.log", req.PathValue("ns"), req.PathValue("pod"), req.PathValue("container")))
 	f, err := os.Open(path)
 	if err != nil {
@@ -247,4 +252,21 @@ func (r *runtime) PortForward(ctx context.Context, _, _ string, port int32, stre
 	case <-ctx.Done():
 	}
 	return nil
+}
+
+// firehose is a container whose log is endless, as fast as the reader
+// takes it: the load for fairness tests and benchmarks.
+const firehose = "firehose"
+
+func (r *runtime) serveFirehose(w http.ResponseWriter, req *http.Request) {
+	line := []byte(strings.Repeat("firehose log line ", 5) + "\n")
+	chunk := bytes.Repeat(line, (32<<10)/len(line))
+	w.Header().Set("Content-Type", "text/plain")
+	rc := http.NewResponseController(w)
+	for req.Context().Err() == nil && r.ctx.Err() == nil {
+		if _, err := w.Write(chunk); err != nil {
+			return
+		}
+		_ = rc.Flush()
+	}
 }
