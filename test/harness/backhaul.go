@@ -224,6 +224,8 @@ type AgentConfig struct {
 	Token   string // hub token; defaults to the hub's for Cluster
 	Args    []string
 	Env     []string // added to the agent's environment (e.g. HTTPS_PROXY)
+	// HubURL overrides wss://HOSTIP:PORT (e.g. to go through a proxy).
+	HubURL string
 	// AdminPort is the agent's admin port on the namespace's loopback;
 	// 0 picks any free one.
 	AdminPort int
@@ -242,8 +244,11 @@ func StartAgent(ctx context.Context, h *Hub, m *Member, cfg AgentConfig) (*Proce
 	if err := os.WriteFile(tokFile, []byte(cfg.Token), 0o600); err != nil {
 		return nil, err
 	}
+	if cfg.HubURL == "" {
+		cfg.HubURL = fmt.Sprintf("wss://%s:%d", m.Netns.HostIP, h.Port)
+	}
 	args := append([]string{
-		"--hub-url", fmt.Sprintf("wss://%s:%d", m.Netns.HostIP, h.Port),
+		"--hub-url", cfg.HubURL,
 		"--hub-ca-file", h.CA.CertFile,
 		"--cluster", cfg.Cluster,
 		"--token-file", tokFile,
