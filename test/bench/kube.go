@@ -31,14 +31,15 @@ const (
 	quietBusy = 0.10
 )
 
-// benchGateway compares a small GET through the hub's L7 gateway (hub and
-// agent as real processes) with the same GET made directly inside the
-// member's namespace, where the apiserver is reachable.
-func benchGateway(ctx context.Context, o *options, hubBin, agentBin, dir string, t *table) {
-	figGW := "apiserver GET via gateway p50 / p99"
-	figImp := "  vs direct with impersonation"
+// benchKube starts a member cluster with a hub and an agent in front of it,
+// and measures the gateway figures and then, on the same member, hub and
+// agent, the streams figures.
+func benchKube(ctx context.Context, o *options, hubBin, agentBin, dir string, t *table) {
 	fail := func(err error) {
-		t.add(row{Figure: figGW, Err: err}, row{Figure: figImp, Err: err})
+		t.add(row{Figure: figGateway, Err: err}, row{Figure: figImpersonation, Err: err})
+		if !o.skipStreams {
+			failStreams(t, o, err)
+		}
 	}
 	if os.Geteuid() != 0 {
 		fail(errors.New("needs root for network namespaces (or pass -skip-kube)"))
@@ -51,14 +52,33 @@ func benchGateway(ctx context.Context, o *options, hubBin, agentBin, dir string,
 		fail(err)
 		return
 	}
-	m, hub := env.member, env.hub
 	waited, busy, err := waitQuiet(ctx, quietBusy, o.settleLimit)
 	if err != nil {
 		fail(err)
 		return
 	}
 	t.note("member apiserver ready in %s; then waited %s for the machine to settle (CPU %.0f%% busy)",
-		m.StartupTime.Round(100*time.Millisecond), waited.Round(100*time.Millisecond), busy*100)
+		env.member.StartupTime.Round(100*time.Millisecond), waited.Round(100*time.Millisecond), busy*100)
+	benchGateway(ctx, o, env, t)
+	if !o.skipStreams && ctx.Err() == nil {
+		benchStreams(ctx, o, env, dir, t)
+	}
+}
+
+// Figures of benchGateway.
+const (
+	figGateway       = "apiserver GET via gateway p50 / p99"
+	figImpersonation = "  vs direct with impersonation"
+)
+
+// benchGateway compares a small GET through the hub's L7 gateway (hub and
+// agent as real processes) with the same GET made directly inside the
+// member's namespace, where the apiserver is reachable.
+func benchGateway(ctx context.Context, o *options, env *kubeEnv, t *table) {
+	fail := func(err error) {
+		t.add(row{Figure: figGateway, Err: err}, row{Figure: figImpersonation, Err: err})
+	}
+	m, hub := env.member, env.hub
 
 	gw := newClient(clientConfig{tls: tlsSettings{CAPEM: hub.CA.CertPEM}, keepAlive: true})
 	defer gw.CloseIdleConnections()
@@ -93,8 +113,8 @@ func benchGateway(ctx context.Context, o *options, hubBin, agentBin, dir string,
 			}
 		}
 	}
-	t.add(latencyRow(figGW, direct.lat, gateway.lat, targetGatewayP50))
-	t.add(latencyRow(figImp, imp.lat, gateway.lat, 0))
+	t.add(latencyRow(figGateway, direct.lat, gateway.lat, targetGatewayP50))
+	t.add(latencyRow(figImpersonation, imp.lat, gateway.lat, 0))
 	t.note("apiserver direct: the same Go client in the member's namespace against %s as admin (system:masters);", m.InternalURL)
 	t.note("  \"with impersonation\" adds the Impersonate-* headers the agent sends, so the apiserver does the same RBAC work")
 	t.note("  as for a gateway request; what remains is the hub, the tunnel and the agent, and their CPU on the same cores.")

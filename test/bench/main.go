@@ -8,11 +8,14 @@
 //     hub and agent;
 //   - the hub's L7 gateway in front of a real kube-apiserver, against the
 //     same client inside the member's namespace;
+//   - exec and port-forward to a pod on a test kubelet in that member,
+//     through the hub and directly, and the gateway's small GET while four
+//     `logs -f` stream flat out through the same tunnel;
 //   - the resident memory a real backhaul-hub process spends per idle agent.
 //
 // Targets are reported, never asserted: the exit status is non-zero only
 // when a figure could not be measured. Run it as `make bench` or
-// `go run ./test/bench [-quick] [-skip-connect] [-skip-kube]` from the
+// `go run ./test/bench [-quick] [-skip-connect] [-skip-kube] [-skip-streams]` from the
 // repository root, as root (the apiserver figure uses network namespaces).
 package main
 
@@ -39,6 +42,7 @@ type options struct {
 	skipTunnel  bool
 	skipConnect bool
 	skipKube    bool
+	skipStreams bool
 	skipMemory  bool
 	keep        bool
 	profileDir  string
@@ -52,8 +56,13 @@ type options struct {
 	connectRequests int // sequential connections per side, CONNECT setup figure
 	agents          int
 	settleLimit     time.Duration // longest wait for the member to settle
+	execs           int           // sequential execs per side, exec figure
+	forwardBytes    int64         // bytes per port-forward run
+	loadRequests    int           // sequential GETs per side, GET-under-load figure
 
-	internalDirect bool
+	internalDirect  bool
+	internalStreams bool
+	internalSource  string
 
 	profiles []string // written profiles, for the closing note
 }
@@ -64,12 +73,15 @@ func parseOptions(args []string) (*options, error) {
 	fs.BoolVar(&o.quick, "quick", false, "short smoke run (under a minute)")
 	fs.BoolVar(&o.skipTunnel, "skip-tunnel", false, "skip the in-process tunnel figures")
 	fs.BoolVar(&o.skipConnect, "skip-connect", false, "skip the in-process CONNECT front end figures")
-	fs.BoolVar(&o.skipKube, "skip-kube", false, "skip the kube-apiserver gateway figures (they need root)")
+	fs.BoolVar(&o.skipKube, "skip-kube", false, "skip the kube-apiserver gateway and streams figures (they need root)")
+	fs.BoolVar(&o.skipStreams, "skip-streams", false, "skip the exec, port-forward and GET-under-logs figures")
 	fs.BoolVar(&o.skipMemory, "skip-memory", false, "skip the hub memory figure")
 	fs.IntVar(&o.agents, "agents", 0, "idle agent sessions for the hub memory figure (default 1000, -quick 200)")
 	fs.StringVar(&o.profileDir, "profile", "", "directory for CPU profiles of the tunnel throughput runs and a heap profile of the agent side of idle sessions")
 	fs.BoolVar(&o.keep, "keep", false, "keep the scratch directory with process logs")
 	fs.BoolVar(&o.internalDirect, "internal-direct", false, "internal: run one direct latency run from a spec on stdin")
+	fs.BoolVar(&o.internalStreams, "internal-streams", false, "internal: run one direct exec or port-forward run from a spec on stdin")
+	fs.StringVar(&o.internalSource, "internal-source", "", "internal: serve the port-forward source on this address")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -78,9 +90,11 @@ func parseOptions(args []string) (*options, error) {
 	}
 	o.requests, o.duration, o.downloads, o.kubeRequests, o.settleLimit = 5000, 10*time.Second, 3, 2000, 30*time.Second
 	o.connectRequests = 2000
+	o.execs, o.forwardBytes, o.loadRequests = 200, 256<<20, 1000
 	if o.quick {
 		o.requests, o.duration, o.downloads, o.kubeRequests, o.settleLimit = 1000, 2*time.Second, 1, 500, 10*time.Second
 		o.connectRequests = 500
+		o.execs, o.forwardBytes, o.loadRequests = 50, 64<<20, 250
 	}
 	if o.agents == 0 {
 		o.agents = 1000
@@ -104,9 +118,9 @@ func run() int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if o.internalDirect {
-		if err := internalDirect(ctx); err != nil {
-			fmt.Fprintln(os.Stderr, "bench -internal-direct:", err)
+	if internal, err := runInternal(ctx, o); internal {
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench (internal):", err)
 			return 1
 		}
 		return 0
@@ -153,7 +167,7 @@ func run() int {
 			if err != nil {
 				t.add(row{Figure: "apiserver GET via gateway", Err: err})
 			} else {
-				benchGateway(ctx, o, hubBin, agentBin, dir, t)
+				benchKube(ctx, o, hubBin, agentBin, dir, t)
 			}
 		}
 		if !o.skipMemory && ctx.Err() == nil {

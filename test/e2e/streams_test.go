@@ -103,6 +103,21 @@ apiVersion: v1
 kind: ServiceAccount
 metadata: {name: default, namespace: %[1]s}
 ---
+# mallory may read pods here but not exec into them: the upgrade's own
+# authorization is what the exec test sees.
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: pod-reader, namespace: %[1]s}
+rules:
+- {apiGroups: [""], resources: [pods], verbs: [get]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: mallory-pod-reader, namespace: %[1]s}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-reader}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: mallory}
+---
 apiVersion: v1
 kind: Pod
 metadata: {name: %[2]s, namespace: %[1]s}
@@ -165,6 +180,13 @@ func TestExecThroughHub(t *testing.T) {
 			assert.Equal(t, 7, ee.ExitCode(), stderr)
 			assert.Equal(t, "out\n", stdout)
 			assert.Contains(t, stderr, "err\n")
+
+			// Impersonation holds for upgrades: the member's RBAC refuses
+			// a caller it grants nothing.
+			_, stderr, err = e.kubectlStreams(ctx, p.env, "", "--token", callers["mallory"].Token, "exec", streamsPod, "-c", "app", "--", "true")
+			require.Error(t, err)
+			assert.Contains(t, stderr, `User "mallory"`)
+			assert.Contains(t, stderr, "pods/exec")
 
 			stdout, stderr, err = e.kubectlStreams(ctx, p.env, "hello through the tunnel\n", "exec", "-i", streamsPod, "-c", "app", "--", "tr", "a-z", "A-Z")
 			require.NoError(t, err, stderr)
