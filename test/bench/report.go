@@ -118,12 +118,15 @@ func latencyCeilingRow(figure string, direct, backhaul []time.Duration, limit ti
 
 // loadRatioRow compares the same path idle (in the direct column) and under
 // load, with the target on how many times the idle p50 the loaded p50 may
-// take.
+// take (0: no target).
 func loadRatioRow(figure string, idle, loaded []time.Duration, maxRatio float64) row {
 	r := latencyRow(figure, idle, loaded, 0)
 	i50, _ := percentiles(idle)
 	l50, _ := percentiles(loaded)
 	r.Target = fmt.Sprintf("≤%s p50 (%s)", fmtRatio(maxRatio), verdict(float64(l50) <= maxRatio*float64(i50)))
+	if maxRatio == 0 {
+		r.Target = "-"
+	}
 	return r
 }
 
