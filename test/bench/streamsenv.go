@@ -86,46 +86,7 @@ func startStreams(ctx context.Context, m *harness.Member, dir string) (*streamsE
 	if err := m.RegisterNode(ctx, e.kubelet); err != nil {
 		return e, err
 	}
-	return e, createPod(ctx, m, dir)
-}
-
-// createPod creates the namespace, its default ServiceAccount (there is no
-// controller manager to make one) and the Pod, and marks the Pod Running so
-// the API server accepts port-forward to it.
-func createPod(ctx context.Context, m *harness.Member, dir string) error {
-	manifest := filepath.Join(dir, "streams.yaml")
-	if err := os.WriteFile(manifest, []byte(fmt.Sprintf(`apiVersion: v1
-kind: Namespace
-metadata: {name: %[1]s}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: default, namespace: %[1]s}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: %[2]s, namespace: %[1]s}
-spec:
-  nodeName: %[3]s
-  automountServiceAccountToken: false
-  containers:
-  - name: app
-    image: example.invalid/app
-  - name: firehose
-    image: example.invalid/app
-`, streamsNS, streamsPod, streamsNode)), 0o644); err != nil {
-		return err
-	}
-	if _, stderr, err := m.Kubectl(ctx, "apply", "-f", manifest); err != nil {
-		return fmt.Errorf("streams objects: %w: %s", err, stderr)
-	}
-	status := `{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True"}],"containerStatuses":[` +
-		`{"name":"app","ready":true,"restartCount":0,"image":"example.invalid/app","imageID":"","state":{"running":{}}},` +
-		`{"name":"firehose","ready":true,"restartCount":0,"image":"example.invalid/app","imageID":"","state":{"running":{}}}]}}`
-	if _, stderr, err := m.Kubectl(ctx, "patch", "pod", "-n", streamsNS, streamsPod, "--subresource=status", "--type=merge", "-p", status); err != nil {
-		return fmt.Errorf("pod status: %w: %s", err, stderr)
-	}
-	return nil
+	return e, m.RunningPod(ctx, streamsNS, streamsPod, streamsNode, []string{"app", "firehose"}, "")
 }
 
 // serveSource is the port-forward source, run inside the member's

@@ -94,18 +94,9 @@ func setupStreams(e *environment) (*harness.Kubelet, error) {
 	if err := m.RegisterNode(ctx, k); err != nil {
 		return nil, err
 	}
-	manifest := filepath.Join(m.Dir, "streams.yaml")
-	if err := os.WriteFile(manifest, []byte(fmt.Sprintf(`apiVersion: v1
-kind: Namespace
-metadata: {name: %[1]s}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: default, namespace: %[1]s}
----
-# mallory may read pods here but not exec into them: the upgrade's own
-# authorization is what the exec test sees.
-apiVersion: rbac.authorization.k8s.io/v1
+	// mallory may read pods here but not exec into them: the upgrade's own
+	// authorization is what the exec test sees.
+	rbac := fmt.Sprintf(`apiVersion: rbac.authorization.k8s.io/v1
 kind: Role
 metadata: {name: pod-reader, namespace: %[1]s}
 rules:
@@ -117,30 +108,9 @@ metadata: {name: mallory-pod-reader, namespace: %[1]s}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-reader}
 subjects:
 - {apiGroup: rbac.authorization.k8s.io, kind: User, name: mallory}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: %[2]s, namespace: %[1]s}
-spec:
-  nodeName: %[3]s
-  automountServiceAccountToken: false
-  containers:
-  - name: app
-    image: example.invalid/app
-  - name: follow
-    image: example.invalid/app
-  - name: firehose
-    image: example.invalid/app
-`, streamsNS, streamsPod, streamsNode)), 0o644); err != nil {
+`, streamsNS)
+	if err := m.RunningPod(ctx, streamsNS, streamsPod, streamsNode, []string{"app", "follow", "firehose"}, rbac); err != nil {
 		return nil, err
-	}
-	if _, stderr, err := m.Kubectl(ctx, "apply", "-f", manifest); err != nil {
-		return nil, fmt.Errorf("streams objects: %w: %s", err, stderr)
-	}
-	// Running, so kubectl attach and port-forward accept the Pod.
-	if _, stderr, err := m.Kubectl(ctx, "patch", "pod", "-n", streamsNS, streamsPod, "--subresource=status", "--type=merge",
-		"-p", `{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True"}],"containerStatuses":[{"name":"app","ready":true,"restartCount":0,"image":"example.invalid/app","imageID":"","state":{"running":{}}},{"name":"follow","ready":true,"restartCount":0,"image":"example.invalid/app","imageID":"","state":{"running":{}}},{"name":"firehose","ready":true,"restartCount":0,"image":"example.invalid/app","imageID":"","state":{"running":{}}}]}}`); err != nil {
-		return nil, fmt.Errorf("pod status: %w: %s", err, stderr)
 	}
 	return k, nil
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -79,6 +80,53 @@ func (m *Member) RegisterNode(ctx context.Context, k *Kubelet) error {
 	patch := fmt.Sprintf(`{"status":{"addresses":[{"type":"InternalIP","address":%q}],"daemonEndpoints":{"kubeletEndpoint":{"Port":10250}}}}`, k.IP)
 	if _, stderr, err := m.Kubectl(ctx, "patch", "node", k.NodeName, "--subresource=status", "--type=merge", "-p", patch); err != nil {
 		return fmt.Errorf("node %s status: %w: %s", k.NodeName, err, stderr)
+	}
+	return nil
+}
+
+// RunningPod creates namespace ns (with the default ServiceAccount that no
+// controller manager is there to make), a Pod bound to node with the named
+// containers, and marks it Running, so the API server accepts logs, exec,
+// attach and port-forward to it. extra is more YAML documents to apply with
+// it (RBAC for a test, say).
+func (m *Member) RunningPod(ctx context.Context, ns, pod, node string, containers []string, extra string) error {
+	var spec, status strings.Builder
+	for i, c := range containers {
+		fmt.Fprintf(&spec, "  - {name: %s, image: example.invalid/app}\n", c)
+		if i > 0 {
+			status.WriteString(",")
+		}
+		fmt.Fprintf(&status, `{"name":%q,"ready":true,"restartCount":0,"image":"example.invalid/app","imageID":"","state":{"running":{}}}`, c)
+	}
+	manifest := filepath.Join(m.Dir, "pod-"+ns+"-"+pod+".yaml")
+	doc := fmt.Sprintf(`apiVersion: v1
+kind: Namespace
+metadata: {name: %[1]s}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: default, namespace: %[1]s}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: %[2]s, namespace: %[1]s}
+spec:
+  nodeName: %[3]s
+  automountServiceAccountToken: false
+  containers:
+%[4]s`, ns, pod, node, spec.String())
+	if extra != "" {
+		doc += "---\n" + extra
+	}
+	if err := os.WriteFile(manifest, []byte(doc), 0o644); err != nil {
+		return err
+	}
+	if _, stderr, err := m.Kubectl(ctx, "apply", "-f", manifest); err != nil {
+		return fmt.Errorf("pod %s/%s: %w: %s", ns, pod, err, stderr)
+	}
+	patch := `{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True"}],"containerStatuses":[` + status.String() + `]}}`
+	if _, stderr, err := m.Kubectl(ctx, "patch", "pod", "-n", ns, pod, "--subresource=status", "--type=merge", "-p", patch); err != nil {
+		return fmt.Errorf("pod %s/%s status: %w: %s", ns, pod, err, stderr)
 	}
 	return nil
 }
