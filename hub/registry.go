@@ -171,6 +171,22 @@ func (r *Registry) Sessions() []SessionInfo {
 	return out
 }
 
+// Ping measures the round trip of one session, by its ID.
+func (r *Registry) Ping(cluster string, id uint64) (time.Duration, error) {
+	r.mu.RLock()
+	var sess *tunnel.Session
+	for _, e := range r.sessions[cluster] {
+		if e.info.ID == id {
+			sess = e.sess
+		}
+	}
+	r.mu.RUnlock()
+	if sess == nil {
+		return 0, &ClusterError{Cluster: cluster, Err: ErrNotConnected}
+	}
+	return sess.Ping()
+}
+
 // CloseAll ends every session (hub shutdown).
 func (r *Registry) CloseAll() {
 	r.mu.RLock()

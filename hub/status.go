@@ -37,10 +37,8 @@ func (p *statusPage) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var rows []statusRow
 	for _, s := range p.registry.Sessions() {
 		row := statusRow{SessionInfo: s, Age: time.Since(s.Since).Round(time.Second).String(), RTT: "-"}
-		if sess, err := p.registry.Get(s.Cluster); err == nil {
-			if d, err := sess.Ping(); err == nil {
-				row.RTT = d.Round(time.Microsecond).String()
-			}
+		if d, err := p.registry.Ping(s.Cluster, s.ID); err == nil {
+			row.RTT = d.Round(time.Microsecond).String()
 		}
 		rows = append(rows, row)
 	}
