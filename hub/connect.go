@@ -67,18 +67,10 @@ func (p *ConnectProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.refuse(w, code, msg)
 		return
 	}
-	allowed, why, err := p.Authz.Authorize(r.Context(), user, name)
-	if err != nil || !allowed {
-		p.Metrics.failure(reasonForbidden)
-		p.refuse(w, http.StatusForbidden, fmt.Sprintf("user %q cannot reach cluster %s: %s%v", user.Name, name, why, errOrEmpty(err)))
+	sess, ref := admission{authz: p.Authz, clusters: p.Clusters, registry: p.Registry, metrics: p.Metrics}.admit(r.Context(), user, name, sess)
+	if ref != nil {
+		p.refuse(w, ref.code, ref.msg)
 		return
-	}
-	if sess == nil {
-		if sess, err = p.Registry.Get(name); err != nil {
-			p.Metrics.failure(reasonNotConnected)
-			p.refuse(w, http.StatusServiceUnavailable, fmt.Sprintf("cluster %s is not connected", name))
-			return
-		}
 	}
 	id := newRequestID()
 	req.RequestID, req.Timeout = id, p.DialTimeout
@@ -134,18 +126,7 @@ func (p *ConnectProxy) target(host, hostport string) (cluster string, req tunnel
 		p.Metrics.failure(reasonUnknownCluster)
 		return "", req, nil, http.StatusNotFound, fmt.Sprintf("no route to %s: targets are CLUSTER%s:PORT or a node IP:PORT", hostport, p.Suffix)
 	}
-	if !p.Clusters.Known(name) {
-		p.Metrics.failure(reasonUnknownCluster)
-		return "", req, nil, http.StatusNotFound, fmt.Sprintf("cluster %q not found", name)
-	}
 	return name, tunnel.Request{Kind: tunnel.KindAPIServerTCP}, nil, 0, ""
-}
-
-func errOrEmpty(err error) string {
-	if err == nil {
-		return ""
-	}
-	return ": " + err.Error()
 }
 
 // authenticate takes a client certificate, Proxy-Authorization (Bearer, or

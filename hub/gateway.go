@@ -93,26 +93,9 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		kubestatus.Write(w, http.StatusUnauthorized, msg)
 		return
 	}
-	allowed, why, err := g.Authz.Authorize(r.Context(), user, name)
-	if err != nil {
-		g.Metrics.failure(reasonForbidden)
-		kubestatus.Write(w, http.StatusInternalServerError, fmt.Sprintf("authorizing %q for cluster %s: %v", user.Name, name, err))
-		return
-	}
-	if !allowed {
-		g.Metrics.failure(reasonForbidden)
-		kubestatus.Write(w, http.StatusForbidden, fmt.Sprintf("user %q cannot reach cluster %s through the hub: %s", user.Name, name, why))
-		return
-	}
-	if !g.Clusters.Known(name) {
-		g.Metrics.failure(reasonUnknownCluster)
-		kubestatus.Write(w, http.StatusNotFound, fmt.Sprintf("cluster %q not found", name))
-		return
-	}
 	// Fail fast, with the cluster's name, before the transport tries.
-	if _, err := g.Registry.Get(name); err != nil {
-		g.Metrics.failure(reasonNotConnected)
-		kubestatus.Write(w, http.StatusServiceUnavailable, fmt.Sprintf("cluster %s is not connected", name))
+	if _, ref := g.admission().admit(r.Context(), user, name, nil); ref != nil {
+		kubestatus.Write(w, ref.code, ref.msg)
 		return
 	}
 	id := newRequestID()
@@ -123,6 +106,10 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 type userKey struct{}
+
+func (g *Gateway) admission() admission {
+	return admission{authz: g.Authz, clusters: g.Clusters, registry: g.Registry, metrics: g.Metrics}
+}
 
 // rewrite strips the caller's credentials and identity claims and replaces
 // them with the identity the hub authenticated, for the agent to impersonate.
