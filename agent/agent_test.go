@@ -21,6 +21,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"backhaul.io/backhaul/pkg/testutil"
 	"backhaul.io/backhaul/tunnel"
 )
 
@@ -68,25 +69,14 @@ func runAgent(t *testing.T, hub *fakeHub, cfg Config) (*Agent, *tunnel.Session) 
 	cfg.Registry = prometheus.NewRegistry()
 	a, err := New(cfg)
 	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	runErr := make(chan error, 1)
-	go func() { runErr <- a.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-runErr:
-			assert.NoError(t, err)
-		case <-time.After(waitBound):
-			t.Error("agent Run did not return")
-		}
-	})
+	done := testutil.Background(t, "agent Run", waitBound, a.Run)
 	select {
 	case s := <-hub.sessions:
 		t.Cleanup(func() { _ = s.Close() })
 		require.Eventually(t, a.Connected, waitBound, 5*time.Millisecond)
 		return a, s
-	case err := <-runErr:
-		t.Fatalf("agent Run returned early: %v", err)
+	case <-done:
+		t.Fatal("agent Run returned early (its error is reported at cleanup)")
 	case <-time.After(waitBound):
 		t.Fatal("the agent never connected")
 	}

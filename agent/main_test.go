@@ -12,7 +12,7 @@ import (
 	"go.uber.org/goleak"
 	"k8s.io/client-go/rest"
 
-	"backhaul.io/backhaul/pkg/logging/logtest"
+	"backhaul.io/backhaul/pkg/testutil"
 )
 
 func TestMain(m *testing.M) {
@@ -23,7 +23,7 @@ func TestMain(m *testing.M) {
 const waitBound = 10 * time.Second
 
 // testLogger writes through t.Log.
-func testLogger(t testing.TB) hclog.Logger { return logtest.New(t) }
+func testLogger(t testing.TB) hclog.Logger { return testutil.Logger(t) }
 
 // fakeMember is a member API server that records requests.
 type fakeMember struct {

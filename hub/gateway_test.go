@@ -261,13 +261,7 @@ func newGatewayHarness(t *testing.T, authz Authorizer, known ...string) *gateway
 
 // connect registers cluster with an agent that serves streams with h.
 func (h *gatewayHarness) connect(t *testing.T, cluster string, handler tunnel.Handler) {
-	a, b := net.Pipe()
-	cfg := tunnel.DefaultConfig()
-	cfg.Logger = testLogger(t)
-	hubSide, err := tunnel.NewSession(a, false, cfg)
-	require.NoError(t, err)
-	agentSide, err := tunnel.NewSession(b, true, cfg)
-	require.NoError(t, err)
+	hubSide, agentSide := pipeSessions(t)
 	remove := h.g.Registry.Add(cluster, hubSide, "test", "", nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

@@ -18,7 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
-	"backhaul.io/backhaul/pkg/logging/logtest"
+	"backhaul.io/backhaul/pkg/testutil"
 )
 
 func TestMain(m *testing.M) {
@@ -29,7 +29,7 @@ func TestMain(m *testing.M) {
 const waitBound = 10 * time.Second
 
 // testLogger writes through t.Log.
-func testLogger(t testing.TB) hclog.Logger { return logtest.New(t) }
+func testLogger(t testing.TB) hclog.Logger { return testutil.Logger(t) }
 
 // testCA is a throwaway certificate authority.
 type testCA struct {

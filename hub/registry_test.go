@@ -12,17 +12,24 @@ import (
 	"backhaul.io/backhaul/tunnel"
 )
 
-func pipeSession(t *testing.T) *tunnel.Session {
+// pipeSessions is a hub and an agent session over a net.Pipe, closed at
+// the end of the test.
+func pipeSessions(t *testing.T) (hubSide, agentSide *tunnel.Session) {
 	t.Helper()
 	a, b := net.Pipe()
 	cfg := tunnel.DefaultConfig()
 	cfg.Logger = testLogger(t)
 	hubSide, err := tunnel.NewSession(a, false, cfg)
 	require.NoError(t, err)
-	agentSide, err := tunnel.NewSession(b, true, cfg)
+	agentSide, err = tunnel.NewSession(b, true, cfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = hubSide.Close(); _ = agentSide.Close() })
-	return hubSide
+	return hubSide, agentSide
+}
+
+func pipeSession(t *testing.T) *tunnel.Session {
+	s, _ := pipeSessions(t)
+	return s
 }
 
 func TestRegistryRoutes(t *testing.T) {

@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"backhaul.io/backhaul/agent"
+	"backhaul.io/backhaul/pkg/testutil"
 	"backhaul.io/backhaul/tunnel"
 )
 
@@ -149,18 +150,7 @@ func startHub(t *testing.T) *hubEnv {
 	require.NoError(t, err)
 
 	env := &hubEnv{ca: ca, srv: srv, member: newFakeMember(t)}
-	ctx, cancel := context.WithCancel(context.Background())
-	runErr := make(chan error, 1)
-	go func() { runErr <- srv.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-runErr:
-			assert.NoError(t, err)
-		case <-time.After(waitBound):
-			t.Error("hub Run did not return")
-		}
-	})
+	testutil.Background(t, "hub Run", waitBound, srv.Run)
 	require.Eventually(t, func() bool { return srv.Addr() != nil }, waitBound, 5*time.Millisecond, "hub never listened")
 	env.url = "https://" + srv.Addr().String()
 
@@ -200,20 +190,9 @@ func (e *hubEnv) startAgent(t *testing.T) {
 		Registry:   prometheus.NewRegistry(),
 	})
 	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	runErr := make(chan error, 1)
-	go func() { runErr <- a.Run(ctx) }()
 	// Registered after the hub's cleanup, so it runs first: the agent stops
 	// before the hub, and cannot reconnect into a hub that is shutting down.
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-runErr:
-			assert.NoError(t, err)
-		case <-time.After(waitBound):
-			t.Error("agent Run did not return")
-		}
-	})
+	testutil.Background(t, "agent Run", waitBound, a.Run)
 	require.Eventually(t, func() bool {
 		_, err := e.srv.Registry().Get("alpha")
 		return err == nil

@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"context"
+	"crypto/tls"
 	"net"
 	"sync"
 )
@@ -90,9 +91,9 @@ type batchSlot struct{ conn *batchConn }
 
 // dialTLSBatched is the agent transport's TLS dial: TLS as usual, wrapped
 // in a batchConn that the session then drives.
-func dialTLSBatched(cfg *tlsDialer) func(ctx context.Context, network, addr string) (net.Conn, error) {
+func dialTLSBatched(d *tls.Dialer) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := cfg.DialContext(ctx, network, addr)
+		c, err := d.DialContext(ctx, network, addr)
 		if err != nil {
 			return nil, err
 		}

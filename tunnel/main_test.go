@@ -6,7 +6,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"go.uber.org/goleak"
 
-	"backhaul.io/backhaul/pkg/logging/logtest"
+	"backhaul.io/backhaul/pkg/testutil"
 )
 
 func TestMain(m *testing.M) {
@@ -14,4 +14,4 @@ func TestMain(m *testing.M) {
 }
 
 // testLogger writes through t.Log.
-func testLogger(t testing.TB) hclog.Logger { return logtest.New(t) }
+func testLogger(t testing.TB) hclog.Logger { return testutil.Logger(t) }

@@ -105,7 +105,7 @@ func (d *Dialer) Dial(ctx context.Context) (*Session, error) {
 			TLSClientConfig: tlsCfg,
 			// Used when no proxy is: through a proxy the transport does
 			// its own TLS, and writes are simply not batched.
-			DialTLSContext:      dialTLSBatched(&tlsDialer{Config: tlsCfg}),
+			DialTLSContext:      dialTLSBatched(&tls.Dialer{Config: tlsCfg}),
 			TLSHandshakeTimeout: d.timeout(),
 			ForceAttemptHTTP2:   false,
 			DisableCompression:  true,
@@ -133,9 +133,6 @@ func (d *Dialer) Dial(ctx context.Context) (*Session, error) {
 	}
 	return sessionOver(c, true, cfg, slot.conn)
 }
-
-// tlsDialer is crypto/tls's dialer; named here so the batch file reads well.
-type tlsDialer = tls.Dialer
 
 func (d *Dialer) timeout() time.Duration {
 	if d.HandshakeTimeout > 0 {

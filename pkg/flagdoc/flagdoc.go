@@ -4,6 +4,8 @@ package flagdoc
 
 import (
 	"flag"
+	"fmt"
+	"os"
 	"strings"
 )
 
@@ -17,4 +19,16 @@ func Undocumented(fs *flag.FlagSet, doc string) []string {
 		}
 	})
 	return missing
+}
+
+// Check reads the document at path and reports the flags of fs it lacks.
+func Check(fs *flag.FlagSet, path string) error {
+	doc, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if missing := Undocumented(fs, string(doc)); len(missing) > 0 {
+		return fmt.Errorf("flags of %s missing from %s: %v", fs.Name(), path, missing)
+	}
+	return nil
 }
