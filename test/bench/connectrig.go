@@ -41,7 +41,7 @@ type connectRig struct {
 	// request is the CONNECT request every dial sends.
 	request string
 	proxy   string // host:port of the CONNECT front end
-	stops   []func()
+	stopList
 
 	mu         sync.Mutex
 	handshakes []time.Duration // of every dial: TCP to the proxy to the 200
@@ -54,12 +54,6 @@ func (r *connectRig) takeHandshakes() []time.Duration {
 	hs := r.handshakes
 	r.handshakes = nil
 	return hs
-}
-
-func (r *connectRig) close() {
-	for i := len(r.stops) - 1; i >= 0; i-- {
-		r.stops[i]()
-	}
 }
 
 // startConnectRig starts origin, hub and agent and returns once the hub has
@@ -75,7 +69,7 @@ func startConnectRig(ctx context.Context, dir string, big int64) (_ *connectRig,
 	if r.origin, stop, err = startOrigin(big); err != nil {
 		return nil, err
 	}
-	r.stops = append(r.stops, stop)
+	r.add(stop)
 	agentToken := rand.Text()
 	hubURL, caPEM, err := r.startHub(ctx, dir, agentToken)
 	if err != nil {
@@ -93,7 +87,7 @@ func startConnectRig(ctx context.Context, dir string, big int64) (_ *connectRig,
 	if err != nil {
 		return nil, err
 	}
-	r.stops = append(r.stops, stop)
+	r.add(stop)
 	err = harness.WaitFor(ctx, 15*time.Second, 10*time.Millisecond, func() error {
 		_, err := r.hub.Registry().Get(connectCluster)
 		return err
@@ -152,7 +146,7 @@ func (r *connectRig) startHub(ctx context.Context, dir, agentToken string) (stri
 		defer close(done)
 		runErr = srv.Run(hctx)
 	}()
-	r.stops = append(r.stops, func() {
+	r.add(func() {
 		// The agent has stopped: let the hub see its session end first, so
 		// that the hub's shutdown does not cut a live session and log it.
 		_ = harness.WaitFor(context.Background(), 2*time.Second, 5*time.Millisecond, func() error {

@@ -31,12 +31,17 @@ const smallBody = 100
 type tunnelRig struct {
 	origin string          // host:port of the origin
 	hub    *tunnel.Session // hub side of the one tunnel
-	stops  []func()
+	stopList
 }
 
-func (r *tunnelRig) close() {
-	for i := len(r.stops) - 1; i >= 0; i-- {
-		r.stops[i]()
+// stopList stops what a rig started, last first.
+type stopList struct{ fns []func() }
+
+func (l *stopList) add(f func()) { l.fns = append(l.fns, f) }
+
+func (l *stopList) close() {
+	for i := len(l.fns) - 1; i >= 0; i-- {
+		l.fns[i]()
 	}
 }
 
@@ -53,7 +58,7 @@ func startTunnelRig(ctx context.Context, dir string, big int64) (_ *tunnelRig, e
 	if r.origin, stop, err = startOrigin(big); err != nil {
 		return nil, err
 	}
-	r.stops = append(r.stops, stop)
+	r.add(stop)
 	hubURL, caPEM, sessions, err := r.startHubSide(dir)
 	if err != nil {
 		return nil, err
@@ -143,7 +148,7 @@ func (r *tunnelRig) startHubSide(dir string) (url string, caPEM []byte, _ <-chan
 	}
 	srv := &http.Server{Handler: mux, TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second, ErrorLog: quietLog()}
 	go func() { _ = srv.Serve(tls.NewListener(ln, tlsCfg)) }()
-	r.stops = append(r.stops, func() {
+	r.add(func() {
 		cancel()
 		_ = srv.Close()
 		wg.Wait()
@@ -187,7 +192,7 @@ func (r *tunnelRig) startAgent(ctx context.Context, hubURL string, caPEM []byte)
 	if err != nil {
 		return err
 	}
-	r.stops = append(r.stops, stop)
+	r.add(stop)
 	return nil
 }
 
