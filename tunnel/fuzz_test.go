@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"bytes"
+	"encoding"
 	"errors"
 	"io"
 	"strings"
@@ -22,41 +23,11 @@ func FuzzReadRequest(f *testing.F) {
 		{Kind: KindTCP, Address: "[fd00::1]:443", RequestID: "r"},
 		{Kind: KindTCP, Address: strings.Repeat("h", MaxAddressLen-len(":65535")) + ":65535", RequestID: strings.Repeat("i", MaxRequestIDLen)},
 	}
-	for _, r := range seeds {
-		b, err := r.MarshalBinary()
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(b)
-		f.Add(append(b, "trailing payload"...))
-		f.Add(b[:len(b)-1])
+	extra := [][]byte{
+		{Version, byte(KindTCP), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff},
+		rawRequest(Version, KindAPIServer, 0, "", "10.0.0.1:443"),
 	}
-	f.Add([]byte{})
-	f.Add([]byte{Version, byte(KindTCP), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
-	f.Add(rawRequest(Version, KindAPIServer, 0, "", "10.0.0.1:443"))
-
-	f.Fuzz(func(t *testing.T, data []byte) {
-		r := bytes.NewReader(data)
-		req, err := ReadRequest(r)
-		consumed := len(data) - r.Len()
-		if consumed > MaxRequestLen {
-			t.Fatalf("consumed %d bytes, more than MaxRequestLen %d", consumed, MaxRequestLen)
-		}
-		if err != nil {
-			if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrVersion) &&
-				!errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
-				t.Fatalf("unexpected error type: %v", err)
-			}
-			return
-		}
-		b, err := req.MarshalBinary()
-		if err != nil {
-			t.Fatalf("decoded %+v does not re-encode: %v", req, err)
-		}
-		if !bytes.Equal(b, data[:consumed]) {
-			t.Fatalf("re-encoding %+v gives %x, consumed %x", req, b, data[:consumed])
-		}
-	})
+	fuzzDecoder(f, seeds, extra, MaxRequestLen, ReadRequest)
 }
 
 func FuzzReadReply(f *testing.F) {
@@ -66,8 +37,14 @@ func FuzzReadReply(f *testing.F) {
 		{Code: CodeNotAllowed, Message: "not in the allowlist"},
 		{Code: CodeInternal, Message: strings.Repeat("m", MaxMessageLen)},
 	}
-	for _, r := range seeds {
-		b, err := r.MarshalBinary()
+	fuzzDecoder(f, seeds, [][]byte{{Version, 0xff, 0xff, 0xff}}, MaxReplyLen, ReadReply)
+}
+
+// fuzzDecoder seeds f with each message, each with trailing bytes, each
+// cut short, the empty input and extra; then checks the properties above.
+func fuzzDecoder[T encoding.BinaryMarshaler](f *testing.F, seeds []T, extra [][]byte, maxLen int, read func(io.Reader) (T, error)) {
+	for _, m := range seeds {
+		b, err := m.MarshalBinary()
 		if err != nil {
 			f.Fatal(err)
 		}
@@ -76,14 +53,15 @@ func FuzzReadReply(f *testing.F) {
 		f.Add(b[:len(b)-1])
 	}
 	f.Add([]byte{})
-	f.Add([]byte{Version, 0xff, 0xff, 0xff})
-
+	for _, e := range extra {
+		f.Add(e)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r := bytes.NewReader(data)
-		reply, err := ReadReply(r)
+		m, err := read(r)
 		consumed := len(data) - r.Len()
-		if consumed > MaxReplyLen {
-			t.Fatalf("consumed %d bytes, more than MaxReplyLen %d", consumed, MaxReplyLen)
+		if consumed > maxLen {
+			t.Fatalf("consumed %d bytes, more than the maximum %d", consumed, maxLen)
 		}
 		if err != nil {
 			if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrVersion) &&
@@ -92,12 +70,12 @@ func FuzzReadReply(f *testing.F) {
 			}
 			return
 		}
-		b, err := reply.MarshalBinary()
+		b, err := m.MarshalBinary()
 		if err != nil {
-			t.Fatalf("decoded %+v does not re-encode: %v", reply, err)
+			t.Fatalf("decoded %+v does not re-encode: %v", m, err)
 		}
 		if !bytes.Equal(b, data[:consumed]) {
-			t.Fatalf("re-encoding %+v gives %x, consumed %x", reply, b, data[:consumed])
+			t.Fatalf("re-encoding %+v gives %x, consumed %x", m, b, data[:consumed])
 		}
 	})
 }
