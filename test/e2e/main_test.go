@@ -275,10 +275,20 @@ func (e *environment) kubectlErr(ctx context.Context, args ...string) (string, e
 
 // kubectlIn runs kubectl with stdin, returning combined output.
 func (e *environment) kubectlIn(ctx context.Context, stdin string, args ...string) (string, error) {
+	stdout, stderr, err := e.runKubectl(ctx, nil, stdin, args...)
+	return stdout + stderr, err
+}
+
+// runKubectl runs the real kubectl through the hub with extra environment
+// and stdin.
+func (e *environment) runKubectl(ctx context.Context, env []string, stdin string, args ...string) (stdout, stderr string, err error) {
 	cmd := execCommand(ctx, e.bins.Kubectl, append([]string{"--kubeconfig", e.kubeconfig}, args...)...)
+	cmd.Env = append(cmd.Env, env...)
 	if stdin != "" {
 		cmd.Stdin = strings.NewReader(stdin)
 	}
-	out, err := cmd.CombinedOutput()
-	return string(out), err
+	var o, eb strings.Builder
+	cmd.Stdout, cmd.Stderr = &o, &eb
+	err = cmd.Run()
+	return o.String(), eb.String(), err
 }

@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -117,15 +116,7 @@ subjects:
 
 // kubectlStreams runs kubectl against m1 through the hub with extra env.
 func (e *environment) kubectlStreams(ctx context.Context, env []string, stdin string, args ...string) (stdout, stderr string, err error) {
-	cmd := execCommand(ctx, e.bins.Kubectl, append([]string{"--kubeconfig", e.kubeconfig, "--context", "m1", "-n", streamsNS}, args...)...)
-	cmd.Env = append(cmd.Env, env...)
-	if stdin != "" {
-		cmd.Stdin = strings.NewReader(stdin)
-	}
-	var o, eb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &o, &eb
-	err = cmd.Run()
-	return o.String(), eb.String(), err
+	return e.runKubectl(ctx, env, stdin, append([]string{"--context", "m1", "-n", streamsNS}, args...)...)
 }
 
 var protocols = []struct {
