@@ -62,6 +62,47 @@ type Registry struct {
 	metrics *Metrics
 	// onEmpty runs, outside the lock, when a cluster loses its last session.
 	onEmpty func(cluster string)
+	// watchers run, outside the lock, whenever a cluster gains or loses a
+	// session.
+	watchers []func(cluster string)
+}
+
+// Watch calls fn, outside the registry's lock, each time cluster gains or
+// loses a session. fn must not block; controllers enqueue the name.
+func (r *Registry) Watch(fn func(cluster string)) {
+	r.mu.Lock()
+	r.watchers = append(r.watchers, fn)
+	r.mu.Unlock()
+}
+
+func (r *Registry) notify(cluster string) {
+	r.mu.RLock()
+	ws := r.watchers
+	r.mu.RUnlock()
+	for _, fn := range ws {
+		fn(cluster)
+	}
+}
+
+// Connected says whether cluster has at least one session.
+func (r *Registry) Connected(cluster string) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.sessions[cluster]) > 0
+}
+
+// Close ends every session of cluster (revocation). It returns how many.
+func (r *Registry) Close(cluster string) int {
+	r.mu.RLock()
+	var ss []*tunnel.Session
+	for _, e := range r.sessions[cluster] {
+		ss = append(ss, e.sess)
+	}
+	r.mu.RUnlock()
+	for _, s := range ss {
+		_ = s.Close()
+	}
+	return len(ss)
 }
 
 // NewRegistry returns an empty registry.
@@ -89,6 +130,7 @@ func (r *Registry) Add(cluster string, sess *tunnel.Session, agentVersion, node 
 	r.mu.Unlock()
 	r.metrics.sessionUp()
 	r.log.Info("agent connected", "cluster", cluster, "session", e.info.ID, "remote", e.info.Remote, "agent_version", agentVersion, "sessions", n)
+	r.notify(cluster)
 
 	var once sync.Once
 	return func() {
@@ -114,6 +156,7 @@ func (r *Registry) Add(cluster string, sess *tunnel.Session, agentVersion, node 
 			if left == 0 && r.onEmpty != nil {
 				r.onEmpty(cluster)
 			}
+			r.notify(cluster)
 		})
 	}
 }

@@ -64,6 +64,7 @@ type Server struct {
 	handler     http.Handler
 	admin       http.Handler
 	connect     *ConnectProxy
+	gateway     *Gateway
 	ready       atomic.Bool
 	addr        atomic.Value // net.Addr of the TLS listener
 	connectAddr atomic.Value // net.Addr of the CONNECT TCP listener
@@ -83,6 +84,7 @@ func New(cfg Config) (*Server, error) {
 		Authn: cfg.Authn, Authz: cfg.Authz, Clusters: cfg.Clusters, Registry: s.registry,
 		Log: cfg.Log.Named(logging.Gateway), Metrics: s.metrics, DialTimeout: cfg.DialTimeout,
 	})
+	s.gateway = gw
 	suffix := cfg.ClusterSuffix
 	if suffix == "" {
 		suffix = DefaultClusterSuffix
