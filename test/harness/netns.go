@@ -264,3 +264,17 @@ func linkExists(name string) bool {
 	_, err := os.Stat("/sys/class/net/" + name)
 	return err == nil
 }
+
+// AllowInbound opens tcp port to new connections from outside the
+// namespace: for a "host cluster" whose API the hub, in the root namespace,
+// must reach directly. Members never call it.
+func (n *Netns) AllowInbound(port int) error {
+	ctx, cancel := context.WithTimeout(context.Background(), shellTimeout)
+	defer cancel()
+	_, err := run(ctx, nil, "ip", "netns", "exec", n.Name, "nft", "insert", "rule", "inet", nftTable, "input",
+		"tcp", "dport", strconv.Itoa(port), "accept")
+	if err != nil {
+		return fmt.Errorf("netns %s: allow inbound tcp/%d: %w", n.Name, port, err)
+	}
+	return nil
+}
