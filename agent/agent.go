@@ -36,6 +36,9 @@ type Config struct {
 	// to the allowlist (the hub routes these addresses to this agent).
 	NodeAddresses []netip.Addr
 	KubeletPort   uint16
+	// Credentials, when set, enroll and renew the agent's certificate;
+	// the tunnel dials only once there is one.
+	Credentials *Credentials
 	// Resolve looks up names for TCP dials; nil uses the system resolver.
 	Resolve func(ctx context.Context, host string) ([]netip.Addr, error)
 }
@@ -117,6 +120,20 @@ func (a *Agent) Run(ctx context.Context) error {
 			_ = admin.Serve(aln)
 		}()
 		context.AfterFunc(ctx, func() { _ = admin.Close() })
+	}
+
+	if c := a.cfg.Credentials; c != nil {
+		if err := c.Ensure(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil // shut down while waiting
+			}
+			return fmt.Errorf("agent credentials: %w", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.Run(ctx)
+		}()
 	}
 
 	sup := &tunnel.Supervisor{

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -31,6 +32,8 @@ type Options struct {
 	HubCAFile   string
 	Cluster     string
 	TokenFile   string
+	CredSecret  string
+	CertDir     string
 	Kubeconfig  string
 	AdminListen string
 	Allow       string
@@ -66,7 +69,9 @@ func (o *Options) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&o.HubURL, "hub-url", o.HubURL, "hub address, wss://host:port (HTTPS_PROXY and NO_PROXY are honoured)")
 	fs.StringVar(&o.HubCAFile, "hub-ca-file", o.HubCAFile, "PEM CA that signed the hub's serving certificate (empty: system roots)")
 	fs.StringVar(&o.Cluster, "cluster", o.Cluster, "name of the cluster this agent serves")
-	fs.StringVar(&o.TokenFile, "token-file", o.TokenFile, "file holding the agent's bearer token for the hub")
+	fs.StringVar(&o.TokenFile, "token-file", o.TokenFile, "file holding a static bearer token for the hub (standalone hubs with --agent-token-file)")
+	fs.StringVar(&o.CredSecret, "credentials-secret", o.CredSecret, "NAMESPACE/NAME of the member Secret holding the bootstrap token and hub CA, where the agent stores its enrolled certificate (what onboard.sh sets up)")
+	fs.StringVar(&o.CertDir, "cert-dir", o.CertDir, "directory holding bootstrap-token and hub-ca.crt, where the agent stores tls.crt and tls.key (standalone alternative to --credentials-secret)")
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "kubeconfig for the member API server (empty: in-cluster service account)")
 	fs.StringVar(&o.AdminListen, "admin-listen", o.AdminListen, "address for /healthz, /readyz and /metrics (empty: off)")
 	fs.StringVar(&o.Allow, "allow", o.Allow, "comma-separated TCP destinations the hub may dial through this agent: IP:port or CIDR:port, besides the member API server, which is always admitted")
@@ -91,8 +96,19 @@ func (o *Options) Validate() error {
 	if msgs := validation.IsDNS1123Label(o.Cluster); len(msgs) > 0 {
 		errs = append(errs, fmt.Errorf("--cluster %q: %s", o.Cluster, strings.Join(msgs, "; ")))
 	}
-	if o.TokenFile == "" {
-		errs = append(errs, errors.New("--token-file is required"))
+	n := 0
+	for _, v := range []string{o.TokenFile, o.CredSecret, o.CertDir} {
+		if v != "" {
+			n++
+		}
+	}
+	if n != 1 {
+		errs = append(errs, errors.New("exactly one of --token-file, --credentials-secret or --cert-dir is required"))
+	}
+	if o.CredSecret != "" {
+		if ns, name, ok := strings.Cut(o.CredSecret, "/"); !ok || len(validation.IsDNS1123Label(ns)) > 0 || len(validation.IsDNS1123Subdomain(name)) > 0 {
+			errs = append(errs, fmt.Errorf("--credentials-secret %q: want NAMESPACE/NAME", o.CredSecret))
+		}
 	}
 	if o.KeepAlive <= 0 || o.KeepWait <= 0 || o.BackoffBase <= 0 || o.BackoffMax < o.BackoffBase {
 		errs = append(errs, errors.New("keepalive and backoff durations must be positive, and --backoff-max at least --backoff-base"))
@@ -117,10 +133,6 @@ func (o *Options) Validate() error {
 
 // Config loads files and builds the agent's configuration.
 func (o *Options) Config(log hclog.Logger) (Config, error) {
-	tok, err := os.ReadFile(o.TokenFile)
-	if err != nil {
-		return Config{}, fmt.Errorf("token: %w", err)
-	}
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	if o.HubCAFile != "" {
 		pem, err := os.ReadFile(o.HubCAFile)
@@ -134,6 +146,7 @@ func (o *Options) Config(log hclog.Logger) (Config, error) {
 		tlsCfg.RootCAs = pool
 	}
 	var member *rest.Config
+	var err error
 	if o.Kubeconfig != "" {
 		member, err = clientcmd.BuildConfigFromFlags("", o.Kubeconfig)
 	} else {
@@ -150,7 +163,27 @@ func (o *Options) Config(log hclog.Logger) (Config, error) {
 	tcfg.KeepAliveInterval, tcfg.KeepAliveTimeout = o.KeepAlive, o.KeepWait
 	tcfg.Logger = log.Named(logging.Tunnel)
 	h := http.Header{}
-	h.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+	var creds *Credentials
+	switch {
+	case o.TokenFile != "":
+		tok, err := os.ReadFile(o.TokenFile)
+		if err != nil {
+			return Config{}, fmt.Errorf("token: %w", err)
+		}
+		h.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+	default:
+		var store CredentialStore = &DirStore{Dir: o.CertDir}
+		if o.CredSecret != "" {
+			cs, err := kubernetes.NewForConfig(member)
+			if err != nil {
+				return Config{}, fmt.Errorf("member client: %w", err)
+			}
+			ns, name, _ := strings.Cut(o.CredSecret, "/")
+			store = &SecretStore{Client: cs, Namespace: ns, Name: name}
+		}
+		creds = &Credentials{Store: store, Cluster: o.Cluster, HubURL: o.HubURL, TLS: tlsCfg, Log: log.Named(logging.Enroll)}
+		tlsCfg.GetClientCertificate = creds.GetClientCertificate
+	}
 	h.Set(tunnel.HeaderCluster, o.Cluster)
 	h.Set(tunnel.HeaderAgentVersion, version.Version)
 	nodeAddrs, err := parseAddrs(o.NodeAddrs)
@@ -167,6 +200,7 @@ func (o *Options) Config(log hclog.Logger) (Config, error) {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return Config{
 		Dialer:        &tunnel.Dialer{URL: o.HubURL, TLSConfig: tlsCfg, Header: h, Config: tcfg},
+		Credentials:   creds,
 		Backoff:       b,
 		Member:        member,
 		Allow:         allow,

@@ -29,7 +29,31 @@ type ClusterSource interface {
 	Known(cluster string) bool
 }
 
-var errAgentAuth = errors.New("agent authentication failed")
+var (
+	errAgentAuth = errors.New("agent authentication failed")
+	// errNoAgentCredentials: the request carries nothing this
+	// authenticator understands; the next in an AgentAuthChain may.
+	errNoAgentCredentials = fmt.Errorf("%w: no credentials", errAgentAuth)
+	// errAgentForbidden: the agent is who it says but may not serve the
+	// cluster it names (another cluster's certificate, a removed cluster).
+	// The upgrade answers 403 rather than 401.
+	errAgentForbidden = errors.New("agent may not serve this cluster")
+)
+
+// AgentAuthChain tries authenticators in order; the first that recognises
+// the request's credentials decides.
+type AgentAuthChain []AgentAuthenticator
+
+// AuthenticateAgent implements AgentAuthenticator.
+func (c AgentAuthChain) AuthenticateAgent(r *http.Request) (string, error) {
+	for _, a := range c {
+		cluster, err := a.AuthenticateAgent(r)
+		if !errors.Is(err, errNoAgentCredentials) {
+			return cluster, err
+		}
+	}
+	return "", fmt.Errorf("%w: present a client certificate or a bearer token", errNoAgentCredentials)
+}
 
 // AgentTokens authenticates agents by a per-cluster bearer token read from a
 // CSV file ("token,cluster" per line) and/or a directory holding one file
@@ -65,7 +89,7 @@ func (a *AgentTokens) AuthenticateAgent(r *http.Request) (string, error) {
 	cluster := r.Header.Get("Backhaul-Cluster")
 	token, ok := bearer(r.Header.Get("Authorization"))
 	if !ok {
-		return "", fmt.Errorf("%w: no bearer token", errAgentAuth)
+		return "", errNoAgentCredentials
 	}
 	if cluster == "" {
 		return "", fmt.Errorf("%w: no cluster name", errAgentAuth)

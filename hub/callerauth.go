@@ -3,6 +3,7 @@ package hub
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/csv"
 	"errors"
 	"fmt"
@@ -50,16 +51,28 @@ func (u Union) Authenticate(r *http.Request) (*User, bool, error) {
 	return nil, false, nil
 }
 
-// ClientCerts authenticates callers by a verified TLS client certificate,
-// as Kubernetes does: CN is the user, each O a group.
-type ClientCerts struct{}
+// ClientCerts authenticates callers by a TLS client certificate from the
+// client CA, as Kubernetes does: CN is the user, each O a group. The TLS
+// listener may also accept agent certificates from the hub's own CA, so
+// the chain is verified again here against the client CA alone: an agent
+// certificate is never a caller's.
+type ClientCerts struct {
+	Pool *x509.CertPool
+}
 
 // Authenticate implements Authenticator.
-func (ClientCerts) Authenticate(r *http.Request) (*User, bool, error) {
-	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || len(r.TLS.VerifiedChains[0]) == 0 {
+func (c ClientCerts) Authenticate(r *http.Request) (*User, bool, error) {
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
 		return nil, false, nil
 	}
-	leaf := r.TLS.VerifiedChains[0][0]
+	leaf := r.TLS.PeerCertificates[0]
+	inter := x509.NewCertPool()
+	for _, ic := range r.TLS.PeerCertificates[1:] {
+		inter.AddCert(ic)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: c.Pool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		return nil, false, nil
+	}
 	if leaf.Subject.CommonName == "" {
 		return nil, false, fmt.Errorf("%w: client certificate has no common name", errBadCredentials)
 	}

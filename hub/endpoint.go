@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/hashicorp/go-hclog"
@@ -22,6 +23,9 @@ type Endpoint struct {
 	Config   *tunnel.Config
 	Log      hclog.Logger
 	Metrics  *Metrics
+	// NodeCIDRs, when set, bounds the node addresses an agent of cluster
+	// may advertise (nil result: any routable address).
+	NodeCIDRs func(cluster string) []string
 	// ctx ends every session when the hub shuts down.
 	ctx context.Context
 }
@@ -36,12 +40,18 @@ func (e *Endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		e.Metrics.connect("unauthenticated")
 		e.Metrics.failure(reasonAgentAuth)
 		e.Log.Warn("refused agent", "remote", r.RemoteAddr, "cluster", r.Header.Get(tunnel.HeaderCluster), "error", err)
-		w.Header().Set("WWW-Authenticate", `Bearer realm="backhaul"`)
-		http.Error(w, err.Error(), http.StatusUnauthorized)
+		code := agentAuthStatus(err)
+		if code == http.StatusUnauthorized {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="backhaul"`)
+		}
+		http.Error(w, err.Error(), code)
 		return
 	}
 	node := r.Header.Get(tunnel.HeaderNode)
 	addrs, err := parseNodeAddresses(r.Header.Get(tunnel.HeaderNodeAddresses))
+	if err == nil && e.NodeCIDRs != nil {
+		err = withinCIDRs(addrs, e.NodeCIDRs(cluster))
+	}
 	if err != nil {
 		e.Metrics.connect("bad_request")
 		e.Log.Warn("refused agent", "cluster", cluster, "remote", r.RemoteAddr, "error", err)
@@ -112,4 +122,26 @@ func unroutable(ip netip.Addr) string {
 		return "not a unicast address"
 	}
 	return ""
+}
+
+// withinCIDRs checks every advertised address lies in one of cidrs (none:
+// no bound), so an agent of one site cannot claim another site's nodes.
+func withinCIDRs(addrs []netip.Addr, cidrs []string) error {
+	if len(cidrs) == 0 {
+		return nil
+	}
+	prefixes := make([]netip.Prefix, 0, len(cidrs))
+	for _, c := range cidrs {
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			return fmt.Errorf("cluster spec.nodeCIDRs entry %q: %w", c, err)
+		}
+		prefixes = append(prefixes, p.Masked())
+	}
+	for _, a := range addrs {
+		if !slices.ContainsFunc(prefixes, func(p netip.Prefix) bool { return p.Contains(a) }) {
+			return fmt.Errorf("node address %s is outside the cluster's nodeCIDRs %v", a, cidrs)
+		}
+	}
+	return nil
 }

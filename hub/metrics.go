@@ -28,6 +28,7 @@ type Metrics struct {
 	dialLatency   *prometheus.HistogramVec
 	errors        *prometheus.CounterVec
 	requests      *prometheus.CounterVec
+	enrollments   *prometheus.CounterVec
 }
 
 // NewMetrics registers the hub's series on reg.
@@ -59,9 +60,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "backhaul_hub_gateway_requests_total", Help: "Gateway requests by response code class.",
 		}, []string{"code"}),
+		enrollments: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "backhaul_hub_enrollments_total", Help: "Agent certificate requests (enroll, renew) by result.",
+		}, []string{"kind", "result"}),
 	}
 	m.bytesTx, m.bytesRx = m.bytes.WithLabelValues("tx"), m.bytes.WithLabelValues("rx")
-	reg.MustRegister(m.sessions, m.connects, m.streamsOpened, m.streamsActive, m.bytes, m.dialLatency, m.errors, m.requests)
+	reg.MustRegister(m.sessions, m.connects, m.streamsOpened, m.streamsActive, m.bytes, m.dialLatency, m.errors, m.requests, m.enrollments)
 	return m
 }
 
@@ -70,6 +74,9 @@ func (m *Metrics) sessionDown()             { m.sessions.Dec() }
 func (m *Metrics) connect(result string)    { m.connects.WithLabelValues(result).Inc() }
 func (m *Metrics) failure(reason string)    { m.errors.WithLabelValues(reason).Inc() }
 func (m *Metrics) request(codeClass string) { m.requests.WithLabelValues(codeClass).Inc() }
+func (m *Metrics) enrollment(kind, result string) {
+	m.enrollments.WithLabelValues(kind, result).Inc()
+}
 
 func (m *Metrics) streamOpened(kind string, seconds float64) {
 	m.streamsOpened.WithLabelValues(kind).Inc()

@@ -1,11 +1,14 @@
 package hub
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -13,6 +16,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"backhaul.io/backhaul/pkg/logging"
 	"backhaul.io/backhaul/tunnel"
@@ -39,7 +44,32 @@ type Options struct {
 	KeepAliveWait   time.Duration
 	ShutdownTimeout time.Duration
 	Log             logging.Options
+
+	// Host-cluster registry (--registry=kube).
+	Registry          string
+	Kubeconfig        string
+	Namespace         string
+	CACertFile        string
+	CAKeyFile         string
+	AgentCertValidity time.Duration
+	AdvertiseURL      string
+	TLSSANs           string
+	TokenReview       bool
+	AuthorizationMode string
+	AuthCacheTTL      time.Duration
+	StatusInterval    time.Duration
+	Heartbeat         time.Duration
+	ReplicaName       string
 }
+
+// Registry kinds and authorization modes.
+const (
+	RegistryStatic = "static"
+	RegistryKube   = "kube"
+
+	AuthzAlwaysAllow         = "AlwaysAllow"
+	AuthzSubjectAccessReview = "SubjectAccessReview"
+)
 
 // NewOptions returns the defaults.
 func NewOptions() *Options {
@@ -53,7 +83,24 @@ func NewOptions() *Options {
 		ConnectUDSUser:  "system:backhaul:uds",
 		ClusterSuffix:   DefaultClusterSuffix,
 		Log:             logging.Options{Name: "backhaul-hub", Format: "text", Level: "info"},
+
+		Registry:          RegistryStatic,
+		Namespace:         "backhaul-system",
+		AgentCertValidity: 30 * 24 * time.Hour,
+		TokenReview:       true,
+		AuthCacheTTL:      10 * time.Second,
+		StatusInterval:    15 * time.Second,
+		Heartbeat:         time.Minute,
+		ReplicaName:       hostname(),
 	}
+}
+
+func hostname() string {
+	if n := os.Getenv("POD_NAME"); n != "" {
+		return n
+	}
+	n, _ := os.Hostname()
+	return n
 }
 
 // Flags registers the options on fs.
@@ -76,6 +123,20 @@ func (o *Options) Flags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.KeepAlive, "keepalive-interval", o.KeepAlive, "tunnel ping interval; keep below load-balancer idle timeouts")
 	fs.DurationVar(&o.KeepAliveWait, "keepalive-timeout", o.KeepAliveWait, "how long a ping may go unanswered before the session is dropped")
 	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", o.ShutdownTimeout, "how long to drain requests on SIGTERM")
+	fs.StringVar(&o.Registry, "registry", o.Registry, "where clusters are registered: static (--agent-token-file/--agent-token-dir) or kube (Cluster objects in the host cluster, with enrollment, agent certificates and Cluster status)")
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "kubeconfig of the host cluster for --registry=kube (empty: in-cluster service account)")
+	fs.StringVar(&o.Namespace, "namespace", o.Namespace, "host-cluster namespace of the hub's Secrets (CA, serving certificate, bootstrap tokens) and ConfigMaps")
+	fs.StringVar(&o.CACertFile, "ca-cert-file", o.CACertFile, "PEM CA certificate that signs agent certificates (empty with --registry=kube: Secret backhaul-ca in --namespace, created on first start)")
+	fs.StringVar(&o.CAKeyFile, "ca-key-file", o.CAKeyFile, "PEM key of --ca-cert-file")
+	fs.DurationVar(&o.AgentCertValidity, "agent-cert-validity", o.AgentCertValidity, "lifetime of issued agent certificates; agents renew at two thirds")
+	fs.StringVar(&o.AdvertiseURL, "advertise-url", o.AdvertiseURL, "wss:// URL agents dial, published in ConfigMap backhaul-hub-info for backhaulctl's onboarding command")
+	fs.StringVar(&o.TLSSANs, "tls-san", o.TLSSANs, "comma-separated extra DNS names or IPs for the serving certificate the hub issues itself (--registry=kube without --tls-cert-file)")
+	fs.BoolVar(&o.TokenReview, "token-review", o.TokenReview, "with --registry=kube, authenticate callers' bearer tokens by TokenReview against the host cluster")
+	fs.StringVar(&o.AuthorizationMode, "authorization-mode", o.AuthorizationMode, "AlwaysAllow or SubjectAccessReview (get clusters/proxy in backhaul.io, by cluster name, against the host cluster); empty: SubjectAccessReview with --registry=kube, else AlwaysAllow")
+	fs.DurationVar(&o.AuthCacheTTL, "auth-cache-ttl", o.AuthCacheTTL, "how long TokenReview and SubjectAccessReview answers are cached")
+	fs.DurationVar(&o.StatusInterval, "cluster-status-interval", o.StatusInterval, "how often the hub probes each connected member's /readyz through the tunnel")
+	fs.DurationVar(&o.Heartbeat, "cluster-heartbeat-interval", o.Heartbeat, "how often Cluster status is written when nothing changed")
+	fs.StringVar(&o.ReplicaName, "replica-name", o.ReplicaName, "this hub replica's name in Cluster status (default: $POD_NAME or the host name)")
 	fs.StringVar(&o.Log.Format, "log-format", o.Log.Format, "log format: text or json")
 	fs.StringVar(&o.Log.Level, "log-level", o.Log.Level, "log level: trace, debug, info, warn, error")
 }
@@ -83,14 +144,40 @@ func (o *Options) Flags(fs *flag.FlagSet) {
 // Validate reports every problem at once.
 func (o *Options) Validate() error {
 	var errs []error
-	if o.TLSCertFile == "" || o.TLSKeyFile == "" {
-		errs = append(errs, errors.New("--tls-cert-file and --tls-key-file are required"))
+	kube := o.Registry == RegistryKube
+	switch o.Registry {
+	case RegistryStatic, RegistryKube:
+	default:
+		errs = append(errs, fmt.Errorf("--registry %q: want static or kube", o.Registry))
 	}
-	if o.AgentTokenFile == "" && o.AgentTokenDir == "" {
-		errs = append(errs, errors.New("one of --agent-token-file or --agent-token-dir is required"))
+	if (o.TLSCertFile == "") != (o.TLSKeyFile == "") || (!kube && o.TLSCertFile == "") {
+		errs = append(errs, errors.New("--tls-cert-file and --tls-key-file are required (with --registry=kube the hub can issue its own)"))
 	}
-	if o.TokenAuthFile == "" && o.ClientCAFile == "" {
-		errs = append(errs, errors.New("one of --token-auth-file or --client-ca-file is required, or no caller could authenticate"))
+	if (o.CACertFile == "") != (o.CAKeyFile == "") {
+		errs = append(errs, errors.New("--ca-cert-file and --ca-key-file go together"))
+	}
+	if !kube && o.AgentTokenFile == "" && o.AgentTokenDir == "" {
+		errs = append(errs, errors.New("one of --agent-token-file or --agent-token-dir is required with --registry=static"))
+	}
+	if o.TokenAuthFile == "" && o.ClientCAFile == "" && !(kube && o.TokenReview) {
+		errs = append(errs, errors.New("one of --token-auth-file, --client-ca-file or --registry=kube with --token-review is required, or no caller could authenticate"))
+	}
+	switch o.AuthorizationMode {
+	case "", AuthzAlwaysAllow:
+	case AuthzSubjectAccessReview:
+		if !kube {
+			errs = append(errs, errors.New("--authorization-mode=SubjectAccessReview needs --registry=kube"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("--authorization-mode %q: want AlwaysAllow or SubjectAccessReview", o.AuthorizationMode))
+	}
+	if o.AgentCertValidity < time.Minute || o.StatusInterval <= 0 || o.Heartbeat <= 0 || o.AuthCacheTTL < 0 {
+		errs = append(errs, errors.New("--agent-cert-validity must be at least 1m; status intervals positive; --auth-cache-ttl not negative"))
+	}
+	if o.AdvertiseURL != "" {
+		if u, err := url.Parse(o.AdvertiseURL); err != nil || u.Scheme != "wss" || u.Host == "" {
+			errs = append(errs, fmt.Errorf("--advertise-url %q: want wss://host[:port]", o.AdvertiseURL))
+		}
 	}
 	if o.DialTimeout <= 0 || o.KeepAlive <= 0 || o.KeepAliveWait <= 0 {
 		errs = append(errs, errors.New("timeouts must be positive"))
@@ -107,17 +194,22 @@ func (o *Options) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Config loads files and builds the server configuration.
-func (o *Options) Config(log hclog.Logger) (Config, error) {
-	cert, err := tls.LoadX509KeyPair(o.TLSCertFile, o.TLSKeyFile)
-	if err != nil {
-		return Config{}, fmt.Errorf("serving certificate: %w", err)
+// Config loads files and builds the server configuration. With
+// --registry=kube it also connects to the host cluster and makes sure the
+// CA, the serving certificate and the hub-info ConfigMap exist.
+func (o *Options) Config(ctx context.Context, log hclog.Logger) (Config, error) {
+	cfg := Config{
+		Listen: o.Listen, AdminListen: o.AdminListen, Profiling: o.Profiling,
+		ConnectListen: o.ConnectListen, ConnectTLS: o.ConnectTLS, ConnectUDS: o.ConnectUDS,
+		ConnectUDSUser: o.ConnectUDSUser, ClusterSuffix: o.ClusterSuffix,
+		DialTimeout: o.DialTimeout, ShutdownTimeout: o.ShutdownTimeout,
+		AgentCertValidity: o.AgentCertValidity, StatusInterval: o.StatusInterval,
+		Heartbeat: o.Heartbeat, ReplicaName: o.ReplicaName, Log: log,
 	}
-	tlsCfg := &tls.Config{
-		Certificates: []tls.Certificate{cert},
-		MinVersion:   tls.VersionTLS12,
-		NextProtos:   []string{"http/1.1"},
-	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}
+	clientCAs := x509.NewCertPool()
 	var authn Union
 	if o.ClientCAFile != "" {
 		pem, err := os.ReadFile(o.ClientCAFile)
@@ -125,12 +217,10 @@ func (o *Options) Config(log hclog.Logger) (Config, error) {
 			return Config{}, fmt.Errorf("client CA: %w", err)
 		}
 		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
+		if !pool.AppendCertsFromPEM(pem) || !clientCAs.AppendCertsFromPEM(pem) {
 			return Config{}, fmt.Errorf("client CA %s: no certificates found", o.ClientCAFile)
 		}
-		tlsCfg.ClientCAs = pool
-		tlsCfg.ClientAuth = tls.VerifyClientCertIfGiven
-		authn = append(authn, ClientCerts{})
+		authn = append(authn, ClientCerts{Pool: pool})
 	}
 	if o.TokenAuthFile != "" {
 		st, err := LoadStaticTokens(o.TokenAuthFile)
@@ -139,20 +229,139 @@ func (o *Options) Config(log hclog.Logger) (Config, error) {
 		}
 		authn = append(authn, st)
 	}
-	agents, err := NewAgentTokens(o.AgentTokenFile, o.AgentTokenDir)
-	if err != nil {
-		return Config{}, err
+	var agents AgentAuthChain
+	if o.AgentTokenFile != "" || o.AgentTokenDir != "" {
+		tokens, err := NewAgentTokens(o.AgentTokenFile, o.AgentTokenDir)
+		if err != nil {
+			return Config{}, err
+		}
+		agents = append(agents, tokens)
+		cfg.Clusters = tokens
+	}
+	var authz Authorizer = AllowAuthenticated{}
+	if o.TLSCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(o.TLSCertFile, o.TLSKeyFile)
+		if err != nil {
+			return Config{}, fmt.Errorf("serving certificate: %w", err)
+		}
+		tlsCfg.Certificates = []tls.Certificate{cert}
+	}
+	if o.CACertFile != "" {
+		ca, err := LoadCAFiles(o.CACertFile, o.CAKeyFile)
+		if err != nil {
+			return Config{}, fmt.Errorf("agent CA: %w", err)
+		}
+		cfg.CA = ca
+	}
+	if o.Registry == RegistryKube {
+		if err := o.hostConfig(ctx, log, &cfg, tlsCfg); err != nil {
+			return Config{}, err
+		}
+		// Certificates first: the registry decides which cluster they
+		// name. Static tokens, if configured too, remain for standalone
+		// agents.
+		agents = append(AgentAuthChain{&AgentCerts{CA: cfg.CA, Clusters: cfg.HostClusters}}, agents...)
+		cfg.Clusters = cfg.HostClusters
+		clientCAs.AddCert(cfg.CA.Cert)
+		m := NewHostAuthMetrics(reg)
+		if o.TokenReview {
+			tr, err := NewTokenReviewer(cfg.Host.Kube, nil, o.cacheConfig(DefaultTokenReviewConfig(), m))
+			if err != nil {
+				return Config{}, err
+			}
+			authn = append(authn, tr)
+		}
+		if o.AuthorizationMode != AuthzAlwaysAllow {
+			sar, err := NewSubjectAccessReviewer(cfg.Host.Kube, o.cacheConfig(DefaultAccessReviewConfig(), m))
+			if err != nil {
+				return Config{}, err
+			}
+			authz = sar
+		}
+	}
+	if len(agents) == 0 {
+		return Config{}, errors.New("no way for agents to authenticate: set --registry=kube or an agent token source")
+	}
+	if len(clientCAs.Subjects()) > 0 { //nolint:staticcheck // only used to test emptiness
+		tlsCfg.ClientCAs = clientCAs
+		tlsCfg.ClientAuth = tls.VerifyClientCertIfGiven
 	}
 	tcfg := tunnel.DefaultConfig()
 	tcfg.KeepAliveInterval, tcfg.KeepAliveTimeout = o.KeepAlive, o.KeepAliveWait
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return Config{
-		Listen: o.Listen, TLS: tlsCfg, AdminListen: o.AdminListen, Profiling: o.Profiling,
-		ConnectListen: o.ConnectListen, ConnectTLS: o.ConnectTLS, ConnectUDS: o.ConnectUDS,
-		ConnectUDSUser: o.ConnectUDSUser, ClusterSuffix: o.ClusterSuffix,
-		AgentAuth: agents, Clusters: agents, Authn: authn, Authz: AllowAuthenticated{},
-		Tunnel: tcfg, DialTimeout: o.DialTimeout, ShutdownTimeout: o.ShutdownTimeout,
-		Log: log, Registry: reg,
-	}, nil
+	cfg.TLS, cfg.AgentAuth, cfg.Authn, cfg.Authz, cfg.Tunnel, cfg.Registry = tlsCfg, agents, authn, authz, tcfg, reg
+	return cfg, nil
+}
+
+// hostConfig connects to the host cluster and fills in what lives there.
+func (o *Options) hostConfig(ctx context.Context, log hclog.Logger, cfg *Config, tlsCfg *tls.Config) error {
+	rc, err := o.hostRESTConfig()
+	if err != nil {
+		return err
+	}
+	host, err := NewHost(rc, o.Namespace, log)
+	if err != nil {
+		return err
+	}
+	cfg.Host = host
+	if cfg.HostClusters, err = NewHostClusters(ctx, host.Manager.GetCache(), log.Named(logging.Registry)); err != nil {
+		return err
+	}
+	if cfg.CA == nil {
+		if cfg.CA, err = EnsureCA(ctx, host.Direct, o.Namespace, CASecretName); err != nil {
+			return err
+		}
+	}
+	servingCA := cfg.CA.PEM
+	if len(tlsCfg.Certificates) == 0 {
+		var extra []string
+		if o.TLSSANs != "" {
+			extra = strings.Split(o.TLSSANs, ",")
+		}
+		if u, err := url.Parse(o.AdvertiseURL); err == nil && u.Hostname() != "" {
+			extra = append(extra, u.Hostname())
+		}
+		cert, err := EnsureServingCert(ctx, host.Direct, o.Namespace, ServingSecretName, cfg.CA, servingHosts(o.Namespace, extra))
+		if err != nil {
+			return err
+		}
+		tlsCfg.Certificates = []tls.Certificate{cert}
+	} else if chain := tlsCfg.Certificates[0].Certificate; len(chain) > 0 {
+		// A serving chain from files: publish its last certificate, the
+		// closest to a root the hub knows.
+		servingCA = pemCert(chain[len(chain)-1])
+	}
+	if o.AdvertiseURL != "" {
+		if err := PublishHubInfo(ctx, host.Direct, o.Namespace, o.AdvertiseURL, servingCA); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (o *Options) hostRESTConfig() (*rest.Config, error) {
+	if o.Kubeconfig != "" {
+		rc, err := clientcmd.BuildConfigFromFlags("", o.Kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("host kubeconfig: %w", err)
+		}
+		return rc, nil
+	}
+	rc, err := rest.InClusterConfig()
+	if err != nil {
+		return nil, fmt.Errorf("host cluster: no --kubeconfig and not in a pod: %w", err)
+	}
+	return rc, nil
+}
+
+// cacheConfig applies --auth-cache-ttl to allowed answers; denials keep
+// their shorter default so a new grant takes effect quickly.
+func (o *Options) cacheConfig(c CacheConfig, m *HostAuthMetrics) CacheConfig {
+	c.SuccessTTL = o.AuthCacheTTL
+	c.FailureTTL = min(c.FailureTTL, o.AuthCacheTTL)
+	c.Metrics = m
+	return c
+}
+
+func pemCert(der []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/client-go/rest"
 
 	"backhaul.io/backhaul/pkg/logging"
 	"backhaul.io/backhaul/tunnel"
@@ -47,6 +48,18 @@ type Config struct {
 	Clusters  ClusterSource
 	Authn     Authenticator
 	Authz     Authorizer
+
+	// Host, when set, is the host cluster holding Cluster objects
+	// (--registry=kube). HostClusters, CA and the durations below go
+	// with it: the hub then serves enrollment, revokes removed clusters'
+	// sessions and writes Cluster status.
+	Host              *Host
+	HostClusters      *HostClusters
+	CA                *CA
+	AgentCertValidity time.Duration
+	StatusInterval    time.Duration
+	Heartbeat         time.Duration
+	ReplicaName       string
 
 	Tunnel          *tunnel.Config
 	DialTimeout     time.Duration
@@ -115,6 +128,11 @@ func New(cfg Config) (*Server, error) {
 	s.admin = admin
 
 	mux := http.NewServeMux()
+	if cfg.Host != nil {
+		if err := s.wireHost(mux, ep); err != nil {
+			return nil, err
+		}
+	}
 	mux.Handle(tunnel.Path, ep)
 	mux.Handle("/clusters/{name}/{path...}", gw)
 	mux.Handle("/clusters/{name}", gw)
@@ -170,8 +188,56 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 	_, _ = w.Write([]byte("ok"))
 }
 
+// wireHost adds enrollment, revocation, node CIDR bounds, Cluster status
+// and the token janitor.
+func (s *Server) wireHost(mux *http.ServeMux, ep *Endpoint) error {
+	cfg := s.cfg
+	if cfg.HostClusters == nil || cfg.CA == nil {
+		return errors.New("hub config: Host needs HostClusters and CA")
+	}
+	log := cfg.Log.Named(logging.Enroll)
+	tokens := &BootstrapTokens{Reader: cfg.Host.Direct, Writer: cfg.Host.Direct, Namespace: cfg.Host.Namespace}
+	(&Enroller{
+		Tokens: tokens, CA: cfg.CA, Clusters: cfg.HostClusters, Registry: s.registry,
+		Validity: cfg.AgentCertValidity, Log: log, Metrics: s.metrics,
+	}).Register(mux)
+	cfg.HostClusters.OnGone(func(c string) {
+		if n := s.registry.Close(c); n > 0 {
+			log.Info("closed sessions of a removed cluster", "cluster", c, "sessions", n)
+		}
+	})
+	ep.NodeCIDRs = cfg.HostClusters.NodeCIDRs
+	upd := &ClusterStatusUpdater{
+		Client: cfg.Host.Manager.GetClient(), Clusters: cfg.HostClusters, Registry: s.registry,
+		Member: func(c string) *rest.Config {
+			return s.MemberConfig(c, &User{Name: HubUser, Groups: []string{HubPusherGroup}})
+		},
+		Interval: cfg.StatusInterval, Heartbeat: cfg.Heartbeat, ProbeTimeout: 5 * time.Second,
+		Replica: cfg.ReplicaName, Log: cfg.Log.Named(logging.Status),
+	}
+	if err := cfg.Host.Manager.Add(runnable(upd.Run)); err != nil {
+		return err
+	}
+	return cfg.Host.Manager.Add(tokenJanitor(tokens, 10*time.Minute, log))
+}
+
 // Run serves until ctx ends, then drains for up to ShutdownTimeout.
 func (s *Server) Run(ctx context.Context) error {
+	if s.cfg.Host != nil {
+		// The manager (informers, controllers) lives exactly as long as
+		// the listeners: agents are only admitted once the Cluster
+		// informer has synced.
+		mctx, stop := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- s.cfg.Host.Manager.Start(mctx) }()
+		defer func() { stop(); <-done }()
+		if !s.cfg.Host.Manager.GetCache().WaitForCacheSync(mctx) {
+			stop()
+			err := <-done
+			done <- err // for the deferred receive
+			return fmt.Errorf("host cluster: caches did not sync (is the Cluster CRD installed?): %v", err)
+		}
+	}
 	ln, err := net.Listen("tcp", s.cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", s.cfg.Listen, err)

@@ -139,7 +139,7 @@ func startHub(t *testing.T) *hubEnv {
 		},
 		AgentAuth:       agents,
 		Clusters:        agents,
-		Authn:           Union{ClientCerts{}, callers},
+		Authn:           Union{ClientCerts{Pool: ca.pool}, callers},
 		Authz:           AllowAuthenticated{},
 		Tunnel:          tcfg,
 		DialTimeout:     5 * time.Second,

@@ -5,6 +5,7 @@ package kubestatus
 import (
 	"encoding/json"
 	"net/http"
+	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -46,4 +47,17 @@ func reasonFor(code int) metav1.StatusReason {
 	default:
 		return metav1.StatusReasonUnknown
 	}
+}
+
+// Message reads the message of a Status body, or returns the body itself
+// (trimmed to 512 bytes) when it is not one.
+func Message(body []byte) string {
+	var st metav1.Status
+	if err := json.Unmarshal(body, &st); err == nil && st.Message != "" {
+		return st.Message
+	}
+	if len(body) > 512 {
+		body = body[:512]
+	}
+	return strings.TrimSpace(string(body))
 }

@@ -19,6 +19,8 @@ const (
 	Admin    = "admin"
 	Proxy    = "proxy"
 	Connect  = "connect"
+	Enroll   = "enroll"
+	Status   = "status"
 )
 
 // Options say how a process logs.

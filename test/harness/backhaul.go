@@ -288,3 +288,21 @@ func WaitFor(ctx context.Context, timeout, interval time.Duration, cond func() e
 		}
 	}
 }
+
+// CtlBinary builds backhaulctl into the bin dir and returns its path.
+func CtlBinary(ctx context.Context) (string, error) {
+	root, err := RepoRoot()
+	if err != nil {
+		return "", err
+	}
+	dir := os.Getenv(EnvBinDir)
+	if dir == "" {
+		dir = filepath.Join(root, "_output", "bin")
+	}
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", dir+"/", "./hub/cmd/backhaulctl")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build backhaulctl: %w\n%s", err, out)
+	}
+	return filepath.Join(dir, "backhaulctl"), nil
+}

@@ -30,7 +30,9 @@ func main() {
 		os.Exit(2)
 	}
 	log := logging.New(opts.Log, os.Stderr)
-	cfg, err := opts.Config(log)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	cfg, err := opts.Config(ctx, log)
 	if err != nil {
 		log.Error("bad configuration", "error", err)
 		os.Exit(2)
@@ -40,8 +42,6 @@ func main() {
 		log.Error("cannot start", "error", err)
 		os.Exit(1)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	log.Info("starting", "version", version.Version)
 	if err := srv.Run(ctx); err != nil {
 		log.Error("hub stopped", "error", err)

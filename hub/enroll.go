@@ -1,0 +1,173 @@
+package hub
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"backhaul.io/backhaul/pkg/identity"
+	"backhaul.io/backhaul/pkg/kubestatus"
+	"backhaul.io/backhaul/tunnel"
+)
+
+// Enroller serves the enrollment endpoints (see pkg/identity): a bootstrap
+// token buys one certificate for its cluster; a valid certificate buys its
+// successor; the token also lets the onboarding script ask whether the
+// cluster's agent has connected.
+type Enroller struct {
+	Tokens   *BootstrapTokens
+	CA       *CA
+	Clusters *HostClusters
+	Registry *Registry
+	// Validity of issued agent certificates; agents renew at two thirds.
+	Validity time.Duration
+	Log      hclog.Logger
+	Metrics  *Metrics
+	// Timeout bounds one request's host-cluster calls.
+	Timeout time.Duration
+}
+
+// Register adds the enrollment routes to mux.
+func (e *Enroller) Register(mux *http.ServeMux) {
+	mux.HandleFunc("POST "+identity.PathEnroll, e.enroll)
+	mux.HandleFunc("POST "+identity.PathRenew, e.renew)
+	mux.HandleFunc("GET "+identity.PathEnrollStatus, e.status)
+}
+
+func (e *Enroller) ctx(r *http.Request) (context.Context, context.CancelFunc) {
+	t := e.Timeout
+	if t <= 0 {
+		t = 10 * time.Second
+	}
+	return context.WithTimeout(r.Context(), t)
+}
+
+func (e *Enroller) enroll(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := e.ctx(r)
+	defer cancel()
+	cluster := r.Header.Get(tunnel.HeaderCluster)
+	raw, ok := bearer(r.Header.Get("Authorization"))
+	if !ok || cluster == "" {
+		e.refuse(w, r, "enroll", http.StatusUnauthorized, "unauthorized", errors.New("enrollment needs Authorization: Bearer <bootstrap token> and a Backhaul-Cluster header"))
+		return
+	}
+	// Check the token before reading the CSR, consume it only after: a
+	// malformed CSR must not burn the token.
+	rec, err := e.Tokens.Check(ctx, raw, cluster)
+	if err != nil {
+		e.refuseErr(w, r, "enroll", err)
+		return
+	}
+	csr, err := e.readCSR(r)
+	if err != nil {
+		e.refuseErr(w, r, "enroll", err)
+		return
+	}
+	uid, ok := e.Clusters.UID(cluster)
+	if !ok {
+		e.refuse(w, r, "enroll", http.StatusForbidden, "forbidden", fmt.Errorf("cluster %q is not registered", cluster))
+		return
+	}
+	if err := e.Tokens.Redeem(ctx, rec); err != nil {
+		e.refuseErr(w, r, "enroll", err)
+		return
+	}
+	e.issue(w, r, "enroll", csr, identity.AgentIdentity{Cluster: cluster, UID: uid})
+}
+
+func (e *Enroller) renew(w http.ResponseWriter, r *http.Request) {
+	certs := &AgentCerts{CA: e.CA, Clusters: e.Clusters}
+	id, err := certs.identify(r)
+	if err != nil {
+		e.refuseErr(w, r, "renew", err)
+		return
+	}
+	csr, err := e.readCSR(r)
+	if err != nil {
+		e.refuseErr(w, r, "renew", err)
+		return
+	}
+	e.issue(w, r, "renew", csr, id)
+}
+
+func (e *Enroller) issue(w http.ResponseWriter, r *http.Request, kind string, csr *x509.CertificateRequest, id identity.AgentIdentity) {
+	certPEM, err := e.CA.SignAgent(csr, id, e.Validity)
+	if err != nil {
+		e.refuse(w, r, kind, http.StatusInternalServerError, "error", err)
+		return
+	}
+	e.Metrics.enrollment(kind, "ok")
+	e.Log.Info("issued agent certificate", "kind", kind, "cluster", id.Cluster, "remote", r.RemoteAddr, "validity", e.Validity)
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(identity.EnrollResponse{Certificate: string(certPEM), CA: string(e.CA.PEM)})
+}
+
+func (e *Enroller) status(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := e.ctx(r)
+	defer cancel()
+	raw, ok := bearer(r.Header.Get("Authorization"))
+	if !ok {
+		e.refuse(w, r, "status", http.StatusUnauthorized, "unauthorized", errors.New("send Authorization: Bearer <bootstrap token>"))
+		return
+	}
+	cluster, err := e.Tokens.Lookup(ctx, raw)
+	if err != nil {
+		e.refuseErr(w, r, "status", err)
+		return
+	}
+	st := identity.EnrollStatus{Cluster: cluster}
+	for _, s := range e.Registry.Sessions() {
+		if s.Cluster == cluster {
+			st.Agents++
+			st.AgentVersion = s.AgentVersion
+		}
+	}
+	st.Connected = st.Agents > 0
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(st)
+}
+
+func (e *Enroller) readCSR(r *http.Request) (*x509.CertificateRequest, error) {
+	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, identity.MaxCSRBytes))
+	if err != nil {
+		return nil, fmt.Errorf("%w: body: %v", errBadCSR, err)
+	}
+	return ParseCSR(body)
+}
+
+// refuseErr answers err with the status its kind calls for.
+func (e *Enroller) refuseErr(w http.ResponseWriter, r *http.Request, kind string, err error) {
+	switch {
+	case errors.Is(err, errBadCSR):
+		e.refuse(w, r, kind, http.StatusBadRequest, "bad_csr", err)
+	case errors.Is(err, errAgentForbidden):
+		e.refuse(w, r, kind, http.StatusForbidden, "forbidden", err)
+	case errors.Is(err, errTokenInvalid), errors.Is(err, errAgentAuth):
+		e.refuse(w, r, kind, http.StatusUnauthorized, "unauthorized", err)
+	default:
+		e.refuse(w, r, kind, http.StatusInternalServerError, "error", err)
+	}
+}
+
+func (e *Enroller) refuse(w http.ResponseWriter, r *http.Request, kind string, code int, result string, err error) {
+	e.Metrics.enrollment(kind, result)
+	e.Log.Warn("refused enrollment request", "kind", kind, "cluster", r.Header.Get(tunnel.HeaderCluster), "remote", r.RemoteAddr, "code", code, "error", err)
+	msg := err.Error()
+	if code == http.StatusUnauthorized {
+		// The log has the detail; the caller learns only that the token
+		// is no good.
+		msg = errTokenInvalid.Error()
+		if errors.Is(err, errAgentAuth) {
+			msg = "agent certificate not accepted"
+		}
+		w.Header().Set("WWW-Authenticate", `Bearer realm="backhaul"`)
+	}
+	kubestatus.Write(w, code, msg)
+}

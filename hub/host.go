@@ -1,0 +1,110 @@
+package hub
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"backhaul.io/backhaul/pkg/apis/backhaul/v1alpha1"
+	"backhaul.io/backhaul/pkg/logging"
+)
+
+// Host is the hub's host cluster, where Cluster and Propagation objects,
+// bootstrap tokens and the CA live (--registry=kube).
+type Host struct {
+	// Manager runs the informers and the hub's controllers.
+	Manager ctrl.Manager
+	// Direct reads and writes without a cache (secrets, config maps).
+	Direct client.Client
+	// Kube is a clientset for TokenReview and SubjectAccessReview.
+	Kube      kubernetes.Interface
+	Namespace string
+}
+
+// Scheme holds every type the hub reads from its host cluster.
+func Scheme() (*runtime.Scheme, error) {
+	s := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(s); err != nil {
+		return nil, err
+	}
+	if err := v1alpha1.AddToScheme(s); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// NewHost connects to the host cluster. Nothing runs until the manager
+// starts (Server.Run does that).
+func NewHost(cfg *rest.Config, ns string, log hclog.Logger) (*Host, error) {
+	scheme, err := Scheme()
+	if err != nil {
+		return nil, err
+	}
+	ctrl.SetLogger(logging.Logr(log.Named("controller")))
+	cfg = rest.CopyConfig(cfg)
+	cfg.UserAgent = "backhaul-hub"
+	mgr, err := ctrl.NewManager(cfg, manager.Options{
+		Scheme: scheme,
+		// The hub serves its own /metrics and probes.
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+		Client: client.Options{Cache: &client.CacheOptions{
+			// Never cache every Secret and ConfigMap of the host.
+			DisableFor: []client.Object{&corev1.Secret{}, &corev1.ConfigMap{}},
+		}},
+		GracefulShutdownTimeout: ptr(5 * time.Second),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("host cluster: %w", err)
+	}
+	direct, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		return nil, fmt.Errorf("host cluster: %w", err)
+	}
+	kube, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("host cluster: %w", err)
+	}
+	return &Host{Manager: mgr, Direct: direct, Kube: kube, Namespace: ns}, nil
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// runnable adapts a func to a manager.Runnable.
+type runnable func(context.Context) error
+
+func (r runnable) Start(ctx context.Context) error { return r(ctx) }
+
+// NeedLeaderElection: every replica reports what its own sessions see.
+func (r runnable) NeedLeaderElection() bool { return false }
+
+// tokenJanitor deletes expired bootstrap tokens every interval.
+func tokenJanitor(tokens *BootstrapTokens, interval time.Duration, log hclog.Logger) runnable {
+	return func(ctx context.Context) error {
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			if n, err := tokens.DeleteExpired(ctx); err != nil && ctx.Err() == nil {
+				log.Warn("deleting expired bootstrap tokens", "error", err)
+			} else if n > 0 {
+				log.Info("deleted expired bootstrap tokens", "count", n)
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-t.C:
+			}
+		}
+	}
+}
