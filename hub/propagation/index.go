@@ -1,0 +1,130 @@
+package propagation
+
+import (
+	"crypto/sha256"
+	"sync"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// clusterIndex maps each cluster to the Propagations that place on it or
+// have something pending there, so a tunnel coming back wakes exactly
+// those.
+type clusterIndex struct {
+	mu        sync.Mutex
+	byCluster map[string]map[types.NamespacedName]struct{}
+	byProp    map[types.NamespacedName][]string
+}
+
+func newClusterIndex() *clusterIndex {
+	return &clusterIndex{
+		byCluster: map[string]map[types.NamespacedName]struct{}{},
+		byProp:    map[types.NamespacedName][]string{},
+	}
+}
+
+// set records the clusters prop concerns, replacing what was recorded.
+func (x *clusterIndex) set(prop types.NamespacedName, clusters []string) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.dropLocked(prop)
+	for _, c := range clusters {
+		m := x.byCluster[c]
+		if m == nil {
+			m = map[types.NamespacedName]struct{}{}
+			x.byCluster[c] = m
+		}
+		m[prop] = struct{}{}
+	}
+	x.byProp[prop] = clusters
+}
+
+func (x *clusterIndex) drop(prop types.NamespacedName) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.dropLocked(prop)
+}
+
+func (x *clusterIndex) dropLocked(prop types.NamespacedName) {
+	for _, c := range x.byProp[prop] {
+		if m := x.byCluster[c]; m != nil {
+			delete(m, prop)
+			if len(m) == 0 {
+				delete(x.byCluster, c)
+			}
+		}
+	}
+	delete(x.byProp, prop)
+}
+
+// lookup returns the Propagations concerning cluster.
+func (x *clusterIndex) lookup(cluster string) []types.NamespacedName {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	out := make([]types.NamespacedName, 0, len(x.byCluster[cluster]))
+	for p := range x.byCluster[cluster] {
+		out = append(out, p)
+	}
+	return out
+}
+
+// appliedRecord is what was last applied to one cluster for one
+// Propagation, and when.
+type appliedRecord struct {
+	digest [sha256.Size]byte
+	at     time.Time
+}
+
+// appliedCache remembers recent applies so that reconciles caused by
+// unrelated events (another cluster's labels, a status write) do not
+// re-apply unchanged objects; the periodic resync still does.
+type appliedCache struct {
+	mu        sync.Mutex
+	byCluster map[string]map[types.NamespacedName]appliedRecord
+}
+
+func newAppliedCache() *appliedCache {
+	return &appliedCache{byCluster: map[string]map[types.NamespacedName]appliedRecord{}}
+}
+
+func (c *appliedCache) get(cluster string, prop types.NamespacedName) (appliedRecord, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r, ok := c.byCluster[cluster][prop]
+	return r, ok
+}
+
+func (c *appliedCache) put(cluster string, prop types.NamespacedName, r appliedRecord) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := c.byCluster[cluster]
+	if m == nil {
+		m = map[types.NamespacedName]appliedRecord{}
+		c.byCluster[cluster] = m
+	}
+	m[prop] = r
+}
+
+func (c *appliedCache) forget(cluster string, prop types.NamespacedName) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.byCluster[cluster], prop)
+}
+
+// forgetCluster drops every record of cluster: its connection changed, so
+// what it holds may have changed too.
+func (c *appliedCache) forgetCluster(cluster string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.byCluster, cluster)
+}
+
+// forgetProp drops prop's records in every cluster.
+func (c *appliedCache) forgetProp(prop types.NamespacedName) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, m := range c.byCluster {
+		delete(m, prop)
+	}
+}
