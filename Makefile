@@ -26,7 +26,7 @@ all: build
 ## build: backhaul-hub and backhaul-agent into _output/bin
 build:
 	@mkdir -p $(BIN)
-	CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./hub/cmd/backhaul-hub ./agent/cmd/backhaul-agent
+	CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./hub/cmd/backhaul-hub ./agent/cmd/backhaul-agent ./hub/cmd/backhaulctl
 
 ## deps: Debian packages the end-to-end suite and demo use (etcd, ip, nft)
 deps:
