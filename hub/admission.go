@@ -34,6 +34,9 @@ func (a admission) admit(ctx context.Context, u *User, cluster string, sess *tun
 	}
 	allowed, why, err := a.authz.Authorize(ctx, u, cluster)
 	if err != nil {
+		if authStatus(err, 0) == http.StatusServiceUnavailable {
+			return refuse(http.StatusServiceUnavailable, reasonForbidden, "cannot authorize %q for cluster %s now: the hub's host cluster is unavailable", u.Name, cluster)
+		}
 		return refuse(http.StatusInternalServerError, reasonForbidden, "authorizing %q for cluster %s: %v", u.Name, cluster, err)
 	}
 	if !allowed {

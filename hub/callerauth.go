@@ -37,18 +37,34 @@ type Authorizer interface {
 var errBadCredentials = errors.New("invalid credentials")
 
 // Union tries authenticators in order; the first that recognises the
-// credentials decides.
+// credentials decides. A token one authenticator calls wrong may still be
+// good to the next (a service-account token after the static token file),
+// so errors only decide when no authenticator accepts.
 type Union []Authenticator
 
 // Authenticate implements Authenticator.
 func (u Union) Authenticate(r *http.Request) (*User, bool, error) {
+	var first error
 	for _, a := range u {
 		user, ok, err := a.Authenticate(r)
-		if err != nil || ok {
-			return user, ok, err
+		if err == nil && ok {
+			return user, true, nil
+		}
+		if err != nil && first == nil {
+			first = err
 		}
 	}
-	return nil, false, nil
+	return nil, false, first
+}
+
+// authStatus is the HTTP status for an authentication or authorization
+// error: 503 when the host cluster could not answer (the caller may be
+// fine; retry), else unauthenticated.
+func authStatus(err error, unauthenticated int) int {
+	if errors.Is(err, ErrAuthUnavailable) {
+		return http.StatusServiceUnavailable
+	}
+	return unauthenticated
 }
 
 // ClientCerts authenticates callers by a TLS client certificate from the

@@ -229,7 +229,8 @@ func TestUnion(t *testing.T) {
 		{name: "empty"},
 		{name: "first recognises", members: []*fakeAuthn{{user: alice, ok: true}, {user: bob, ok: true}}, want: alice, ok: true, wantCalls: []int{1, 0}},
 		{name: "second recognises", members: []*fakeAuthn{{}, {user: bob, ok: true}}, want: bob, ok: true, wantCalls: []int{1, 1}},
-		{name: "error stops the search", members: []*fakeAuthn{{err: boom}, {user: bob, ok: true}}, wantErr: boom, wantCalls: []int{1, 0}},
+		{name: "a later authenticator may accept what an earlier refused", members: []*fakeAuthn{{err: boom}, {user: bob, ok: true}}, want: bob, ok: true, wantCalls: []int{1, 1}},
+		{name: "first error when nobody accepts", members: []*fakeAuthn{{err: boom}, {}, {err: errors.New("later")}}, wantErr: boom, wantCalls: []int{1, 1, 1}},
 		{name: "nobody recognises", members: []*fakeAuthn{{}, {}}, wantCalls: []int{1, 1}},
 	}
 	for _, tc := range tests {

@@ -51,6 +51,12 @@ func (p *ConnectProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	user, err := p.authenticate(r)
+	if err != nil && authStatus(err, 0) == http.StatusServiceUnavailable {
+		p.Metrics.failure(reasonUnauthorized)
+		p.Log.Warn("authentication unavailable", "error", err)
+		p.refuse(w, http.StatusServiceUnavailable, "cannot authenticate now: the hub's host cluster is unavailable")
+		return
+	}
 	if err != nil {
 		p.Metrics.failure(reasonUnauthorized)
 		w.Header().Set("Proxy-Authenticate", `Basic realm="backhaul", Bearer realm="backhaul"`)

@@ -86,11 +86,15 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	user, ok, err := g.Authn.Authenticate(r)
 	if err != nil || !ok {
 		g.Metrics.failure(reasonUnauthorized)
-		msg := "Unauthorized"
-		if err != nil {
+		msg, code := "Unauthorized", authStatus(err, http.StatusUnauthorized)
+		if code != http.StatusUnauthorized {
+			w.Header().Set("Retry-After", "1")
+			msg = "cannot authenticate now: the hub's host cluster is unavailable"
+			g.Log.Warn("authentication unavailable", "error", err)
+		} else if err != nil {
 			msg = "Unauthorized: " + err.Error()
 		}
-		kubestatus.Write(w, http.StatusUnauthorized, msg)
+		kubestatus.Write(w, code, msg)
 		return
 	}
 	// Fail fast, with the cluster's name, before the transport tries.

@@ -8,8 +8,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/kubernetes"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -63,7 +63,7 @@ func NewHost(cfg *rest.Config, ns string, log hclog.Logger) (*Host, error) {
 			// Never cache every Secret and ConfigMap of the host.
 			DisableFor: []client.Object{&corev1.Secret{}, &corev1.ConfigMap{}},
 		}},
-		GracefulShutdownTimeout: ptr(5 * time.Second),
+		GracefulShutdownTimeout: new(5 * time.Second),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("host cluster: %w", err)
@@ -78,8 +78,6 @@ func NewHost(cfg *rest.Config, ns string, log hclog.Logger) (*Host, error) {
 	}
 	return &Host{Manager: mgr, Direct: direct, Kube: kube, Namespace: ns}, nil
 }
-
-func ptr[T any](v T) *T { return &v }
 
 // runnable adapts a func to a manager.Runnable.
 type runnable func(context.Context) error

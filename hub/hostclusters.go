@@ -26,12 +26,12 @@ import (
 type HostClusters struct {
 	log hclog.Logger
 
-	mu      sync.RWMutex
-	uids    map[string]types.UID
-	labels  map[string]map[string]string
-	cidrs   map[string][]string
-	onGone  []func(cluster string)
-	synced  func() bool
+	mu     sync.RWMutex
+	uids   map[string]types.UID
+	labels map[string]map[string]string
+	cidrs  map[string][]string
+	onGone []func(cluster string)
+	synced func() bool
 }
 
 var _ ClusterSource = (*HostClusters)(nil)

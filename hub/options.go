@@ -326,9 +326,12 @@ func (o *Options) hostConfig(ctx context.Context, log hclog.Logger, cfg *Config,
 		}
 		tlsCfg.Certificates = []tls.Certificate{cert}
 	} else if chain := tlsCfg.Certificates[0].Certificate; len(chain) > 0 {
-		// A serving chain from files: publish its last certificate, the
-		// closest to a root the hub knows.
-		servingCA = pemCert(chain[len(chain)-1])
+		// A serving certificate from files: publish the agent CA if it
+		// signed it, else the chain's last certificate, the closest to a
+		// root the hub knows.
+		if leaf, err := x509.ParseCertificate(chain[0]); err != nil || !verifies(leaf, cfg.CA.Pool) {
+			servingCA = pemCert(chain[len(chain)-1])
+		}
 	}
 	if o.AdvertiseURL != "" {
 		if err := PublishHubInfo(ctx, host.Direct, o.Namespace, o.AdvertiseURL, servingCA); err != nil {
@@ -360,6 +363,11 @@ func (o *Options) cacheConfig(c CacheConfig, m *HostAuthMetrics) CacheConfig {
 	c.FailureTTL = min(c.FailureTTL, o.AuthCacheTTL)
 	c.Metrics = m
 	return c
+}
+
+func verifies(c *x509.Certificate, roots *x509.CertPool) bool {
+	_, err := c.Verify(x509.VerifyOptions{Roots: roots})
+	return err == nil
 }
 
 func pemCert(der []byte) []byte {

@@ -1,0 +1,443 @@
+// Package fleet runs Backhaul the way an operator installs it: a host
+// cluster holds Cluster objects, backhaulctl registers members,
+// deploy/onboard.sh installs the agent in each, and agents enroll for
+// certificates with one-use bootstrap tokens. Members live in network
+// namespaces that refuse inbound connections; only the host cluster's API
+// is open to the hub.
+package fleet
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"backhaul.io/backhaul/test/harness"
+)
+
+const ns = "backhaul-system"
+
+// Host-cluster service accounts used as callers: fleet-admin may reach
+// every cluster, alice only f1. Members grant both by name.
+const (
+	saAdmin = "system:serviceaccount:default:fleet-admin"
+	saAlice = "system:serviceaccount:default:alice"
+)
+
+type environment struct {
+	dir            string
+	root           string
+	bins           harness.Binaries
+	agentBin       string
+	ctlBin         string
+	host           *harness.Member
+	hostKubeconfig string
+	members        map[string]*harness.Member
+	hub            *harness.Hub
+	// agentURL is what agents dial: the hub's port on a root-namespace
+	// address every member namespace routes to.
+	agentURL string
+
+	mu     sync.Mutex
+	agents map[string]*harness.Process
+	// tokens are host service-account tokens of callers.
+	tokens map[string]string
+	// onboardOut is onboard.sh's output per cluster.
+	onboardOut map[string]string
+}
+
+var (
+	env      *environment
+	setupErr error
+)
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		if os.Geteuid() != 0 {
+			setupErr = fmt.Errorf("skipping: the fleet e2e suite needs root for network namespaces")
+			return m.Run()
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+		defer cancel()
+		var teardown func()
+		env, teardown, setupErr = setup(ctx)
+		defer teardown()
+		if setupErr != nil {
+			fmt.Fprintf(os.Stderr, "fleet e2e setup failed: %v\n", setupErr)
+			return 1
+		}
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+func requireEnv(t *testing.T) *environment {
+	t.Helper()
+	if env == nil {
+		t.Skip(setupErr)
+	}
+	return env
+}
+
+func setup(ctx context.Context) (_ *environment, teardown func(), err error) {
+	e := &environment{members: map[string]*harness.Member{}, agents: map[string]*harness.Process{},
+		tokens: map[string]string{}, onboardOut: map[string]string{}}
+	var cleanups []func()
+	teardown = func() {
+		for i := len(cleanups) - 1; i >= 0; i-- {
+			cleanups[i]()
+		}
+	}
+	defer func() {
+		if err != nil {
+			teardown()
+			teardown = func() {}
+		}
+	}()
+	if _, err := harness.CleanupStale(harness.NetnsPrefix + "f"); err != nil {
+		return nil, teardown, err
+	}
+	if e.root, err = harness.RepoRoot(); err != nil {
+		return nil, teardown, err
+	}
+	if e.bins, err = harness.LocateBinaries(); err != nil {
+		return nil, teardown, fmt.Errorf("%w (run `make kube-bins deps`)", err)
+	}
+	hubBin, agentBin, err := harness.BackhaulBinaries(ctx)
+	if err != nil {
+		return nil, teardown, err
+	}
+	e.agentBin = agentBin
+	if e.ctlBin, err = harness.CtlBinary(ctx); err != nil {
+		return nil, teardown, err
+	}
+	if e.dir, err = os.MkdirTemp("", "backhaul-fleet-"); err != nil {
+		return nil, teardown, err
+	}
+	cleanups = append(cleanups, func() {
+		if os.Getenv("BACKHAUL_E2E_KEEP") == "" {
+			_ = os.RemoveAll(e.dir)
+		} else {
+			fmt.Fprintf(os.Stderr, "fleet e2e: logs kept in %s\n", e.dir)
+		}
+	})
+
+	// The host cluster and two members start together.
+	names := []string{"fh", "f1", "f2"}
+	var wg sync.WaitGroup
+	errs := make([]error, len(names))
+	ms := make([]*harness.Member, len(names))
+	for i, n := range names {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ms[i], errs[i] = harness.StartMember(ctx, harness.MemberConfig{Name: n, Index: 50 + i, Dir: filepath.Join(e.dir, n)})
+		}()
+	}
+	wg.Wait()
+	for i := range names {
+		if m := ms[i]; m != nil {
+			cleanups = append(cleanups, func() { _ = m.Stop() })
+		}
+	}
+	for _, err := range errs {
+		if err != nil {
+			return nil, teardown, err
+		}
+	}
+	e.host = ms[0]
+	e.members["f1"], e.members["f2"] = ms[1], ms[2]
+	if err := e.host.Netns.AllowInbound(harness.APIServerPort); err != nil {
+		return nil, teardown, err
+	}
+	e.hostKubeconfig = filepath.Join(e.dir, "host.kubeconfig")
+	if err := harness.WriteKubeconfig(e.hostKubeconfig, e.host.ExternalURL, e.host.CAPEM, e.host.AdminToken); err != nil {
+		return nil, teardown, err
+	}
+	if err := e.prepareHost(ctx); err != nil {
+		return nil, teardown, err
+	}
+
+	port, err := harness.FreePort()
+	if err != nil {
+		return nil, teardown, err
+	}
+	agentHost := e.members["f1"].Netns.HostIP.String()
+	e.agentURL = fmt.Sprintf("wss://%s:%d", agentHost, port)
+	hubDir := filepath.Join(e.dir, "hub")
+	e.hub, err = harness.StartHub(ctx, harness.HubConfig{
+		Binary: hubBin, Dir: hubDir, Port: port,
+		HostIPs: []string{agentHost, e.members["f2"].Netns.HostIP.String()},
+		Args: []string{
+			"--registry=kube", "--kubeconfig", e.hostKubeconfig, "--namespace", ns,
+			// The harness's CA signed the serving certificate; it signs
+			// agent certificates too, as a hub-provisioned CA would.
+			"--ca-cert-file", filepath.Join(hubDir, "hub-ca.crt"), "--ca-key-file", filepath.Join(hubDir, "hub-ca.key"),
+			"--advertise-url", e.agentURL,
+			// Short enough that every agent renews during the suite.
+			"--agent-cert-validity", "90s",
+			"--cluster-status-interval", "1s", "--cluster-heartbeat-interval", "5s",
+			"--auth-cache-ttl", "1s",
+		},
+	})
+	if e.hub != nil {
+		cleanups = append(cleanups, e.hub.Stop)
+	}
+	if err != nil {
+		return nil, teardown, err
+	}
+	cleanups = append(cleanups, func() {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		for _, p := range e.agents {
+			p.Stop()
+		}
+	})
+	for _, n := range []string{"f1", "f2"} {
+		if err := e.grantCallers(ctx, e.members[n]); err != nil {
+			return nil, teardown, err
+		}
+	}
+	// Onboard both members concurrently, as two sites would.
+	oerrs := make([]error, 2)
+	for i, n := range []string{"f1", "f2"} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			oerrs[i] = e.onboard(ctx, n, "site="+n+",tier=edge")
+		}()
+	}
+	wg.Wait()
+	if err := joinErrs(oerrs); err != nil {
+		return nil, teardown, err
+	}
+	return e, teardown, nil
+}
+
+func joinErrs(errs []error) error {
+	var msgs []string
+	for _, err := range errs {
+		if err != nil {
+			msgs = append(msgs, err.Error())
+		}
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%s", strings.Join(msgs, "\n---\n"))
+}
+
+// prepareHost installs the CRDs, the hub's namespace and the callers'
+// service accounts and RBAC in the host cluster.
+func (e *environment) prepareHost(ctx context.Context) error {
+	if out, err := e.hostKubectl(ctx, "", "apply", "--server-side", "-f", filepath.Join(e.root, "deploy/hub/crds")); err != nil {
+		return fmt.Errorf("install CRDs: %w: %s", err, out)
+	}
+	rbac := `apiVersion: v1
+kind: Namespace
+metadata: {name: ` + ns + `}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: fleet-admin, namespace: default}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: alice, namespace: default}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: backhaul-proxy-all}
+rules:
+- {apiGroups: [backhaul.io], resources: [clusters/proxy], verbs: [get]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: backhaul-proxy-f1}
+rules:
+- {apiGroups: [backhaul.io], resources: [clusters/proxy], verbs: [get], resourceNames: [f1]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: fleet-admin-proxy}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: backhaul-proxy-all}
+subjects: [{kind: ServiceAccount, name: fleet-admin, namespace: default}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: alice-proxy-f1}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: backhaul-proxy-f1}
+subjects: [{kind: ServiceAccount, name: alice, namespace: default}]
+`
+	if out, err := e.hostKubectl(ctx, rbac, "apply", "-f", "-"); err != nil {
+		return fmt.Errorf("host RBAC: %w: %s", err, out)
+	}
+	for _, sa := range []string{"fleet-admin", "alice"} {
+		out, err := e.hostKubectl(ctx, "", "-n", "default", "create", "token", sa, "--duration=2h")
+		if err != nil {
+			return fmt.Errorf("token for %s: %w: %s", sa, err, out)
+		}
+		e.tokens[sa] = strings.TrimSpace(out)
+	}
+	return harness.WaitFor(ctx, 30*time.Second, 200*time.Millisecond, func() error {
+		_, err := e.hostKubectl(ctx, "", "get", "clusters.backhaul.io")
+		return err
+	})
+}
+
+// grantCallers makes fleet-admin an admin of member m and lets alice view.
+func (e *environment) grantCallers(ctx context.Context, m *harness.Member) error {
+	for _, args := range [][]string{
+		{"create", "clusterrolebinding", "fleet-admin", "--clusterrole=cluster-admin", "--user=" + saAdmin},
+		{"create", "clusterrolebinding", "alice-view", "--clusterrole=view", "--user=" + saAlice},
+	} {
+		if _, stderr, err := m.Kubectl(ctx, args...); err != nil {
+			return fmt.Errorf("%s: %v: %w: %s", m.Name, args, err, stderr)
+		}
+	}
+	return nil
+}
+
+// hostKubectl runs kubectl against the host cluster as its admin.
+func (e *environment) hostKubectl(ctx context.Context, stdin string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, e.bins.Kubectl, append([]string{"--kubeconfig", e.hostKubeconfig}, args...)...)
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// ctl runs backhaulctl against the host cluster.
+func (e *environment) ctl(ctx context.Context, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, e.ctlBin, append([]string{"--kubeconfig", e.hostKubeconfig, "--namespace", ns}, args...)...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// onboardCmd is what `backhaulctl cluster add` printed, parsed.
+type onboardCmd struct {
+	args  []string // after "onboard.sh"
+	token string
+}
+
+var onboardLine = regexp.MustCompile(`(?m)^\s*(?:sh\s+)?\S*onboard\.sh\s+(.*)$`)
+
+func parseOnboard(out string) (onboardCmd, error) {
+	m := onboardLine.FindStringSubmatch(out)
+	if m == nil {
+		return onboardCmd{}, fmt.Errorf("no onboard.sh command in backhaulctl output:\n%s", out)
+	}
+	c := onboardCmd{args: strings.Fields(strings.TrimSuffix(strings.TrimSpace(m[1]), "\\"))}
+	for i, a := range c.args {
+		c.args[i] = strings.Trim(a, `'"`)
+		if i > 0 && c.args[i-1] == "--token" {
+			c.token = c.args[i]
+		}
+	}
+	if c.token == "" {
+		return onboardCmd{}, fmt.Errorf("no --token in %q", m[0])
+	}
+	return c, nil
+}
+
+// onboard registers name with backhaulctl, runs onboard.sh against the
+// member as its admin, and starts the agent the way the Deployment would:
+// as ServiceAccount backhaul-agent, with exactly the Secret the script
+// created. onboard.sh must see the agent connect through the hub.
+func (e *environment) onboard(ctx context.Context, name, labels string) error {
+	m := e.members[name]
+	out, err := e.ctl(ctx, "cluster", "add", name, "--labels", labels)
+	if err != nil {
+		return fmt.Errorf("backhaulctl cluster add %s: %w\n%s", name, err, out)
+	}
+	oc, err := parseOnboard(out)
+	if err != nil {
+		return err
+	}
+	script := exec.CommandContext(ctx, "sh", append([]string{filepath.Join(e.root, "deploy/onboard.sh")},
+		append(oc.args, "--kubeconfig", m.AdminKubeconfig, "--wait-timeout", "120s")...)...)
+	script = m.Netns.Command(ctx, script.Args[0], script.Args[1:]...)
+	script.Env = append(os.Environ(), "PATH="+filepath.Dir(e.bins.Kubectl)+":"+os.Getenv("PATH"))
+	var sout strings.Builder
+	script.Stdout, script.Stderr = &sout, &sout
+	if err := script.Start(); err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() { done <- script.Wait() }()
+
+	// The agent starts once the script has created its ServiceAccount and
+	// Secret, as the Deployment's pod would.
+	agentErr := harness.WaitFor(ctx, 60*time.Second, 250*time.Millisecond, func() error {
+		_, stderr, err := m.Kubectl(ctx, "-n", ns, "get", "secret/backhaul-agent", "sa/backhaul-agent")
+		if err != nil {
+			return fmt.Errorf("%w: %s", err, stderr)
+		}
+		return nil
+	})
+	if agentErr == nil {
+		agentErr = e.startAgent(ctx, name, oc)
+	}
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	e.mu.Lock()
+	e.onboardOut[name] = sout.String()
+	e.mu.Unlock()
+	if agentErr != nil {
+		return fmt.Errorf("onboard %s: agent: %w\nonboard.sh:\n%s", name, agentErr, sout.String())
+	}
+	if err != nil {
+		return fmt.Errorf("onboard.sh for %s: %w\n%s\nagent:\n%s", name, err, sout.String(), e.agent(name).Tail(20))
+	}
+	return nil
+}
+
+// startAgent runs cluster's agent with the ServiceAccount token the
+// onboarding created, reading and writing Secret backhaul-agent.
+func (e *environment) startAgent(ctx context.Context, name string, oc onboardCmd) error {
+	m := e.members[name]
+	tok, stderr, err := m.Kubectl(ctx, "-n", ns, "create", "token", "backhaul-agent", "--duration=2h")
+	if err != nil {
+		return fmt.Errorf("agent token: %w: %s", err, stderr)
+	}
+	kc := filepath.Join(m.Dir, "agent.kubeconfig")
+	if err := harness.WriteKubeconfig(kc, m.InternalURL, m.CAPEM, strings.TrimSpace(tok)); err != nil {
+		return err
+	}
+	hubURL := ""
+	for i, a := range oc.args {
+		if i > 0 && oc.args[i-1] == "--hub-url" {
+			hubURL = a
+		}
+	}
+	args := []string{
+		"--hub-url", hubURL, "--cluster", name,
+		"--credentials-secret", ns + "/backhaul-agent",
+		"--kubeconfig", kc, "--admin-listen", "127.0.0.1:9090",
+		"--backoff-base", "500ms", "--backoff-max", "3s",
+	}
+	p, err := harness.Start(ctx, "agent-"+name, m.Dir, m.Netns.Command(context.Background(), e.agentBin, args...))
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	e.agents[name] = p
+	e.mu.Unlock()
+	return nil
+}
+
+func (e *environment) agent(name string) *harness.Process {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.agents[name]
+}

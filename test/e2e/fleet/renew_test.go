@@ -1,0 +1,118 @@
+package fleet
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"backhaul.io/backhaul/test/harness"
+)
+
+// agentCertSerial reads the certificate the agent of cluster stored.
+func (e *environment) agentCert(ctx context.Context, cluster string) (string, error) {
+	out, stderr, err := e.members[cluster].Kubectl(ctx, "-n", ns, "get", "secret", "backhaul-agent", "-o", "jsonpath={.data.tls\\.crt}")
+	if err != nil {
+		return "", fmt.Errorf("%w: %s", err, stderr)
+	}
+	return out, nil
+}
+
+// hubSessions lists the hub's sessions of cluster by ID (from /status).
+func (e *environment) hubSessions(t *testing.T, cluster string) []uint64 {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, e.hub.URL+"/status", nil)
+	req.Header.Set("Authorization", "Bearer "+e.tokens["fleet-admin"])
+	req.Header.Set("Accept", "application/json")
+	resp, err := e.hubHTTP(nil).Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	var rows []struct {
+		Cluster string `json:"cluster"`
+		ID      uint64 `json:"id"`
+	}
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&rows))
+	var ids []uint64
+	for _, s := range rows {
+		if s.Cluster == cluster {
+			ids = append(ids, s.ID)
+		}
+	}
+	return ids
+}
+
+// TestRenewalKeepsStreams: the hub issues 90 s certificates in this suite,
+// so the agent renews about a minute after enrolling. A watch open across
+// the renewal keeps delivering events, and the tunnel session is the same.
+func TestRenewalKeepsStreams(t *testing.T) {
+	e := requireEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	admin := e.tokens["fleet-admin"]
+	before, err := e.agentCert(ctx, "f1")
+	require.NoError(t, err)
+	sessions := e.hubSessions(t, "f1")
+	require.Len(t, sessions, 1)
+
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet,
+		e.hub.URL+"/clusters/f1/api/v1/namespaces/default/configmaps?watch=1&timeoutSeconds=300", nil)
+	req.Header.Set("Authorization", "Bearer "+admin)
+	resp, err := e.hubHTTP(nil).Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	events := make(chan string, 16)
+	go func() {
+		defer close(events)
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			var ev struct {
+				Type   string `json:"type"`
+				Object struct {
+					Metadata struct {
+						Name string `json:"name"`
+					} `json:"metadata"`
+				} `json:"object"`
+			}
+			if json.Unmarshal(sc.Bytes(), &ev) == nil {
+				events <- ev.Type + " " + ev.Object.Metadata.Name
+			}
+		}
+	}()
+
+	require.NoError(t, harness.WaitFor(ctx, 120*time.Second, time.Second, func() error {
+		now, err := e.agentCert(ctx, "f1")
+		if err != nil {
+			return err
+		}
+		if now == before {
+			return fmt.Errorf("the agent has not renewed yet")
+		}
+		return nil
+	}), "the agent renews before its 90 s certificate expires")
+
+	code, body := e.gatewayDo(t, http.MethodPost, "/clusters/f1/api/v1/namespaces/default/configmaps", admin, nil,
+		`{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"after-renewal"}}`)
+	require.Equal(t, http.StatusCreated, code, body)
+	t.Cleanup(func() {
+		e.gatewayDo(t, http.MethodDelete, "/clusters/f1/api/v1/namespaces/default/configmaps/after-renewal", admin, nil, "")
+	})
+	for {
+		select {
+		case ev, ok := <-events:
+			require.True(t, ok, "the watch ended across the renewal")
+			if ev == "ADDED after-renewal" {
+				require.Equal(t, sessions, e.hubSessions(t, "f1"), "the tunnel session survived the renewal")
+				return
+			}
+		case <-ctx.Done():
+			t.Fatal("no watch event after the renewal")
+		}
+	}
+}
