@@ -1,0 +1,170 @@
+package main
+
+import (
+	"bytes"
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// root is the repository root as seen from this package's directory.
+const root = "../../../.."
+
+func TestConfigurationUpToDate(t *testing.T) {
+	want, err := Render()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(root, DefaultOutput)
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v\nwrite it with: %s", err, Regenerate)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("%s is stale: the flag definitions changed since it was generated.\nregenerate it with: %s\n%s",
+			DefaultOutput, Regenerate, lineDiff(got, want))
+	}
+}
+
+// TestRenderIgnoresEnvironment fails when a default is computed from the
+// machine (host name, home directory, environment), which would make the
+// committed reference stale on every other machine. Such a default belongs
+// in the flag's usage text; Commands blanks it.
+func TestRenderIgnoresEnvironment(t *testing.T) {
+	want, err := Render()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"POD_NAME", "POD_NAMESPACE", "HOSTNAME", "HOME", "USER", "KUBECONFIG", "NODE_NAME"} {
+		t.Setenv(k, "/flagdoc-perturbed-"+strings.ToLower(k))
+	}
+	got, err := Render()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("the reference changes with the environment:\n%s", lineDiff(want, got))
+	}
+}
+
+// lineDiff lists the lines of a that b lacks and the other way round.
+func lineDiff(a, b []byte) string {
+	var out []string
+	in := func(x []byte) map[string]bool {
+		m := map[string]bool{}
+		for _, l := range strings.Split(string(x), "\n") {
+			m[l] = true
+		}
+		return m
+	}
+	ina, inb := in(a), in(b)
+	for _, l := range strings.Split(string(a), "\n") {
+		if !inb[l] {
+			out = append(out, "- "+l)
+		}
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if !ina[l] {
+			out = append(out, "+ "+l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// TestMainsDefineNoOtherFlags guards the one thing Commands copies instead of
+// calling: flags a main defines itself (today --version). It reads each
+// main's source for flag definitions with literal names and checks that the
+// reference lists them with the same description.
+func TestMainsDefineNoOtherFlags(t *testing.T) {
+	mains := map[string]string{
+		"backhaul-hub":   "hub/cmd/backhaul-hub/main.go",
+		"backhaul-agent": "agent/cmd/backhaul-agent/main.go",
+	}
+	for _, c := range Commands() {
+		file, ok := mains[c.Name]
+		if !ok {
+			continue
+		}
+		t.Run(c.Name, func(t *testing.T) {
+			defs := mainFlagDefs(t, filepath.Join(root, file))
+			if len(defs) == 0 {
+				t.Fatalf("found no flag definitions in %s; has its main changed shape?", file)
+			}
+			usage := map[string]string{}
+			for _, f := range c.Flags {
+				usage[f.Name] = f.Usage
+			}
+			for name, u := range defs {
+				got, ok := usage[name]
+				switch {
+				case !ok:
+					t.Errorf("%s defines --%s, which gendocs does not know: add it to Commands", file, name)
+				case u != "" && got != u:
+					t.Errorf("--%s: %s says %q, gendocs %q", name, file, u, got)
+				}
+			}
+		})
+	}
+}
+
+// flagDefiners are the flag.FlagSet methods that define a flag by name.
+var flagDefiners = map[string]bool{
+	"Bool": true, "BoolVar": true, "BoolFunc": true, "String": true, "StringVar": true,
+	"Int": true, "IntVar": true, "Int64": true, "Int64Var": true, "Uint": true, "UintVar": true,
+	"Uint64": true, "Uint64Var": true, "Float64": true, "Float64Var": true,
+	"Duration": true, "DurationVar": true, "Func": true, "Var": true, "TextVar": true,
+}
+
+// mainFlagDefs returns name → usage of the flags defined in file with a
+// literal name (usage empty when not a literal).
+func mainFlagDefs(t *testing.T, file string) map[string]string {
+	t.Helper()
+	f, err := parser.ParseFile(token.NewFileSet(), file, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defs := map[string]string{}
+	ast.Inspect(f, func(n ast.Node) bool {
+		call, ok := n.(*ast.CallExpr)
+		if !ok {
+			return true
+		}
+		sel, ok := call.Fun.(*ast.SelectorExpr)
+		if !ok || !flagDefiners[sel.Sel.Name] || len(call.Args) < 2 {
+			return true
+		}
+		var lits []string
+		for _, a := range call.Args {
+			if bl, ok := a.(*ast.BasicLit); ok && bl.Kind == token.STRING {
+				s, err := strconv.Unquote(bl.Value)
+				if err != nil {
+					t.Fatal(err)
+				}
+				lits = append(lits, s)
+			}
+		}
+		if len(lits) == 0 {
+			return true
+		}
+		usage := ""
+		if last, ok := call.Args[len(call.Args)-1].(*ast.BasicLit); ok && len(lits) > 1 && last.Kind == token.STRING {
+			usage = lits[len(lits)-1]
+		}
+		defs[lits[0]] = usage
+		return true
+	})
+	return defs
+}
+
+func TestEveryCommandHasFlags(t *testing.T) {
+	for _, c := range Commands() {
+		if len(c.Flags) == 0 {
+			t.Errorf("%s lists no flags", c.Name)
+		}
+	}
+}
