@@ -48,7 +48,11 @@ type Credentials struct {
 	// ten times).
 	Retry time.Duration
 
-	current    atomic.Pointer[tls.Certificate]
+	current atomic.Pointer[tls.Certificate]
+	// renewAt is when to renew current: two thirds of the way from when
+	// it was adopted to its expiry. (Not from NotBefore: the hub
+	// back-dates certificates for clock skew.)
+	renewAt    atomic.Int64
 	clientOnce sync.Once
 	client     *http.Client
 }
@@ -64,6 +68,12 @@ func (c *Credentials) GetClientCertificate(*tls.CertificateRequestInfo) (*tls.Ce
 		return cert, nil
 	}
 	return &tls.Certificate{}, nil
+}
+
+func (c *Credentials) adopt(cert *tls.Certificate) {
+	now := time.Now()
+	c.renewAt.Store(now.Add(cert.Leaf.NotAfter.Sub(now) * 2 / 3).UnixNano())
+	c.current.Store(cert)
 }
 
 // NotAfter is the current certificate's expiry (zero when none).
@@ -114,7 +124,7 @@ func (c *Credentials) ensureOnce(ctx context.Context) error {
 		c.TLS.RootCAs = pool
 	}
 	if cert, err := c.usable(st.CertPEM, st.KeyPEM); err == nil {
-		c.current.Store(cert)
+		c.adopt(cert)
 		c.Log.Info("using stored agent certificate", "store", c.Store.String(), "not_after", cert.Leaf.NotAfter)
 		return nil
 	} else if len(st.CertPEM) > 0 {
@@ -129,7 +139,7 @@ func (c *Credentials) ensureOnce(ctx context.Context) error {
 		// moment ago; its certificate serves us too.
 		if st2, lerr := c.Store.Load(ctx); lerr == nil {
 			if cert, uerr := c.usable(st2.CertPEM, st2.KeyPEM); uerr == nil {
-				c.current.Store(cert)
+				c.adopt(cert)
 				return nil
 			}
 		}
@@ -164,12 +174,7 @@ func (c *Credentials) usable(certPEM, keyPEM []byte) (*tls.Certificate, error) {
 // adopts a newer certificate another replica stored.
 func (c *Credentials) Run(ctx context.Context) {
 	for attempt := 0; ; {
-		cur := c.current.Load()
-		var wait time.Duration
-		if cur != nil && cur.Leaf != nil {
-			life := cur.Leaf.NotAfter.Sub(cur.Leaf.NotBefore)
-			wait = time.Until(cur.Leaf.NotBefore.Add(life * 2 / 3))
-		}
+		wait := time.Until(time.Unix(0, c.renewAt.Load()))
 		if attempt > 0 {
 			wait = c.backoff(attempt)
 		}
@@ -192,13 +197,13 @@ func (c *Credentials) Run(ctx context.Context) {
 
 func (c *Credentials) renew(ctx context.Context) error {
 	if st, err := c.Store.Load(ctx); err == nil {
-		if cert, err := c.usable(st.CertPEM, st.KeyPEM); err == nil && cert.Leaf.NotAfter.After(c.NotAfter()) {
-			life := cert.Leaf.NotAfter.Sub(cert.Leaf.NotBefore)
-			if time.Now().Before(cert.Leaf.NotBefore.Add(life * 2 / 3)) {
-				c.current.Store(cert)
-				c.Log.Info("adopted a newer stored certificate", "not_after", cert.Leaf.NotAfter)
-				return nil
-			}
+		// Another agent sharing the store renewed a moment ago: adopt its
+		// certificate if it is fresh (most of its life left).
+		if cert, err := c.usable(st.CertPEM, st.KeyPEM); err == nil && cert.Leaf.NotAfter.After(c.NotAfter()) &&
+			time.Until(cert.Leaf.NotAfter) > cert.Leaf.NotAfter.Sub(cert.Leaf.NotBefore)/2 {
+			c.adopt(cert)
+			c.Log.Info("adopted a newer stored certificate", "not_after", cert.Leaf.NotAfter)
+			return nil
 		}
 	}
 	return c.request(ctx, identity.PathRenew, "")
@@ -263,7 +268,7 @@ func (c *Credentials) request(ctx context.Context, path, token string) error {
 	if err := c.Store.SaveCert(ctx, []byte(er.Certificate), keyPEM); err != nil {
 		return err
 	}
-	c.current.Store(cert)
+	c.adopt(cert)
 	c.Log.Info("agent certificate stored", "via", path, "store", c.Store.String(), "not_after", cert.Leaf.NotAfter)
 	return nil
 }
@@ -272,6 +277,10 @@ func (c *Credentials) httpClient() *http.Client {
 	c.clientOnce.Do(func() {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
 		tr.TLSClientConfig = c.TLS
+		// A connection opened for enrollment (no certificate yet) must
+		// not be reused to renew: each request gets a fresh handshake
+		// presenting the current certificate.
+		tr.DisableKeepAlives = true
 		tr.Proxy = c.Proxy
 		if tr.Proxy == nil {
 			tr.Proxy = http.ProxyFromEnvironment

@@ -1,3 +1,6 @@
+// Package flagdoc renders a command's flags as markdown, so
+// docs/configuration.md is generated from the flag definitions and a test
+// fails when it drifts.
 package flagdoc
 
 import (

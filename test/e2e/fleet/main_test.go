@@ -291,11 +291,14 @@ subjects: [{kind: ServiceAccount, name: alice, namespace: default}]
 	})
 }
 
-// grantCallers makes fleet-admin an admin of member m and lets alice view.
+// grantCallers makes fleet-admin an admin of member m and lets alice read
+// namespaces and config maps. (The built-in "view" role is empty here: no
+// controller manager aggregates it.)
 func (e *environment) grantCallers(ctx context.Context, m *harness.Member) error {
 	for _, args := range [][]string{
 		{"create", "clusterrolebinding", "fleet-admin", "--clusterrole=cluster-admin", "--user=" + saAdmin},
-		{"create", "clusterrolebinding", "alice-view", "--clusterrole=view", "--user=" + saAlice},
+		{"create", "clusterrole", "fleet-reader", "--verb=get,list,watch", "--resource=namespaces,configmaps"},
+		{"create", "clusterrolebinding", "alice-read", "--clusterrole=fleet-reader", "--user=" + saAlice},
 	} {
 		if _, stderr, err := m.Kubectl(ctx, args...); err != nil {
 			return fmt.Errorf("%s: %v: %w: %s", m.Name, args, err, stderr)

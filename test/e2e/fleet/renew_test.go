@@ -62,7 +62,9 @@ func TestRenewalKeepsStreams(t *testing.T) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet,
 		e.hub.URL+"/clusters/f1/api/v1/namespaces/default/configmaps?watch=1&timeoutSeconds=300", nil)
 	req.Header.Set("Authorization", "Bearer "+admin)
-	resp, err := e.hubHTTP(nil).Do(req)
+	watcher := e.hubHTTP(nil)
+	watcher.Timeout = 0 // the watch lives for minutes
+	resp, err := watcher.Do(req)
 	require.NoError(t, err)
 	defer resp.Body.Close()
 	require.Equal(t, http.StatusOK, resp.StatusCode)
