@@ -28,3 +28,22 @@ func (s *Server) MemberConfig(cluster string, user *User) *rest.Config {
 	}
 	return cfg
 }
+
+// Members is the hub's tunnels as the propagation controller sees them:
+// a client configuration per cluster acting as the hub's pusher identity,
+// and connection state with change notifications.
+type Members struct{ s *Server }
+
+// Members returns the propagation controller's view of the tunnels.
+func (s *Server) Members() Members { return Members{s} }
+
+// Config implements propagation.Members.
+func (m Members) Config(cluster string) *rest.Config {
+	return m.s.MemberConfig(cluster, &User{Name: HubUser, Groups: []string{HubPusherGroup}})
+}
+
+// Connected implements propagation.Members.
+func (m Members) Connected(cluster string) bool { return m.s.registry.Connected(cluster) }
+
+// Watch implements propagation.Members.
+func (m Members) Watch(fn func(cluster string)) { m.s.registry.Watch(fn) }

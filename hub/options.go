@@ -60,6 +60,10 @@ type Options struct {
 	StatusInterval    time.Duration
 	Heartbeat         time.Duration
 	ReplicaName       string
+	// Propagation controller (--registry=kube); wired by main.
+	Propagation        bool
+	PropagationWorkers int
+	PropagationResync  time.Duration
 }
 
 // Registry kinds and authorization modes.
@@ -92,6 +96,10 @@ func NewOptions() *Options {
 		StatusInterval:    15 * time.Second,
 		Heartbeat:         time.Minute,
 		ReplicaName:       hostname(),
+
+		Propagation:        true,
+		PropagationWorkers: 8,
+		PropagationResync:  time.Minute,
 	}
 }
 
@@ -137,6 +145,9 @@ func (o *Options) Flags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.StatusInterval, "cluster-status-interval", o.StatusInterval, "how often the hub probes each connected member's /readyz through the tunnel")
 	fs.DurationVar(&o.Heartbeat, "cluster-heartbeat-interval", o.Heartbeat, "how often Cluster status is written when nothing changed")
 	fs.StringVar(&o.ReplicaName, "replica-name", o.ReplicaName, "this hub replica's name in Cluster status (default: $POD_NAME or the host name)")
+	fs.BoolVar(&o.Propagation, "propagation", o.Propagation, "with --registry=kube, run the Propagation controller, which pushes objects to members through their tunnels")
+	fs.IntVar(&o.PropagationWorkers, "propagation-workers", o.PropagationWorkers, "Propagations reconciled at once")
+	fs.DurationVar(&o.PropagationResync, "propagation-resync", o.PropagationResync, "how often every Propagation is re-applied, reverting drift in members")
 	fs.StringVar(&o.Log.Format, "log-format", o.Log.Format, "log format: text or json")
 	fs.StringVar(&o.Log.Level, "log-level", o.Log.Level, "log level: trace, debug, info, warn, error")
 }

@@ -12,15 +12,16 @@ import (
 
 // Names of sub-loggers, so log lines from one subsystem are easy to grep.
 const (
-	Tunnel   = "tunnel"
-	Gateway  = "gateway"
-	Registry = "registry"
-	Auth     = "auth"
-	Admin    = "admin"
-	Proxy    = "proxy"
-	Connect  = "connect"
-	Enroll   = "enroll"
-	Status   = "status"
+	Tunnel      = "tunnel"
+	Gateway     = "gateway"
+	Registry    = "registry"
+	Auth        = "auth"
+	Admin       = "admin"
+	Proxy       = "proxy"
+	Connect     = "connect"
+	Enroll      = "enroll"
+	Status      = "status"
+	Propagation = "propagation"
 )
 
 // Options say how a process logs.

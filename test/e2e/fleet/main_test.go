@@ -330,6 +330,16 @@ type onboardCmd struct {
 	token string
 }
 
+// flag is the value printed after name.
+func (c onboardCmd) flag(name string) string {
+	for i, a := range c.args {
+		if i > 0 && c.args[i-1] == name {
+			return a
+		}
+	}
+	return ""
+}
+
 var onboardLine = regexp.MustCompile(`(?m)^\s*(?:sh\s+)?\S*onboard\.sh\s+(.*)$`)
 
 func parseOnboard(out string) (onboardCmd, error) {
@@ -386,7 +396,7 @@ func (e *environment) onboard(ctx context.Context, name, labels string) error {
 		return nil
 	})
 	if agentErr == nil {
-		agentErr = e.startAgent(ctx, name, oc)
+		agentErr = e.startAgent(ctx, name, oc.flag("--hub-url"))
 	}
 	select {
 	case err = <-done:
@@ -407,7 +417,7 @@ func (e *environment) onboard(ctx context.Context, name, labels string) error {
 
 // startAgent runs cluster's agent with the ServiceAccount token the
 // onboarding created, reading and writing Secret backhaul-agent.
-func (e *environment) startAgent(ctx context.Context, name string, oc onboardCmd) error {
+func (e *environment) startAgent(ctx context.Context, name, hubURL string) error {
 	m := e.members[name]
 	tok, stderr, err := m.Kubectl(ctx, "-n", ns, "create", "token", "backhaul-agent", "--duration=2h")
 	if err != nil {
@@ -416,12 +426,6 @@ func (e *environment) startAgent(ctx context.Context, name string, oc onboardCmd
 	kc := filepath.Join(m.Dir, "agent.kubeconfig")
 	if err := harness.WriteKubeconfig(kc, m.InternalURL, m.CAPEM, strings.TrimSpace(tok)); err != nil {
 		return err
-	}
-	hubURL := ""
-	for i, a := range oc.args {
-		if i > 0 && oc.args[i-1] == "--hub-url" {
-			hubURL = a
-		}
 	}
 	args := []string{
 		"--hub-url", hubURL, "--cluster", name,

@@ -1,0 +1,109 @@
+package fleet
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"backhaul.io/backhaul/test/harness"
+)
+
+// memberValue reads a config map key directly inside a member's namespace
+// (not through the hub), or "" when the object is absent.
+func (e *environment) memberValue(ctx context.Context, cluster, name, key string) (string, error) {
+	out, stderr, err := e.members[cluster].Kubectl(ctx, "-n", "default", "get", "configmap", name, "--ignore-not-found",
+		"-o", "jsonpath={.data."+key+"}")
+	if err != nil {
+		return "", fmt.Errorf("%w: %s", err, stderr)
+	}
+	return out, nil
+}
+
+func (e *environment) waitValue(t *testing.T, ctx context.Context, cluster, name, key, want string) {
+	t.Helper()
+	require.NoError(t, harness.WaitFor(ctx, 60*time.Second, 250*time.Millisecond, func() error {
+		got, err := e.memberValue(ctx, cluster, name, key)
+		if err != nil {
+			return err
+		}
+		if got != want {
+			return fmt.Errorf("%s: configmap %s key %s = %q, want %q", cluster, name, key, got, want)
+		}
+		return nil
+	}))
+}
+
+const propagationYAML = `apiVersion: backhaul.io/v1alpha1
+kind: Propagation
+metadata: {name: fleet-config, namespace: default}
+spec:
+  template:
+    apiVersion: v1
+    kind: ConfigMap
+    metadata: {name: fleet-config}
+    data: {version: "%s"}
+  placement:
+    clusterSelector: {matchLabels: {tier: edge}}
+  overrides:
+  - clusters: [f2]
+    patches:
+    - {op: add, path: /data/site, value: f2}
+`
+
+// TestPropagationThroughTunnels: a Propagation written at the hub's host
+// lands, adjusted per cluster, in members that accept no inbound
+// connection; a member offline during an edit gets the edit when its agent
+// returns; deleting the Propagation deletes the copies.
+func TestPropagationThroughTunnels(t *testing.T) {
+	e := requireEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	apply := func(version string) {
+		out, err := e.hostKubectl(ctx, fmt.Sprintf(propagationYAML, version), "apply", "-f", "-")
+		require.NoError(t, err, out)
+	}
+	apply("1")
+	t.Cleanup(func() { _, _ = e.hostKubectl(context.Background(), "", "delete", "propagation", "-n", "default", "fleet-config", "--ignore-not-found") })
+	e.waitValue(t, ctx, "f1", "fleet-config", "version", "1")
+	e.waitValue(t, ctx, "f2", "fleet-config", "version", "1")
+	e.waitValue(t, ctx, "f2", "fleet-config", "site", "f2")
+	e.waitValue(t, ctx, "f1", "fleet-config", "site", "")
+	require.NoError(t, harness.WaitFor(ctx, 30*time.Second, 250*time.Millisecond, func() error {
+		out, err := e.hostKubectl(ctx, "", "get", "propagation", "-n", "default", "fleet-config")
+		if err != nil || !strings.Contains(lineOf(out, "fleet-config"), " 2 ") {
+			return fmt.Errorf("want READY 2 of TOTAL 2: %v\n%s", err, out)
+		}
+		return nil
+	}))
+
+	// f2's agent goes away; the edit reaches f1 now and f2 on its return.
+	e.agent("f2").Stop()
+	require.NoError(t, harness.WaitFor(ctx, 30*time.Second, 250*time.Millisecond, func() error {
+		out, err := e.ctl(ctx, "cluster", "get", "f2")
+		if err != nil || !strings.Contains(lineOf(out, "f2"), "False") {
+			return fmt.Errorf("f2 not shown disconnected: %v\n%s", err, out)
+		}
+		return nil
+	}))
+	apply("2")
+	e.waitValue(t, ctx, "f1", "fleet-config", "version", "2")
+	got, err := e.memberValue(ctx, "f2", "fleet-config", "version")
+	require.NoError(t, err)
+	require.Equal(t, "1", got, "f2 is offline and keeps the old copy")
+	out, err := e.hostKubectl(ctx, "", "get", "propagation", "-n", "default", "fleet-config", "-o", "jsonpath={.status.clusters[?(@.cluster==\"f2\")].state}")
+	require.NoError(t, err, out)
+	require.Equal(t, "Pending", out)
+
+	require.NoError(t, e.startAgent(ctx, "f2", e.agentURL))
+	e.waitValue(t, ctx, "f2", "fleet-config", "version", "2")
+
+	out, err = e.hostKubectl(ctx, "", "delete", "propagation", "-n", "default", "fleet-config", "--timeout=60s")
+	require.NoError(t, err, out)
+	for _, c := range []string{"f1", "f2"} {
+		e.waitValue(t, ctx, c, "fleet-config", "version", "")
+	}
+}
