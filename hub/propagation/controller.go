@@ -46,6 +46,10 @@ type Options struct {
 	// RetryBase and RetryMax bound the exponential backoff of a
 	// Propagation that failed in some cluster.
 	RetryBase, RetryMax time.Duration
+	// MissingKindRetry is how soon a Propagation whose kind a member does
+	// not serve (yet) is tried again, instead of the growing backoff:
+	// typically its CRD is being propagated alongside.
+	MissingKindRetry time.Duration
 	// MemberTimeout bounds each call to a member.
 	MemberTimeout time.Duration
 	// RediscoveryInterval is the least time between two discoveries of one
@@ -64,6 +68,7 @@ func DefaultOptions() Options {
 		Resync:              30 * time.Second,
 		RetryBase:           250 * time.Millisecond,
 		RetryMax:            2 * time.Minute,
+		MissingKindRetry:    2 * time.Second,
 		MemberTimeout:       30 * time.Second,
 		RediscoveryInterval: time.Second,
 	}
@@ -90,6 +95,9 @@ func (o Options) withDefaults() Options {
 	if o.RetryMax == 0 {
 		o.RetryMax = d.RetryMax
 	}
+	if o.MissingKindRetry == 0 {
+		o.MissingKindRetry = d.MissingKindRetry
+	}
 	if o.MemberTimeout == 0 {
 		o.MemberTimeout = d.MemberTimeout
 	}
@@ -112,7 +120,7 @@ func (o Options) Validate() error {
 		name string
 		v    time.Duration
 	}{{"resync", o.Resync}, {"retry base", o.RetryBase}, {"retry max", o.RetryMax},
-		{"member timeout", o.MemberTimeout}, {"rediscovery interval", o.RediscoveryInterval}} {
+		{"missing kind retry", o.MissingKindRetry}, {"member timeout", o.MemberTimeout}, {"rediscovery interval", o.RediscoveryInterval}} {
 		if d.v < 0 {
 			errs = append(errs, fmt.Errorf("%s %v < 0", d.name, d.v))
 		}

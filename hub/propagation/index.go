@@ -70,22 +70,39 @@ func (x *clusterIndex) lookup(cluster string) []types.NamespacedName {
 }
 
 // appliedRecord is what was last applied to one cluster for one
-// Propagation, and when.
+// Propagation.
 type appliedRecord struct {
 	digest [sha256.Size]byte
-	at     time.Time
 }
 
-// appliedCache remembers recent applies so that reconciles caused by
-// unrelated events (another cluster's labels, a status write) do not
-// re-apply unchanged objects; the periodic resync still does.
+// appliedCache remembers what was applied where, so that reconciles
+// caused by events (a tunnel returning, another cluster's labels, an
+// edit) write only what changed; and when each Propagation was last
+// re-applied in full, so that the periodic resync still writes everything
+// once per period (reverting drift in members).
 type appliedCache struct {
-	mu        sync.Mutex
-	byCluster map[string]map[types.NamespacedName]appliedRecord
+	mu         sync.Mutex
+	byCluster  map[string]map[types.NamespacedName]appliedRecord
+	lastResync map[types.NamespacedName]time.Time
 }
 
 func newAppliedCache() *appliedCache {
-	return &appliedCache{byCluster: map[string]map[types.NamespacedName]appliedRecord{}}
+	return &appliedCache{
+		byCluster:  map[string]map[types.NamespacedName]appliedRecord{},
+		lastResync: map[types.NamespacedName]time.Time{},
+	}
+}
+
+// resyncDue says whether prop is due a full re-apply (its last one is at
+// least period ago, or unknown), and if so records now as its time.
+func (c *appliedCache) resyncDue(prop types.NamespacedName, now time.Time, period time.Duration) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if last, ok := c.lastResync[prop]; ok && now.Sub(last) < period {
+		return false
+	}
+	c.lastResync[prop] = now
+	return true
 }
 
 func (c *appliedCache) get(cluster string, prop types.NamespacedName) (appliedRecord, bool) {
@@ -127,4 +144,5 @@ func (c *appliedCache) forgetProp(prop types.NamespacedName) {
 	for _, m := range c.byCluster {
 		delete(m, prop)
 	}
+	delete(c.lastResync, prop)
 }

@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"backhaul.io/backhaul/pkg/apis/backhaul/v1alpha1"
@@ -120,37 +121,52 @@ func (r *reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	// Index before looking at connectivity: a tunnel coming up from now on
 	// wakes this Propagation.
 	r.index.set(key, targetNames(targets, leaving))
+	// Once per resync period everything is re-applied; in between only
+	// what changed. The resync requeue arrives a period after the last
+	// reconcile; 90% leaves room for its jitter.
+	full := r.applied.resyncDue(key, r.now(), r.opts.Resync*9/10)
 
 	entries := make([]*v1alpha1.ClusterPropagationStatus, len(targets)+len(leaving))
+	errs := make([]error, len(entries))
 	r.parallel(len(entries), func(i int) {
 		if i < len(targets) {
-			entries[i] = r.sync(ctx, pl, &p, targets[i], replicas)
+			entries[i], errs[i] = r.sync(ctx, pl, &p, targets[i], replicas, full)
 		} else {
 			entries[i] = r.leave(ctx, pl, &p, leaving[i-len(targets)])
 		}
 	})
 	var kept []v1alpha1.ClusterPropagationStatus
 	failures := map[string]string{}
-	for _, e := range entries {
+	missingKindOnly := true
+	for i, e := range entries {
 		if e == nil {
 			continue
 		}
 		kept = append(kept, *e)
 		if e.State == v1alpha1.StateFailed {
 			failures[e.Cluster] = e.Message
+			missingKindOnly = missingKindOnly && meta.IsNoMatchError(errs[i])
 		}
 	}
 	if err := r.writeStatus(ctx, &p, summarize(&p, kept, placed)); err != nil {
 		return reconcile.Result{}, err
 	}
-	if len(failures) > 0 {
+	switch {
+	case len(failures) == 0:
+		return r.resync(), nil
+	case missingKindOnly:
+		// Waiting for a kind (a CRD propagated alongside) is not an error
+		// that deserves a growing backoff: look again shortly.
+		return reconcile.Result{RequeueAfter: r.opts.MissingKindRetry, Priority: &lowPriority}, nil
+	default:
 		return reconcile.Result{}, &SyncError{Failures: failures}
 	}
-	return reconcile.Result{RequeueAfter: r.resyncAfter()}, nil
 }
 
-// sync brings cluster t up to date and returns its status entry.
-func (r *reconciler) sync(ctx context.Context, pl *plan, p *v1alpha1.Propagation, t target, replicas map[string]int32) *v1alpha1.ClusterPropagationStatus {
+// sync brings cluster t up to date and returns its status entry, and the
+// error that made it Failed. Unless full, an object applied before and
+// unchanged since is not written again.
+func (r *reconciler) sync(ctx context.Context, pl *plan, p *v1alpha1.Propagation, t target, replicas map[string]int32, full bool) (*v1alpha1.ClusterPropagationStatus, error) {
 	prev := entryFor(&p.Status, t.name)
 	e := &v1alpha1.ClusterPropagationStatus{Cluster: t.name, State: v1alpha1.StatePending}
 	if prev != nil {
@@ -165,27 +181,32 @@ func (r *reconciler) sync(ctx context.Context, pl *plan, p *v1alpha1.Propagation
 	switch {
 	case t.cluster == nil:
 		e.Message = fmt.Sprintf("cluster %s is not registered", t.name)
-		return e
+		return e, nil
 	case !r.members.Connected(t.name):
 		// Nothing is written, updated or deleted while the tunnel is down;
 		// the current generation goes out when it returns.
 		e.Message = fmt.Sprintf("cluster %s is not connected", t.name)
-		return e
+		return e, nil
 	case pl.division != nil && !t.ready():
 		// Its share moved to the Ready clusters; its copy keeps running
 		// untouched until it is Ready again.
 		e.Message = fmt.Sprintf("cluster %s is not Ready; its replicas moved to the other clusters", t.name)
-		return e
+		return e, nil
 	case prev != nil && prev.ObservedGeneration > p.Generation:
 		// The cache is behind what we already applied: never write an
 		// older generation. The newer one is on its way.
-		return prev.DeepCopy()
+		return prev.DeepCopy(), nil
 	}
-	fail := func(err error) *v1alpha1.ClusterPropagationStatus {
+	fail := func(err error) (*v1alpha1.ClusterPropagationStatus, error) {
 		r.applied.forget(t.name, pl.key)
-		r.log.Warn("apply failed", "propagation", pl.key, "cluster", t.name, "generation", p.Generation, "error", err)
 		e.State, e.Message = v1alpha1.StateFailed, truncate(err.Error(), maxMessage)
-		return e
+		// Say it once; retries that fail the same way are routine.
+		logf := r.log.Debug
+		if prev == nil || prev.State != v1alpha1.StateFailed || prev.Message != e.Message {
+			logf = r.log.Warn
+		}
+		logf("apply failed", "propagation", pl.key, "cluster", t.name, "generation", p.Generation, "error", err)
+		return e, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.opts.MemberTimeout)
 	defer cancel()
@@ -210,20 +231,20 @@ func (r *reconciler) sync(ctx context.Context, pl *plan, p *v1alpha1.Propagation
 	if err != nil {
 		return fail(err)
 	}
-	if rec, ok := r.applied.get(t.name, pl.key); ok && rec.digest == d && r.now().Sub(rec.at) < r.opts.Resync/2 &&
+	if rec, ok := r.applied.get(t.name, pl.key); ok && !full && rec.digest == d &&
 		prev != nil && prev.State == v1alpha1.StateApplied && prev.ObservedGeneration == p.Generation {
-		// Applied a moment ago and unchanged: this reconcile came from an
-		// unrelated event. The resync re-applies.
+		// Applied already and unchanged: this reconcile came from an event
+		// that does not concern this cluster. The resync re-applies.
 		e.State, e.ObservedGeneration = v1alpha1.StateApplied, p.Generation
-		return e
+		return e, nil
 	}
 	if err := m.Apply(ctx, mp, obj); err != nil {
 		return fail(err)
 	}
-	r.applied.put(t.name, pl.key, appliedRecord{digest: d, at: r.now()})
+	r.applied.put(t.name, pl.key, appliedRecord{digest: d})
 	r.log.Trace("applied", "propagation", pl.key, "cluster", t.name, "generation", p.Generation)
 	e.State, e.ObservedGeneration = v1alpha1.StateApplied, p.Generation
-	return e
+	return e, nil
 }
 
 // leave removes the copy from cluster t, which left the placement. It
@@ -377,7 +398,7 @@ func (r *reconciler) finalize(ctx context.Context, p *v1alpha1.Propagation) (rec
 		if len(failures) > 0 {
 			return reconcile.Result{}, &SyncError{Failures: failures}
 		}
-		return reconcile.Result{RequeueAfter: r.resyncAfter()}, nil
+		return r.resync(), nil
 	}
 	if err := r.removeFinalizer(ctx, p); err != nil {
 		return reconcile.Result{}, err
@@ -450,10 +471,19 @@ func (r *reconciler) parallel(n int, fn func(i int)) {
 	wg.Wait()
 }
 
-// resyncAfter spreads resyncs over 10% of the period so Propagations
-// created together do not resync in lockstep.
-func (r *reconciler) resyncAfter() time.Duration {
-	return r.opts.Resync + time.Duration(rand.Int64N(int64(r.opts.Resync)/10+1))
+// lowPriority is the queue priority of periodic work (resyncs, polls for
+// a missing kind): the same as the initial list's, below events (0), so
+// changes go first and periodic work is served in order, never starving
+// what the initial list queued (kubernetes-sigs/controller-runtime#3496).
+var lowPriority = handler.LowPriority
+
+// resync requeues for the next drift resync, spread over 10% of the period
+// so Propagations created together do not resync in lockstep.
+func (r *reconciler) resync() reconcile.Result {
+	return reconcile.Result{
+		RequeueAfter: r.opts.Resync + time.Duration(rand.Int64N(int64(r.opts.Resync)/10+1)),
+		Priority:     &lowPriority,
+	}
 }
 
 func targetNames(a, b []target) []string {

@@ -266,8 +266,9 @@ func TestReconcileUnknownKindFails(t *testing.T) {
 		p.Spec.Placement.Clusters = []string{"a"}
 		p.Generation = 1
 	}))
-	if _, err := e.reconcile(key); err == nil {
-		t.Fatal("no error for a kind the member lacks")
+	// Waiting for a kind is retried soon, not with a growing backoff.
+	if res, err := e.reconcile(key); err != nil || res.RequeueAfter != e.r.opts.MissingKindRetry {
+		t.Fatalf("reconcile = %+v, %v; want a requeue after %v", res, err, e.r.opts.MissingKindRetry)
 	}
 	if st := e.get(key).Status.Clusters[0]; st.State != v1alpha1.StateFailed || !strings.Contains(st.Message, "Widget") {
 		t.Fatalf("status %+v", st)

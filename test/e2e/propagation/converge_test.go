@@ -3,13 +3,13 @@ package propagation
 import (
 	"context"
 	"fmt"
-	"os"
 	"runtime"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"backhaul.io/backhaul/pkg/apis/backhaul/v1alpha1"
@@ -65,7 +65,7 @@ func (u usage) report(t *testing.T, what string, since usage, applies int) {
 //
 //	go test -count=1 -v -timeout 30m -run Converge1000 ./test/e2e/propagation/ -propagation.bench
 func TestConverge1000(t *testing.T) {
-	if !*benchFlag && os.Getenv("BACKHAUL_BENCH") != "1" {
+	if !benchEnabled() {
 		t.Skip("a benchmark: run with -propagation.bench or BACKHAUL_BENCH=1")
 	}
 	e := requireEnv(t)
@@ -153,12 +153,28 @@ func (e *environment) waitCount(t *testing.T, ns, prefix string, ready int32, n 
 func (e *environment) deleteAll(t *testing.T, ns string) {
 	ctx := context.Background()
 	start := time.Now()
-	if err := e.hostClient.DeleteAllOf(ctx, &v1alpha1.Propagation{}, client.InNamespace(ns)); err != nil {
-		t.Errorf("delete propagations: %v", err)
+	var list v1alpha1.PropagationList
+	if err := e.hostClient.List(ctx, &list, client.InNamespace(ns)); err != nil {
+		t.Errorf("list propagations: %v", err)
 		return
 	}
+	work := make(chan *v1alpha1.Propagation)
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			for p := range work {
+				if err := e.hostClient.Delete(ctx, p); err != nil && !apierrors.IsNotFound(err) {
+					t.Errorf("delete %s: %v", p.Name, err)
+				}
+			}
+		})
+	}
+	for i := range list.Items {
+		work <- &list.Items[i]
+	}
+	close(work)
+	wg.Wait()
 	for time.Since(start) < 10*time.Minute {
-		var list v1alpha1.PropagationList
 		if err := e.hostClient.List(ctx, &list, client.InNamespace(ns)); err != nil || len(list.Items) == 0 {
 			t.Logf("deleted all propagations and their copies in %v", time.Since(start).Round(time.Millisecond))
 			return
