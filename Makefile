@@ -19,7 +19,7 @@ GOTEST_FLAGS ?=
 export GONOSUMDB := k8s.io
 
 
-.PHONY: all build image docs test unit e2e bench demo lint fuzz deps kube-bins clean
+.PHONY: all build image docs test unit e2e bench demo lint fuzz fuzz-short deps kube-bins clean
 
 all: build
 
@@ -83,7 +83,7 @@ $(BIN)/kube-apiserver $(BIN)/kubectl &: test/tools/kube/go.mod test/tools/kube/g
 	@touch $(BIN)/kube-apiserver $(BIN)/kubectl
 
 ## test: unit tests (race detector) and the end-to-end suite
-test: unit e2e
+test: unit fuzz-short e2e
 
 unit:
 	go test -race -count=1 $(GOTEST_FLAGS) $(UNIT_PKGS)
@@ -101,12 +101,23 @@ demo: deps kube-bins build
 	go run ./test/demo
 
 ## fuzz: each fuzz target for FUZZTIME (default 30s)
+# Every decoder of bytes from the network has a fuzz target, as
+# package:Target. `make test` runs each for FUZZTIME_SHORT; `make fuzz`
+# for FUZZTIME.
+FUZZ_TARGETS := \
+	./tunnel/:FuzzReadRequest ./tunnel/:FuzzReadReply \
+	./hub/:FuzzParseNodeAddresses ./hub/:FuzzCredentialHeaders \
+	./hub/:FuzzParseCSR ./hub/:FuzzParseToken
 FUZZTIME ?= 30s
+FUZZTIME_SHORT ?= 5s
 fuzz:
-	go test -run='^$$' -fuzz=FuzzReadRequest -fuzztime=$(FUZZTIME) ./tunnel/
-	go test -run='^$$' -fuzz=FuzzReadReply -fuzztime=$(FUZZTIME) ./tunnel/
-	go test -run='^$$' -fuzz=FuzzParseNodeAddresses -fuzztime=$(FUZZTIME) ./hub/
-	go test -run='^$$' -fuzz=FuzzCredentialHeaders -fuzztime=$(FUZZTIME) ./hub/
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		echo ">> $${t##*:} for $(FUZZTIME)"; \
+		go test -run='^$$' -fuzz="^$${t##*:}$$" -fuzztime=$(FUZZTIME) "$${t%%:*}"; \
+	done
+
+fuzz-short:
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZTIME_SHORT)
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi
