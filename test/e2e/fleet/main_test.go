@@ -38,6 +38,8 @@ type environment struct {
 	ctlBin         string
 	host           *harness.Member
 	hostKubeconfig string
+	// hubKubeconfig is the hub's: ServiceAccount backhaul-hub of deploy/hub.
+	hubKubeconfig string
 	members        map[string]*harness.Member
 	hub            *harness.Hub
 	// agentURL is what agents dial: the hub's port on a root-namespace
@@ -175,7 +177,7 @@ func setup(ctx context.Context) (_ *environment, teardown func(), err error) {
 		Binary: hubBin, Dir: hubDir, Port: port,
 		HostIPs: []string{agentHost, e.members["f2"].Netns.HostIP.String()},
 		Args: []string{
-			"--registry=kube", "--kubeconfig", e.hostKubeconfig, "--namespace", ns,
+			"--registry=kube", "--kubeconfig", e.hubKubeconfig, "--namespace", ns,
 			// The harness's CA signed the serving certificate; it signs
 			// agent certificates too, as a hub-provisioned CA would.
 			"--ca-cert-file", filepath.Join(hubDir, "hub-ca.crt"), "--ca-key-file", filepath.Join(hubDir, "hub-ca.key"),
@@ -236,14 +238,14 @@ func joinErrs(errs []error) error {
 // prepareHost installs the CRDs, the hub's namespace and the callers'
 // service accounts and RBAC in the host cluster.
 func (e *environment) prepareHost(ctx context.Context) error {
-	if out, err := e.hostKubectl(ctx, "", "apply", "--server-side", "-f", filepath.Join(e.root, "deploy/hub/crds")); err != nil {
-		return fmt.Errorf("install CRDs: %w: %s", err, out)
+	// The shipped hub base: CRDs, namespace, the hub's ServiceAccount and
+	// RBAC (its Deployment stays pending: the harness runs no kubelet).
+	// The hub process below runs with exactly that ServiceAccount, which
+	// proves the RBAC is enough for what it does.
+	if out, err := e.hostKubectl(ctx, "", "apply", "--server-side", "-k", filepath.Join(e.root, "deploy/hub")); err != nil {
+		return fmt.Errorf("apply deploy/hub: %w: %s", err, out)
 	}
 	rbac := `apiVersion: v1
-kind: Namespace
-metadata: {name: ` + ns + `}
----
-apiVersion: v1
 kind: ServiceAccount
 metadata: {name: fleet-admin, namespace: default}
 ---
@@ -278,12 +280,20 @@ subjects: [{kind: ServiceAccount, name: alice, namespace: default}]
 	if out, err := e.hostKubectl(ctx, rbac, "apply", "-f", "-"); err != nil {
 		return fmt.Errorf("host RBAC: %w: %s", err, out)
 	}
-	for _, sa := range []string{"fleet-admin", "alice"} {
-		out, err := e.hostKubectl(ctx, "", "-n", "default", "create", "token", sa, "--duration=2h")
+	for _, sa := range []string{"fleet-admin", "alice", ns + "/backhaul-hub"} {
+		saNS, saName, ok := strings.Cut(sa, "/")
+		if !ok {
+			saNS, saName = "default", sa
+		}
+		out, err := e.hostKubectl(ctx, "", "-n", saNS, "create", "token", saName, "--duration=2h")
 		if err != nil {
 			return fmt.Errorf("token for %s: %w: %s", sa, err, out)
 		}
-		e.tokens[sa] = strings.TrimSpace(out)
+		e.tokens[saName] = strings.TrimSpace(out)
+	}
+	e.hubKubeconfig = filepath.Join(e.dir, "hub-host.kubeconfig")
+	if err := harness.WriteKubeconfig(e.hubKubeconfig, e.host.ExternalURL, e.host.CAPEM, e.tokens["backhaul-hub"]); err != nil {
+		return err
 	}
 	return harness.WaitFor(ctx, 30*time.Second, 200*time.Millisecond, func() error {
 		_, err := e.hostKubectl(ctx, "", "get", "clusters.backhaul.io")
