@@ -228,12 +228,13 @@ func (r *reconciler) enqueueFor(ctx context.Context, q workqueue.TypedRateLimiti
 }
 
 // memberChanged is the Members.Watch callback: it must not block. The
-// cluster's client and apply records are dropped (what is behind the
-// tunnel may have changed), and the Propagations concerning it are woken
-// by the wakeup loop.
+// cluster's client is dropped (the next one rediscovers what the member
+// serves), and the Propagations concerning it are woken by the wakeup
+// loop. What was applied there is remembered: a returning cluster gets
+// only what changed while it was away (a flapping tunnel must not cost a
+// full re-push of the fleet's objects); the resync re-applies the rest.
 func (r *reconciler) memberChanged(cluster string) {
 	r.clients.forget(cluster)
-	r.applied.forgetCluster(cluster)
 	r.wakeMu.Lock()
 	r.wakePending[cluster] = struct{}{}
 	r.wakeMu.Unlock()

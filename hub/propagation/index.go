@@ -129,14 +129,6 @@ func (c *appliedCache) forget(cluster string, prop types.NamespacedName) {
 	delete(c.byCluster[cluster], prop)
 }
 
-// forgetCluster drops every record of cluster: its connection changed, so
-// what it holds may have changed too.
-func (c *appliedCache) forgetCluster(cluster string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	delete(c.byCluster, cluster)
-}
-
 // forgetProp drops prop's records in every cluster.
 func (c *appliedCache) forgetProp(prop types.NamespacedName) {
 	c.mu.Lock()

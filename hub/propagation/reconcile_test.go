@@ -222,12 +222,29 @@ func TestReconcileSkipsUnchangedUntilResync(t *testing.T) {
 	if n, _ := e.fm.member("a").counts(); n != 2 {
 		t.Fatalf("%d applies, want 2: the resync did not re-apply (drift stays)", n)
 	}
-	// A reconnect forgets what the member held.
+	// A cluster that was away gets only what changed meanwhile.
 	e.fm.setConnected("a", false)
+	e.mustReconcile(key)
+	if got := states(e.get(key)); got != "a=Pending/1" {
+		t.Fatalf("offline: %s", got)
+	}
+	e.fm.setConnected("a", true)
+	e.mustReconcile(key)
+	if n, _ := e.fm.member("a").counts(); n != 2 {
+		t.Fatalf("%d applies, want still 2: an unchanged object was re-pushed on reconnect", n)
+	}
+	if got := states(e.get(key)); got != "a=Applied/1" {
+		t.Fatalf("back: %s", got)
+	}
+	e.fm.setConnected("a", false)
+	e.update(key, func(p *v1alpha1.Propagation) {
+		p.Spec.Template.Raw = []byte(strings.Replace(configMap, `"k":"v1"`, `"k":"v2"`, 1))
+	})
+	e.mustReconcile(key)
 	e.fm.setConnected("a", true)
 	e.mustReconcile(key)
 	if n, _ := e.fm.member("a").counts(); n != 3 {
-		t.Fatalf("%d applies, want 3 after a reconnect", n)
+		t.Fatalf("%d applies, want 3: the edit made while away was not pushed", n)
 	}
 }
 
