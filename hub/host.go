@@ -44,9 +44,15 @@ func Scheme() (*runtime.Scheme, error) {
 	return s, nil
 }
 
+// LeaderElectionID names the Lease hub replicas compete for.
+const LeaderElectionID = "backhaul-hub"
+
 // NewHost connects to the host cluster. Nothing runs until the manager
-// starts (Server.Run does that).
-func NewHost(cfg *rest.Config, ns string, log hclog.Logger) (*Host, error) {
+// starts (Server.Run does that). With leaderElect, replicas compete for a
+// Lease in ns: the leader serves, the others wait as hot standbys (not
+// ready, so the Service sends them nothing) and take over within the lease
+// duration when it goes.
+func NewHost(cfg *rest.Config, ns string, leaderElect bool, log hclog.Logger) (*Host, error) {
 	scheme, err := Scheme()
 	if err != nil {
 		return nil, err
@@ -64,6 +70,11 @@ func NewHost(cfg *rest.Config, ns string, log hclog.Logger) (*Host, error) {
 			DisableFor: []client.Object{&corev1.Secret{}, &corev1.ConfigMap{}},
 		}},
 		GracefulShutdownTimeout: new(5 * time.Second),
+		LeaderElection:          leaderElect,
+		LeaderElectionID:        LeaderElectionID,
+		LeaderElectionNamespace: ns,
+		// A hub that shuts down hands over at once.
+		LeaderElectionReleaseOnCancel: true,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("host cluster: %w", err)
@@ -84,8 +95,9 @@ type runnable func(context.Context) error
 
 func (r runnable) Start(ctx context.Context) error { return r(ctx) }
 
-// NeedLeaderElection: every replica reports what its own sessions see.
-func (r runnable) NeedLeaderElection() bool { return false }
+// NeedLeaderElection: only the serving replica writes status and deletes
+// tokens.
+func (r runnable) NeedLeaderElection() bool { return true }
 
 // tokenJanitor deletes expired bootstrap tokens every interval.
 func tokenJanitor(tokens *BootstrapTokens, interval time.Duration, log hclog.Logger) runnable {

@@ -60,6 +60,7 @@ type Options struct {
 	StatusInterval    time.Duration
 	Heartbeat         time.Duration
 	ReplicaName       string
+	LeaderElect       bool
 	// Propagation controller (--registry=kube); wired by main.
 	Propagation        bool
 	PropagationWorkers int
@@ -97,6 +98,7 @@ func NewOptions() *Options {
 		Heartbeat:         time.Minute,
 		ReplicaName:       hostname(),
 
+		LeaderElect:        true,
 		Propagation:        true,
 		PropagationWorkers: 8,
 		PropagationResync:  time.Minute,
@@ -145,6 +147,7 @@ func (o *Options) Flags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.StatusInterval, "cluster-status-interval", o.StatusInterval, "how often the hub probes each connected member's /readyz through the tunnel")
 	fs.DurationVar(&o.Heartbeat, "cluster-heartbeat-interval", o.Heartbeat, "how often Cluster status is written when nothing changed")
 	fs.StringVar(&o.ReplicaName, "replica-name", o.ReplicaName, "this hub replica's name in Cluster status (default: $POD_NAME or the host name)")
+	fs.BoolVar(&o.LeaderElect, "leader-elect", o.LeaderElect, "with --registry=kube, replicas compete for Lease backhaul-hub in --namespace: the leader serves, the others stand by (not ready) and take over when it goes")
 	fs.BoolVar(&o.Propagation, "propagation", o.Propagation, "with --registry=kube, run the Propagation controller, which pushes objects to members through their tunnels")
 	fs.IntVar(&o.PropagationWorkers, "propagation-workers", o.PropagationWorkers, "Propagations reconciled at once")
 	fs.DurationVar(&o.PropagationResync, "propagation-resync", o.PropagationResync, "how often every Propagation is re-applied, reverting drift in members")
@@ -215,7 +218,7 @@ func (o *Options) Config(ctx context.Context, log hclog.Logger) (Config, error) 
 		ConnectUDSUser: o.ConnectUDSUser, ClusterSuffix: o.ClusterSuffix,
 		DialTimeout: o.DialTimeout, ShutdownTimeout: o.ShutdownTimeout,
 		AgentCertValidity: o.AgentCertValidity, StatusInterval: o.StatusInterval,
-		Heartbeat: o.Heartbeat, ReplicaName: o.ReplicaName, Log: log,
+		Heartbeat: o.Heartbeat, ReplicaName: o.ReplicaName, PodName: os.Getenv("POD_NAME"), Log: log,
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -309,7 +312,7 @@ func (o *Options) hostConfig(ctx context.Context, log hclog.Logger, cfg *Config,
 	if err != nil {
 		return err
 	}
-	host, err := NewHost(rc, o.Namespace, log)
+	host, err := NewHost(rc, o.Namespace, o.LeaderElect, log)
 	if err != nil {
 		return err
 	}

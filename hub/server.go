@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"k8s.io/client-go/rest"
 
+	"backhaul.io/backhaul/pkg/kubestatus"
 	"backhaul.io/backhaul/pkg/logging"
 	"backhaul.io/backhaul/tunnel"
 )
@@ -60,6 +61,8 @@ type Config struct {
 	StatusInterval    time.Duration
 	Heartbeat         time.Duration
 	ReplicaName       string
+	// PodName, when the hub runs in a Pod, is labelled while it leads.
+	PodName string
 
 	Tunnel          *tunnel.Config
 	DialTimeout     time.Duration
@@ -71,14 +74,16 @@ type Config struct {
 
 // Server is a running hub.
 type Server struct {
-	cfg         Config
-	registry    *Registry
-	metrics     *Metrics
-	handler     http.Handler
-	admin       http.Handler
-	connect     *ConnectProxy
-	gateway     *Gateway
-	ready       atomic.Bool
+	cfg      Config
+	registry *Registry
+	metrics  *Metrics
+	handler  http.Handler
+	admin    http.Handler
+	connect  *ConnectProxy
+	gateway  *Gateway
+	ready    atomic.Bool
+	// standby is set while another replica leads (--leader-elect).
+	standby     atomic.Bool
 	addr        atomic.Value // net.Addr of the TLS listener
 	connectAddr atomic.Value // net.Addr of the CONNECT TCP listener
 	// stopSessions ends every tunnel session's Serve.
@@ -140,7 +145,7 @@ func New(cfg Config) (*Server, error) {
 	mux.Handle("GET /healthz", admin)
 	mux.Handle("GET /readyz", admin)
 	mux.Handle("GET /metrics", admin)
-	s.handler = mux
+	s.handler = s.refuseOnStandby(mux)
 	// Sessions end with the hub, including any that connect while it drains.
 	ep.ctx, s.stopSessions = context.WithCancel(context.Background())
 	return s, nil
@@ -185,6 +190,10 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 		http.Error(w, "not ready: listeners are not serving", http.StatusServiceUnavailable)
 		return
 	}
+	if s.standby.Load() {
+		http.Error(w, "not ready: standing by, another hub replica leads", http.StatusServiceUnavailable)
+		return
+	}
 	_, _ = w.Write([]byte("ok"))
 }
 
@@ -221,6 +230,24 @@ func (s *Server) wireHost(mux *http.ServeMux, ep *Endpoint) error {
 	return cfg.Host.Manager.Add(tokenJanitor(tokens, 10*time.Minute, log))
 }
 
+// refuseOnStandby answers 503 to everything but probes and metrics while
+// another replica leads, so an agent or caller that reaches a standby
+// directly retries rather than registering where nobody looks.
+func (s *Server) refuseOnStandby(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.standby.Load() {
+			switch r.URL.Path {
+			case "/healthz", "/readyz", "/metrics":
+			default:
+				w.Header().Set("Retry-After", "5")
+				kubestatus.Write(w, http.StatusServiceUnavailable, "this hub replica is a standby; another replica leads")
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
 // Run serves until ctx ends, then drains for up to ShutdownTimeout.
 func (s *Server) Run(ctx context.Context) error {
 	if s.cfg.Host != nil {
@@ -237,6 +264,33 @@ func (s *Server) Run(ctx context.Context) error {
 			done <- err // for the deferred receive
 			return fmt.Errorf("host cluster: caches did not sync (is the Cluster CRD installed?): %v", err)
 		}
+		// A standby serves probes and metrics but is not ready, and
+		// refuses agents and callers, until it leads.
+		s.standby.Store(true)
+		host, pod := s.cfg.Host, s.cfg.PodName
+		// A label left by an earlier run of this Pod that lost the lease
+		// must go before the Service sends traffic here again.
+		if err := setLeaderLabel(mctx, host.Direct, host.Namespace, pod, false); err != nil {
+			s.cfg.Log.Warn("cannot clear the leader label", "error", err)
+		}
+		go func() {
+			select {
+			case <-host.Manager.Elected():
+				s.standby.Store(false)
+				s.cfg.Log.Info("leading: serving agents and callers", "replica", s.cfg.ReplicaName)
+				if err := setLeaderLabel(mctx, host.Direct, host.Namespace, pod, true); err != nil {
+					s.cfg.Log.Error("cannot label this pod as leader; the Service will not route here", "error", err)
+				}
+			case <-mctx.Done():
+			}
+		}()
+		defer func() {
+			if !s.standby.Load() {
+				cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+				defer cancel()
+				_ = setLeaderLabel(cctx, host.Direct, host.Namespace, pod, false)
+			}
+		}()
 	}
 	ln, err := net.Listen("tcp", s.cfg.Listen)
 	if err != nil {
