@@ -119,4 +119,3 @@ func TestCallerAuthorization(t *testing.T) {
 func (e *environment) agentURLLocal() string {
 	return strings.Replace(e.hub.URL, "https://", "wss://", 1)
 }
-

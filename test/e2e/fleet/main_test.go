@@ -40,8 +40,8 @@ type environment struct {
 	hostKubeconfig string
 	// hubKubeconfig is the hub's: ServiceAccount backhaul-hub of deploy/hub.
 	hubKubeconfig string
-	members        map[string]*harness.Member
-	hub            *harness.Hub
+	members       map[string]*harness.Member
+	hub           *harness.Hub
 	// agentURL is what agents dial: the hub's port on a root-namespace
 	// address every member namespace routes to.
 	agentURL string

@@ -67,7 +67,9 @@ func TestPropagationThroughTunnels(t *testing.T) {
 		require.NoError(t, err, out)
 	}
 	apply("1")
-	t.Cleanup(func() { _, _ = e.hostKubectl(context.Background(), "", "delete", "propagation", "-n", "default", "fleet-config", "--ignore-not-found") })
+	t.Cleanup(func() {
+		_, _ = e.hostKubectl(context.Background(), "", "delete", "propagation", "-n", "default", "fleet-config", "--ignore-not-found")
+	})
 	e.waitValue(t, ctx, "f1", "fleet-config", "version", "1")
 	e.waitValue(t, ctx, "f2", "fleet-config", "version", "1")
 	e.waitValue(t, ctx, "f2", "fleet-config", "site", "f2")

@@ -67,7 +67,9 @@ spec: {serviceAccountName: backhaul-hub, automountServiceAccountToken: false, co
 `
 	out, err := e.hostKubectl(ctx, pod, "apply", "-f", "-")
 	require.NoError(t, err, out)
-	t.Cleanup(func() { _, _ = e.hostKubectl(context.Background(), "", "-n", ns, "delete", "pod", "hub-b", "--grace-period=0", "--force") })
+	t.Cleanup(func() {
+		_, _ = e.hostKubectl(context.Background(), "", "-n", ns, "delete", "pod", "hub-b", "--grace-period=0", "--force")
+	})
 	leaderLabel := func() string {
 		out, _ := e.hostKubectl(ctx, "", "-n", ns, "get", "pod", "hub-b", "-o", `jsonpath={.metadata.labels.backhaul\.io/leader}`)
 		return out
