@@ -95,6 +95,7 @@ e2e: deps kube-bins build
 ## bench: tunnel and gateway figures side by side with direct connections
 bench: deps kube-bins build
 	go run ./test/bench
+	BACKHAUL_BENCH=1 go test -count=1 -v -timeout 30m -run 'TestConverge1000' ./test/e2e/propagation/
 
 ## demo: a hub and two member clusters on this machine; Ctrl-C stops all
 demo: deps kube-bins build

@@ -60,6 +60,10 @@ func NewHost(cfg *rest.Config, ns string, leaderElect bool, log hclog.Logger) (*
 	ctrl.SetLogger(logging.Logr(log.Named("controller")))
 	cfg = rest.CopyConfig(cfg)
 	cfg.UserAgent = "backhaul-hub"
+	// client-go's default of 5 requests/s would make 1,000 Propagations
+	// (a finalizer and a status write each) take minutes; the host's own
+	// priority and fairness is the real limit.
+	cfg.QPS, cfg.Burst = 200, 400
 	mgr, err := ctrl.NewManager(cfg, manager.Options{
 		Scheme: scheme,
 		// The hub serves its own /metrics and probes.
