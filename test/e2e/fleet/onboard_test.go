@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"encoding/json"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -59,4 +60,23 @@ func lineOf(out, first string) string {
 		}
 	}
 	return ""
+}
+
+// TestKubeconfig: backhaulctl writes one context per cluster through the
+// hub with the caller's own host credentials, and kubectl uses it as is.
+func TestKubeconfig(t *testing.T) {
+	e := requireEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	path := t.TempDir() + "/fleet.kubeconfig"
+	out, err := e.ctl(ctx, "kubeconfig", "--output", path)
+	require.NoError(t, err, out)
+	for _, c := range []string{"f1", "f2"} {
+		cmd := exec.CommandContext(ctx, e.bins.Kubectl, "--kubeconfig", path, "--context", c, "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}")
+		got, err := cmd.CombinedOutput()
+		require.NoError(t, err, string(got))
+		// The host admin's identity, impersonated in the member (without
+		// system:masters, which the agent never passes on).
+		assert.Equal(t, "admin", string(got), c)
+	}
 }
