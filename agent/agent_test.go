@@ -121,8 +121,11 @@ func echoServer(t *testing.T) string {
 	return ln.Addr().String()
 }
 
+// closedPort is a port nothing listens on, on 127.0.0.3: nothing else in
+// these tests binds that address, so the kernel cannot hand the port to a
+// later listener (it did, on 127.0.0.1, once in CI).
 func closedPort(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", "127.0.0.3:0")
 	require.NoError(t, err)
 	_, port, err := net.SplitHostPort(ln.Addr().String())
 	require.NoError(t, err)
@@ -169,7 +172,7 @@ func TestAgentTCPStreams(t *testing.T) {
 	_, echoPort, err := net.SplitHostPort(echoAddr)
 	require.NoError(t, err)
 	deadPort := closedPort(t)
-	allow, err := ParseAllowlist([]string{"127.0.0.1:" + echoPort, "127.0.0.1:" + deadPort, "0.0.0.0/0:80"})
+	allow, err := ParseAllowlist([]string{"127.0.0.1:" + echoPort, "127.0.0.3:" + deadPort, "0.0.0.0/0:80"})
 	require.NoError(t, err)
 	errNoSuchHost := errors.New("no such host")
 	resolve := func(_ context.Context, host string) ([]netip.Addr, error) {
@@ -198,7 +201,7 @@ func TestAgentTCPStreams(t *testing.T) {
 		{name: "metadata address", address: "169.254.169.254:80", wantCode: tunnel.CodeNotAllowed},
 		{name: "name resolving to metadata", address: "metadata.internal:80", wantCode: tunnel.CodeNotAllowed},
 		{name: "name that does not resolve", address: "nowhere.internal:80", wantCode: tunnel.CodeRefused},
-		{name: "nothing listening", address: "127.0.0.1:" + deadPort, wantCode: tunnel.CodeRefused},
+		{name: "nothing listening", address: "127.0.0.3:" + deadPort, wantCode: tunnel.CodeRefused},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
