@@ -141,7 +141,7 @@ func New(cfg Config) (*Server, error) {
 	mux.Handle(tunnel.Path, ep)
 	mux.Handle("/clusters/{name}/{path...}", gw)
 	mux.Handle("/clusters/{name}", gw)
-	mux.Handle("GET /status", &statusPage{authn: cfg.Authn, registry: s.registry})
+	mux.Handle("GET /status", &statusPage{authn: cfg.Authn, authz: cfg.Authz, registry: s.registry})
 	mux.Handle("GET /healthz", admin)
 	mux.Handle("GET /readyz", admin)
 	mux.Handle("GET /metrics", admin)

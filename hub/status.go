@@ -11,9 +11,11 @@ import (
 )
 
 // statusPage lists connected clusters with their tunnel round trip, as HTML
-// or, with Accept: application/json, as JSON. Callers must authenticate.
+// or, with Accept: application/json, as JSON. Callers must authenticate,
+// and see only the clusters they may reach.
 type statusPage struct {
 	authn    Authenticator
+	authz    Authorizer
 	registry *Registry
 }
 
@@ -30,12 +32,23 @@ var statusTmpl = template.Must(template.New("status").Parse(`<!doctype html>
 {{else}}<tr><td colspan=7>no agents connected</td></tr>{{end}}</table></body></html>`))
 
 func (p *statusPage) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if _, ok, err := p.authn.Authenticate(r); err != nil || !ok {
+	user, ok, err := p.authn.Authenticate(r)
+	if err != nil || !ok {
 		kubestatus.Write(w, http.StatusUnauthorized, "Unauthorized")
 		return
 	}
 	var rows []statusRow
+	allowed := map[string]bool{}
 	for _, s := range p.registry.Sessions() {
+		may, seen := allowed[s.Cluster]
+		if !seen {
+			may, _, err = p.authz.Authorize(r.Context(), user, s.Cluster)
+			may = may && err == nil
+			allowed[s.Cluster] = may
+		}
+		if !may {
+			continue
+		}
 		row := statusRow{SessionInfo: s, Age: time.Since(s.Since).Round(time.Second).String(), RTT: "-"}
 		if d, err := p.registry.Ping(s.Cluster, s.ID); err == nil {
 			row.RTT = d.Round(time.Microsecond).String()

@@ -77,6 +77,13 @@ func TestCallerAuthorization(t *testing.T) {
 	assert.Equal(t, "HTTP/1.1 200 Connection established", e.connectStatus(t, "f1.cluster.backhaul:6443", alice))
 	assert.Contains(t, e.connectStatus(t, "f2.cluster.backhaul:6443", alice), "HTTP/1.1 403")
 
+	t.Run("status page shows only reachable clusters", func(t *testing.T) {
+		seen := e.statusSessions(t, "alice")
+		assert.Contains(t, seen, "f1")
+		assert.NotContains(t, seen, "f2")
+		assert.Contains(t, e.statusSessions(t, "fleet-admin"), "f2")
+	})
+
 	t.Run("unauthenticated", func(t *testing.T) {
 		code, body := e.gatewayDo(t, http.MethodGet, "/clusters/f1"+nsPath, "", nil, "")
 		assert.Equal(t, http.StatusUnauthorized, code, body)

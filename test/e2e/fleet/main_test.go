@@ -50,6 +50,7 @@ type environment struct {
 	agents map[string]*harness.Process
 	// tokens are host service-account tokens of callers.
 	tokens map[string]string
+	oidc   *oidcIssuer
 	// onboardOut is onboard.sh's output per cluster.
 	onboardOut map[string]string
 }
@@ -130,6 +131,12 @@ func setup(ctx context.Context) (_ *environment, teardown func(), err error) {
 		}
 	})
 
+	// The host cluster trusts an OIDC issuer, as many do.
+	if e.oidc, err = startOIDC(e.dir, 50); err != nil {
+		return nil, teardown, err
+	}
+	cleanups = append(cleanups, func() { _ = e.oidc.srv.Close() })
+
 	// The host cluster and two members start together.
 	names := []string{"fh", "f1", "f2"}
 	var wg sync.WaitGroup
@@ -139,7 +146,11 @@ func setup(ctx context.Context) (_ *environment, teardown func(), err error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ms[i], errs[i] = harness.StartMember(ctx, harness.MemberConfig{Name: n, Index: 50 + i, Dir: filepath.Join(e.dir, n)})
+			cfg := harness.MemberConfig{Name: n, Index: 50 + i, Dir: filepath.Join(e.dir, n)}
+			if i == 0 {
+				cfg.APIServerArgs = []string{"--authentication-config=" + e.oidc.auth}
+			}
+			ms[i], errs[i] = harness.StartMember(ctx, cfg)
 		}()
 	}
 	wg.Wait()
@@ -270,6 +281,12 @@ kind: ClusterRoleBinding
 metadata: {name: fleet-admin-proxy}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: backhaul-proxy-all}
 subjects: [{kind: ServiceAccount, name: fleet-admin, namespace: default}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: oidc-ops-proxy-f1}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: backhaul-proxy-f1}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: "oidc:fleet-ops"}]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding

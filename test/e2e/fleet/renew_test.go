@@ -26,8 +26,14 @@ func (e *environment) agentCert(ctx context.Context, cluster string) (string, er
 // hubSessions lists the hub's sessions of cluster by ID (from /status).
 func (e *environment) hubSessions(t *testing.T, cluster string) []uint64 {
 	t.Helper()
+	return e.statusSessions(t, "fleet-admin")[cluster]
+}
+
+// statusSessions is /status as caller sees it: session IDs by cluster.
+func (e *environment) statusSessions(t *testing.T, caller string) map[string][]uint64 {
+	t.Helper()
 	req, _ := http.NewRequest(http.MethodGet, e.hub.URL+"/status", nil)
-	req.Header.Set("Authorization", "Bearer "+e.tokens["fleet-admin"])
+	req.Header.Set("Authorization", "Bearer "+e.tokens[caller])
 	req.Header.Set("Accept", "application/json")
 	resp, err := e.hubHTTP(nil).Do(req)
 	require.NoError(t, err)
@@ -37,11 +43,9 @@ func (e *environment) hubSessions(t *testing.T, cluster string) []uint64 {
 		ID      uint64 `json:"id"`
 	}
 	require.NoError(t, json.NewDecoder(resp.Body).Decode(&rows))
-	var ids []uint64
+	ids := map[string][]uint64{}
 	for _, s := range rows {
-		if s.Cluster == cluster {
-			ids = append(ids, s.ID)
-		}
+		ids[s.Cluster] = append(ids[s.Cluster], s.ID)
 	}
 	return ids
 }
