@@ -148,9 +148,9 @@ func TestBadInput(t *testing.T) {
 	t.Run("garbage after the upgrade", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		tok := e.addCluster(t, "f5")
+		tok := e.addCluster(t, "x5")
 		csr, key := newCSR(t, "x")
-		r := e.enroll(t, identity.PathEnroll, "f5", tok, nil, csr)
+		r := e.enroll(t, identity.PathEnroll, "x5", tok, nil, csr)
 		require.Equal(t, http.StatusOK, r.code, r.body)
 		cert, err := tls.X509KeyPair([]byte(r.resp.Certificate), key)
 		require.NoError(t, err)
@@ -170,7 +170,7 @@ func TestBadInput(t *testing.T) {
 		} {
 			c := e.tlsDial(t, &cert)
 			_, err := fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: hub\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
-				"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: %s\r\n%s: f5\r\n\r\n",
+				"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: %s\r\n%s: x5\r\n\r\n",
 				tunnel.Path, tunnel.Subprotocol, tunnel.HeaderCluster)
 			require.NoError(t, err)
 			br := bufio.NewReader(c)
@@ -182,9 +182,9 @@ func TestBadInput(t *testing.T) {
 			assert.True(t, closedWithin(c, 30*time.Second), "%s: the hub closes the session", name)
 		}
 		require.NoError(t, harness.WaitFor(ctx, 10*time.Second, 200*time.Millisecond, func() error {
-			code, body := e.gatewayDo(t, http.MethodGet, "/clusters/f5/version", admin, nil, "")
+			code, body := e.gatewayDo(t, http.MethodGet, "/clusters/x5/version", admin, nil, "")
 			if code != http.StatusServiceUnavailable {
-				return fmt.Errorf("f5 still has a session: %d %s", code, body)
+				return fmt.Errorf("x5 still has a session: %d %s", code, body)
 			}
 			return nil
 		}))

@@ -93,11 +93,11 @@ func (e *environment) addCluster(t *testing.T, name string, extra ...string) str
 // once, before it expires; a bad CSR does not spend it.
 func TestBootstrapTokens(t *testing.T) {
 	e := requireEnv(t)
-	tok := e.addCluster(t, "f3")
+	tok := e.addCluster(t, "x3")
 	csr, key := newCSR(t, "whatever the agent asks")
 
 	r := e.enroll(t, identity.PathEnroll, "f1", tok, nil, csr)
-	assert.Equal(t, http.StatusForbidden, r.code, "a token of f3 cannot enroll f1: %s", r.body)
+	assert.Equal(t, http.StatusForbidden, r.code, "a token of x3 cannot enroll f1: %s", r.body)
 
 	for name, bad := range map[string][]byte{
 		"not PEM":           []byte("hello"),
@@ -106,27 +106,27 @@ func TestBootstrapTokens(t *testing.T) {
 		"oversized":         bytes.Repeat([]byte("A"), identity.MaxCSRBytes+10),
 		"trailing data":     append(append([]byte{}, csr...), []byte("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n")...),
 	} {
-		r := e.enroll(t, identity.PathEnroll, "f3", tok, nil, bad)
+		r := e.enroll(t, identity.PathEnroll, "x3", tok, nil, bad)
 		assert.Equal(t, http.StatusBadRequest, r.code, "%s: %s", name, r.body)
 		assert.Contains(t, r.body, `"kind":"Status"`, name)
 	}
 
-	r = e.enroll(t, identity.PathEnroll, "f3", "abcdef.0123456789abcdef", nil, csr)
+	r = e.enroll(t, identity.PathEnroll, "x3", "abcdef.0123456789abcdef", nil, csr)
 	assert.Equal(t, http.StatusUnauthorized, r.code, "unknown token: %s", r.body)
-	r = e.enroll(t, identity.PathEnroll, "f3", "not-a-token", nil, csr)
+	r = e.enroll(t, identity.PathEnroll, "x3", "not-a-token", nil, csr)
 	assert.Equal(t, http.StatusUnauthorized, r.code, "malformed token: %s", r.body)
 
-	r = e.enroll(t, identity.PathEnroll, "f3", tok, nil, csr)
+	r = e.enroll(t, identity.PathEnroll, "x3", tok, nil, csr)
 	require.Equal(t, http.StatusOK, r.code, "the token survived the refusals above: %s", r.body)
 	cert, err := tls.X509KeyPair([]byte(r.resp.Certificate), key)
 	require.NoError(t, err)
 	id, err := identity.AgentIdentityOf(cert.Leaf)
 	require.NoError(t, err)
-	assert.Equal(t, "f3", id.Cluster, "the hub, not the CSR, decides the subject")
-	assert.Equal(t, identity.AgentCNPrefix+"f3", cert.Leaf.Subject.CommonName)
+	assert.Equal(t, "x3", id.Cluster, "the hub, not the CSR, decides the subject")
+	assert.Equal(t, identity.AgentCNPrefix+"x3", cert.Leaf.Subject.CommonName)
 	assert.Equal(t, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, cert.Leaf.ExtKeyUsage)
 
-	r = e.enroll(t, identity.PathEnroll, "f3", tok, nil, csr)
+	r = e.enroll(t, identity.PathEnroll, "x3", tok, nil, csr)
 	assert.Equal(t, http.StatusUnauthorized, r.code, "a used token is refused: %s", r.body)
 
 	// The used token still answers the onboarding script's status poll.
@@ -137,19 +137,19 @@ func TestBootstrapTokens(t *testing.T) {
 	var st identity.EnrollStatus
 	require.NoError(t, json.NewDecoder(resp.Body).Decode(&st))
 	resp.Body.Close()
-	assert.Equal(t, identity.EnrollStatus{Cluster: "f3"}, st)
+	assert.Equal(t, identity.EnrollStatus{Cluster: "x3"}, st)
 
 	// The certificate renews itself, and nothing else can.
 	csr2, _ := newCSR(t, "x")
-	r = e.enroll(t, identity.PathRenew, "f3", "", &cert, csr2)
+	r = e.enroll(t, identity.PathRenew, "x3", "", &cert, csr2)
 	assert.Equal(t, http.StatusOK, r.code, "renew with the certificate: %s", r.body)
-	r = e.enroll(t, identity.PathRenew, "f3", "", nil, csr2)
+	r = e.enroll(t, identity.PathRenew, "x3", "", nil, csr2)
 	assert.Equal(t, http.StatusUnauthorized, r.code, "renew without a certificate: %s", r.body)
 
 	t.Run("expired", func(t *testing.T) {
-		tok := e.addCluster(t, "f4", "--token-ttl", "1s")
+		tok := e.addCluster(t, "x4", "--token-ttl", "1s")
 		time.Sleep(1500 * time.Millisecond)
-		r := e.enroll(t, identity.PathEnroll, "f4", tok, nil, csr)
+		r := e.enroll(t, identity.PathEnroll, "x4", tok, nil, csr)
 		assert.Equal(t, http.StatusUnauthorized, r.code, "expired token: %s", r.body)
 	})
 
@@ -160,20 +160,20 @@ func TestBootstrapTokens(t *testing.T) {
 		var he *tunnel.HandshakeError
 		require.ErrorAs(t, err, &he)
 		assert.Equal(t, http.StatusForbidden, he.StatusCode, he.Reason)
-		assert.Contains(t, he.Reason, `certificate is for cluster "f3"`)
+		assert.Contains(t, he.Reason, `certificate is for cluster "x3"`)
 		// Its own cluster works.
-		require.NoError(t, e.dialAs(ctx, &cert, "f3"))
+		require.NoError(t, e.dialAs(ctx, &cert, "x3"))
 	})
 
 	t.Run("removal revokes", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		d := e.dialer(&cert, "f3")
+		d := e.dialer(&cert, "x3")
 		sess, err := d.Dial(ctx)
 		require.NoError(t, err)
 		defer sess.Close()
 		go func() { _ = sess.Serve(ctx, func(context.Context, *tunnel.Incoming) {}) }()
-		out, err := e.ctl(ctx, "cluster", "remove", "f3")
+		out, err := e.ctl(ctx, "cluster", "remove", "x3")
 		require.NoError(t, err, out)
 		select {
 		case <-sess.Done():
@@ -181,14 +181,14 @@ func TestBootstrapTokens(t *testing.T) {
 			t.Fatal("the removed cluster's session is still open after 20s")
 		}
 		var he *tunnel.HandshakeError
-		require.ErrorAs(t, e.dialAs(ctx, &cert, "f3"), &he)
+		require.ErrorAs(t, e.dialAs(ctx, &cert, "x3"), &he)
 		assert.Equal(t, http.StatusForbidden, he.StatusCode, he.Reason)
 
 		// A new cluster of the same name does not revive old certificates.
-		out, err = e.ctl(ctx, "cluster", "add", "f3")
+		out, err = e.ctl(ctx, "cluster", "add", "x3")
 		require.NoError(t, err, out)
 		require.NoError(t, harness.WaitFor(ctx, 10*time.Second, 200*time.Millisecond, func() error {
-			err := e.dialAs(ctx, &cert, "f3")
+			err := e.dialAs(ctx, &cert, "x3")
 			if errors.As(err, &he) && strings.Contains(he.Reason, "revoked") {
 				return nil
 			}

@@ -23,6 +23,9 @@ import (
 
 const ns = "backhaul-system"
 
+// memberNames are the member clusters, all onboarded in setup.
+var memberNames = []string{"f1", "f2", "f3"}
+
 // Host-cluster service accounts used as callers: fleet-admin may reach
 // every cluster, alice only f1. Members grant both by name.
 const (
@@ -137,8 +140,8 @@ func setup(ctx context.Context) (_ *environment, teardown func(), err error) {
 	}
 	cleanups = append(cleanups, func() { _ = e.oidc.srv.Close() })
 
-	// The host cluster and two members start together.
-	names := []string{"fh", "f1", "f2"}
+	// The host cluster and three members start together.
+	names := []string{"fh", "f1", "f2", "f3"}
 	var wg sync.WaitGroup
 	errs := make([]error, len(names))
 	ms := make([]*harness.Member, len(names))
@@ -165,7 +168,7 @@ func setup(ctx context.Context) (_ *environment, teardown func(), err error) {
 		}
 	}
 	e.host = ms[0]
-	e.members["f1"], e.members["f2"] = ms[1], ms[2]
+	e.members["f1"], e.members["f2"], e.members["f3"] = ms[1], ms[2], ms[3]
 	if err := e.host.Netns.AllowInbound(harness.APIServerPort); err != nil {
 		return nil, teardown, err
 	}
@@ -186,7 +189,7 @@ func setup(ctx context.Context) (_ *environment, teardown func(), err error) {
 	hubDir := filepath.Join(e.dir, "hub")
 	e.hub, err = harness.StartHub(ctx, harness.HubConfig{
 		Binary: hubBin, Dir: hubDir, Port: port,
-		HostIPs: []string{agentHost, e.members["f2"].Netns.HostIP.String()},
+		HostIPs: []string{agentHost, e.members["f2"].Netns.HostIP.String(), e.members["f3"].Netns.HostIP.String()},
 		Args: []string{
 			"--registry=kube", "--kubeconfig", e.hubKubeconfig, "--namespace", ns,
 			// The harness's CA signed the serving certificate; it signs
@@ -212,14 +215,14 @@ func setup(ctx context.Context) (_ *environment, teardown func(), err error) {
 			p.Stop()
 		}
 	})
-	for _, n := range []string{"f1", "f2"} {
+	for _, n := range memberNames {
 		if err := e.grantCallers(ctx, e.members[n]); err != nil {
 			return nil, teardown, err
 		}
 	}
-	// Onboard both members concurrently, as two sites would.
-	oerrs := make([]error, 2)
-	for i, n := range []string{"f1", "f2"} {
+	// Onboard the members concurrently, as separate sites would.
+	oerrs := make([]error, len(memberNames))
+	for i, n := range memberNames {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -22,7 +22,7 @@ func TestOnboarding(t *testing.T) {
 	e := requireEnv(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	for _, name := range []string{"f1", "f2"} {
+	for _, name := range memberNames {
 		t.Run(name, func(t *testing.T) {
 			m := e.members[name]
 			out, stderr, err := m.Kubectl(ctx, "-n", ns, "get", "secret", "backhaul-agent", "-o", "json")
@@ -43,7 +43,7 @@ func TestOnboarding(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		for _, name := range []string{"f1", "f2"} {
+		for _, name := range memberNames {
 			line := lineOf(out, name)
 			if !strings.Contains(line, "True") || !strings.Contains(line, "v1.36") {
 				return errorf("cluster list row for %s not connected and ready yet:\n%s", name, out)
@@ -71,7 +71,7 @@ func TestKubeconfig(t *testing.T) {
 	path := t.TempDir() + "/fleet.kubeconfig"
 	out, err := e.ctl(ctx, "kubeconfig", "--output", path)
 	require.NoError(t, err, out)
-	for _, c := range []string{"f1", "f2"} {
+	for _, c := range memberNames {
 		cmd := exec.CommandContext(ctx, e.bins.Kubectl, "--kubeconfig", path, "--context", c, "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}")
 		got, err := cmd.CombinedOutput()
 		require.NoError(t, err, string(got))

@@ -76,8 +76,8 @@ func TestPropagationThroughTunnels(t *testing.T) {
 	e.waitValue(t, ctx, "f1", "fleet-config", "site", "")
 	require.NoError(t, harness.WaitFor(ctx, 30*time.Second, 250*time.Millisecond, func() error {
 		out, err := e.hostKubectl(ctx, "", "get", "propagation", "-n", "default", "fleet-config")
-		if err != nil || !strings.Contains(lineOf(out, "fleet-config"), " 2 ") {
-			return fmt.Errorf("want READY 2 of TOTAL 2: %v\n%s", err, out)
+		if err != nil || !strings.Contains(lineOf(out, "fleet-config"), " 3 ") {
+			return fmt.Errorf("want READY 3 of TOTAL 3: %v\n%s", err, out)
 		}
 		return nil
 	}))
@@ -105,7 +105,70 @@ func TestPropagationThroughTunnels(t *testing.T) {
 
 	out, err = e.hostKubectl(ctx, "", "delete", "propagation", "-n", "default", "fleet-config", "--timeout=60s")
 	require.NoError(t, err, out)
-	for _, c := range []string{"f1", "f2"} {
+	for _, c := range memberNames {
 		e.waitValue(t, ctx, c, "fleet-config", "version", "")
 	}
+}
+
+const divisionYAML = `apiVersion: backhaul.io/v1alpha1
+kind: Propagation
+metadata: {name: web, namespace: default}
+spec:
+  template:
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: web}
+    spec:
+      replicas: 1
+      selector: {matchLabels: {app: web}}
+      template:
+        metadata: {labels: {app: web}}
+        spec: {containers: [{name: web, image: registry.invalid/web:1}]}
+  placement:
+    clusterSelector: {matchLabels: {tier: edge}}
+  replicaDivision:
+    replicas: 10
+    weights:
+    - {clusters: [f1], weight: 2}
+`
+
+// TestReplicaDivisionThroughTunnels: 10 replicas over weights 2:1:1 are
+// 5/3/2; when f3's tunnel goes, its share moves to the others (7/3) and
+// its copy is left alone; when it returns, 5/3/2 again.
+func TestReplicaDivisionThroughTunnels(t *testing.T) {
+	e := requireEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	out, err := e.hostKubectl(ctx, divisionYAML, "apply", "-f", "-")
+	require.NoError(t, err, out)
+	t.Cleanup(func() { _, _ = e.hostKubectl(context.Background(), "", "delete", "propagation", "-n", "default", "web", "--ignore-not-found") })
+	replicas := func(cluster string) (string, error) {
+		out, stderr, err := e.members[cluster].Kubectl(ctx, "-n", "default", "get", "deployment", "web", "--ignore-not-found", "-o", "jsonpath={.spec.replicas}")
+		if err != nil {
+			return "", fmt.Errorf("%w: %s", err, stderr)
+		}
+		return out, nil
+	}
+	want := func(w map[string]string) {
+		t.Helper()
+		require.NoError(t, harness.WaitFor(ctx, 60*time.Second, 250*time.Millisecond, func() error {
+			for c, n := range w {
+				got, err := replicas(c)
+				if err != nil {
+					return err
+				}
+				if got != n {
+					return fmt.Errorf("%s has %q replicas, want %s", c, got, n)
+				}
+			}
+			return nil
+		}))
+	}
+	want(map[string]string{"f1": "5", "f2": "3", "f3": "2"})
+
+	e.agent("f3").Stop()
+	want(map[string]string{"f1": "7", "f2": "3", "f3": "2"})
+
+	require.NoError(t, e.startAgent(ctx, "f3", e.agentURL))
+	want(map[string]string{"f1": "5", "f2": "3", "f3": "2"})
 }

@@ -106,7 +106,7 @@ spec: {serviceAccountName: backhaul-hub, automountServiceAccountToken: false, co
 	}))
 	require.NoError(t, e.hub.Start(ctx))
 	require.NoError(t, harness.WaitFor(ctx, 60*time.Second, 500*time.Millisecond, func() error {
-		for _, c := range []string{"f1", "f2"} {
+		for _, c := range memberNames {
 			if code, body := e.gatewayDo(t, http.MethodGet, "/clusters/"+c+"/readyz", e.tokens["fleet-admin"], nil, ""); code != http.StatusOK {
 				return fmt.Errorf("%s: %d %s", c, code, body)
 			}
