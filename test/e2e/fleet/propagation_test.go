@@ -141,7 +141,9 @@ func TestReplicaDivisionThroughTunnels(t *testing.T) {
 	defer cancel()
 	out, err := e.hostKubectl(ctx, divisionYAML, "apply", "-f", "-")
 	require.NoError(t, err, out)
-	t.Cleanup(func() { _, _ = e.hostKubectl(context.Background(), "", "delete", "propagation", "-n", "default", "web", "--ignore-not-found") })
+	t.Cleanup(func() {
+		_, _ = e.hostKubectl(context.Background(), "", "delete", "propagation", "-n", "default", "web", "--ignore-not-found")
+	})
 	replicas := func(cluster string) (string, error) {
 		out, stderr, err := e.members[cluster].Kubectl(ctx, "-n", "default", "get", "deployment", "web", "--ignore-not-found", "-o", "jsonpath={.spec.replicas}")
 		if err != nil {
