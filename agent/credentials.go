@@ -164,7 +164,10 @@ func (c *Credentials) usable(certPEM, keyPEM []byte) (*tls.Certificate, error) {
 	if id.Cluster != c.Cluster {
 		return nil, fmt.Errorf("stored certificate is for cluster %q, not %q", id.Cluster, c.Cluster)
 	}
-	if time.Now().After(cert.Leaf.NotAfter.Add(-time.Minute)) {
+	// A certificate with any life left is still good for renewing
+	// itself (Run renews at once when little is left); only an expired
+	// one needs a new bootstrap token.
+	if !time.Now().Before(cert.Leaf.NotAfter) {
 		return nil, fmt.Errorf("stored certificate expired at %s", cert.Leaf.NotAfter)
 	}
 	return &cert, nil

@@ -197,7 +197,7 @@ func setup(ctx context.Context) (_ *environment, teardown func(), err error) {
 			"--ca-cert-file", filepath.Join(hubDir, "hub-ca.crt"), "--ca-key-file", filepath.Join(hubDir, "hub-ca.key"),
 			"--advertise-url", e.agentURL,
 			// Short enough that every agent renews during the suite.
-			"--agent-cert-validity", "90s",
+			"--agent-cert-validity", "2m",
 			"--cluster-status-interval", "1s", "--cluster-heartbeat-interval", "5s",
 			"--auth-cache-ttl", "1s",
 		},
