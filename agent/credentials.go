@@ -14,8 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
-	mrand "math/rand/v2"
 	"net/http"
 	"net/url"
 	"sync"
@@ -44,9 +42,9 @@ type Credentials struct {
 	TLS   *tls.Config
 	Proxy func(*http.Request) (*url.URL, error)
 	Log   hclog.Logger
-	// Retry is the wait between failed attempts (jittered, doubling up to
-	// ten times).
-	Retry time.Duration
+	// Retry paces failed attempts; nil means 5 s doubling to 5 min, with
+	// full jitter.
+	Retry *tunnel.Backoff
 
 	current atomic.Pointer[tls.Certificate]
 	// renewAt is when to renew current: two thirds of the way from when
@@ -87,28 +85,26 @@ func (c *Credentials) NotAfter() time.Time {
 // Ensure returns once the agent holds a valid certificate: the stored one,
 // or one enrolled for now. It retries until ctx ends.
 func (c *Credentials) Ensure(ctx context.Context) error {
-	for attempt := 0; ; attempt++ {
+	b := c.retry()
+	for {
 		err := c.ensureOnce(ctx)
 		if err == nil {
+			b.Reset()
 			return nil
 		}
-		wait := c.backoff(attempt)
+		wait := b.Next()
 		c.Log.Error("no agent certificate yet", "store", c.Store.String(), "error", err, "retry_in", wait.Round(time.Millisecond))
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(wait):
+		if err := b.Sleep(ctx, wait); err != nil {
+			return err
 		}
 	}
 }
 
-func (c *Credentials) backoff(attempt int) time.Duration {
-	base := c.Retry
-	if base <= 0 {
-		base = 5 * time.Second
+func (c *Credentials) retry() *tunnel.Backoff {
+	if c.Retry == nil {
+		c.Retry = &tunnel.Backoff{Base: 5 * time.Second, Max: 5 * time.Minute}
 	}
-	d := base * time.Duration(math.Pow(2, float64(min(attempt, 6))))
-	return d/2 + time.Duration(mrand.Int64N(int64(d/2)+1))
+	return c.Retry
 }
 
 func (c *Credentials) ensureOnce(ctx context.Context) error {
@@ -176,25 +172,22 @@ func (c *Credentials) usable(certPEM, keyPEM []byte) (*tls.Certificate, error) {
 // Run renews the certificate before it expires, until ctx ends. It also
 // adopts a newer certificate another replica stored.
 func (c *Credentials) Run(ctx context.Context) {
-	for attempt := 0; ; {
-		wait := time.Until(time.Unix(0, c.renewAt.Load()))
-		if attempt > 0 {
-			wait = c.backoff(attempt)
-		}
-		select {
-		case <-ctx.Done():
+	b := c.retry()
+	wait := time.Until(time.Unix(0, c.renewAt.Load()))
+	for {
+		if b.Sleep(ctx, max(wait, 0)) != nil {
 			return
-		case <-time.After(max(wait, 0)):
 		}
 		if err := c.renew(ctx); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
-			attempt++
-			c.Log.Warn("certificate renewal failed", "error", err, "not_after", c.NotAfter())
+			wait = b.Next()
+			c.Log.Warn("certificate renewal failed", "error", err, "not_after", c.NotAfter(), "retry_in", wait.Round(time.Millisecond))
 			continue
 		}
-		attempt = 0
+		b.Reset()
+		wait = time.Until(time.Unix(0, c.renewAt.Load()))
 	}
 }
 

@@ -8,9 +8,9 @@ import (
 	"path/filepath"
 	"strings"
 
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
 
 	"backhaul.io/backhaul/pkg/identity"
 )
@@ -60,12 +60,13 @@ func (s *SecretStore) Load(ctx context.Context) (Stored, error) {
 }
 
 // SaveCert implements CredentialStore. Several agents (DaemonSet pods) may
-// share the Secret; an update conflict is retried on the fresh copy.
+// share the Secret; an update conflict is retried on a fresh copy.
 func (s *SecretStore) SaveCert(ctx context.Context, certPEM, keyPEM []byte) error {
-	for attempt := 0; ; attempt++ {
-		sec, err := s.Client.CoreV1().Secrets(s.Namespace).Get(ctx, s.Name, metav1.GetOptions{})
+	secrets := s.Client.CoreV1().Secrets(s.Namespace)
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		sec, err := secrets.Get(ctx, s.Name, metav1.GetOptions{})
 		if err != nil {
-			return fmt.Errorf("reading %s: %w", s, err)
+			return err
 		}
 		if sec.Data == nil {
 			sec.Data = map[string][]byte{}
@@ -73,14 +74,13 @@ func (s *SecretStore) SaveCert(ctx context.Context, certPEM, keyPEM []byte) erro
 		sec.Data[identity.KeyTLSCert] = certPEM
 		sec.Data[identity.KeyTLSKey] = keyPEM
 		delete(sec.Data, identity.KeyBootstrapToken)
-		_, err = s.Client.CoreV1().Secrets(s.Namespace).Update(ctx, sec, metav1.UpdateOptions{})
-		if err == nil {
-			return nil
-		}
-		if !apierrors.IsConflict(err) || attempt >= 5 {
-			return fmt.Errorf("writing %s: %w", s, err)
-		}
+		_, err = secrets.Update(ctx, sec, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", s, err)
 	}
+	return nil
 }
 
 // DirStore keeps credentials as files: bootstrap-token, hub-ca.crt,

@@ -113,7 +113,7 @@ func TestClientCerts(t *testing.T) {
 
 	results := make(chan certResult, 1)
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		u, ok, err := ClientCerts{Pool: ca.pool}.Authenticate(r)
+		u, ok, err := ClientCerts{CAs: []*x509.Certificate{ca.cert}}.Authenticate(r)
 		results <- certResult{u, ok, err}
 	}))
 	srv.TLS = &tls.Config{
@@ -191,8 +191,9 @@ func TestClientCerts(t *testing.T) {
 	t.Run("certificate of another CA (an agent's) is not a caller's", func(t *testing.T) {
 		r := httptest.NewRequest(http.MethodGet, "/", nil)
 		leaf := other.clientCert(t, "mallory").Leaf
-		r.TLS = &tls.ConnectionState{PeerCertificates: []*x509.Certificate{leaf}}
-		u, ok, err := ClientCerts{Pool: ca.pool}.Authenticate(r)
+		// The listener verified it, against the agent CA it also trusts.
+		r.TLS = &tls.ConnectionState{PeerCertificates: []*x509.Certificate{leaf}, VerifiedChains: [][]*x509.Certificate{{leaf, other.cert}}}
+		u, ok, err := ClientCerts{CAs: []*x509.Certificate{ca.cert}}.Authenticate(r)
 		assert.Nil(t, u)
 		assert.False(t, ok)
 		assert.NoError(t, err)

@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/workqueue"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"backhaul.io/backhaul/pkg/apis/backhaul/v1alpha1"
@@ -51,24 +52,12 @@ const statusWorkers = 8
 // Run probes until ctx ends. Connection changes are reported at once.
 func (u *ClusterStatusUpdater) Run(ctx context.Context) error {
 	u.clients = map[string]discovery.DiscoveryInterface{}
-	queue := make(chan string, 4096)
-	pending := map[string]bool{}
-	var pmu sync.Mutex
-	enqueue := func(name string) {
-		pmu.Lock()
-		defer pmu.Unlock()
-		if pending[name] {
-			return
-		}
-		select {
-		case queue <- name:
-			pending[name] = true
-		default: // the next tick catches up
-		}
-	}
+	// The workqueue folds repeated events for one cluster into one probe.
+	queue := workqueue.NewTyped[string]()
+	context.AfterFunc(ctx, queue.ShutDown)
 	u.Registry.Watch(func(c string) {
 		u.forget(c)
-		enqueue(c)
+		queue.Add(c)
 	})
 	var wg sync.WaitGroup
 	for range statusWorkers {
@@ -76,17 +65,14 @@ func (u *ClusterStatusUpdater) Run(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			for {
-				select {
-				case <-ctx.Done():
+				name, shutdown := queue.Get()
+				if shutdown {
 					return
-				case name := <-queue:
-					pmu.Lock()
-					delete(pending, name)
-					pmu.Unlock()
-					if err := u.update(ctx, name); err != nil && ctx.Err() == nil {
-						u.Log.Warn("cluster status update failed", "cluster", name, "error", err)
-					}
 				}
+				if err := u.update(ctx, name); err != nil && ctx.Err() == nil {
+					u.Log.Warn("cluster status update failed", "cluster", name, "error", err)
+				}
+				queue.Done(name)
 			}
 		}()
 	}
@@ -94,7 +80,7 @@ func (u *ClusterStatusUpdater) Run(ctx context.Context) error {
 	defer t.Stop()
 	for {
 		for _, n := range u.Clusters.Names() {
-			enqueue(n)
+			queue.Add(n)
 		}
 		select {
 		case <-ctx.Done():
@@ -137,12 +123,7 @@ type observation struct {
 
 func (u *ClusterStatusUpdater) observe(ctx context.Context, cluster string) observation {
 	var o observation
-	for _, s := range u.Registry.Sessions() {
-		if s.Cluster == cluster {
-			o.agents++
-			o.agentVersion = s.AgentVersion // newest last
-		}
-	}
+	o.agents, o.agentVersion = u.Registry.Agents(cluster)
 	if o.agents == 0 {
 		o.readyMsg = "no agent is connected to the hub"
 		return o

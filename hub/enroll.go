@@ -123,12 +123,7 @@ func (e *Enroller) status(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st := identity.EnrollStatus{Cluster: cluster}
-	for _, s := range e.Registry.Sessions() {
-		if s.Cluster == cluster {
-			st.Agents++
-			st.AgentVersion = s.AgentVersion
-		}
-	}
+	st.Agents, st.AgentVersion = e.Registry.Agents(cluster)
 	st.Connected = st.Agents > 0
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(st)

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	certutil "k8s.io/client-go/util/cert"
 
 	"backhaul.io/backhaul/pkg/logging"
 	"backhaul.io/backhaul/tunnel"
@@ -226,15 +227,14 @@ func (o *Options) Config(ctx context.Context, log hclog.Logger) (Config, error) 
 	clientCAs := x509.NewCertPool()
 	var authn Union
 	if o.ClientCAFile != "" {
-		pem, err := os.ReadFile(o.ClientCAFile)
+		cas, err := certutil.CertsFromFile(o.ClientCAFile)
 		if err != nil {
 			return Config{}, fmt.Errorf("client CA: %w", err)
 		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) || !clientCAs.AppendCertsFromPEM(pem) {
-			return Config{}, fmt.Errorf("client CA %s: no certificates found", o.ClientCAFile)
+		for _, ca := range cas {
+			clientCAs.AddCert(ca)
 		}
-		authn = append(authn, ClientCerts{Pool: pool})
+		authn = append(authn, ClientCerts{CAs: cas})
 	}
 	if o.TokenAuthFile != "" {
 		st, err := LoadStaticTokens(o.TokenAuthFile)

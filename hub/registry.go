@@ -84,6 +84,18 @@ func (r *Registry) notify(cluster string) {
 	}
 }
 
+// Agents counts cluster's sessions and gives the newest one's agent
+// version, without listing every session of every cluster.
+func (r *Registry) Agents(cluster string) (n int, newestVersion string) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	list := r.sessions[cluster]
+	if len(list) > 0 {
+		newestVersion = list[len(list)-1].info.AgentVersion
+	}
+	return len(list), newestVersion
+}
+
 // Connected says whether cluster has at least one session.
 func (r *Registry) Connected(cluster string) bool {
 	r.mu.RLock()

@@ -3,6 +3,7 @@ package hub
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -139,7 +140,7 @@ func startHub(t *testing.T) *hubEnv {
 		},
 		AgentAuth:       agents,
 		Clusters:        agents,
-		Authn:           Union{ClientCerts{Pool: ca.pool}, callers},
+		Authn:           Union{ClientCerts{CAs: []*x509.Certificate{ca.cert}}, callers},
 		Authz:           AllowAuthenticated{},
 		Tunnel:          tcfg,
 		DialTimeout:     5 * time.Second,
