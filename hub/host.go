@@ -7,16 +7,14 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	"backhaul.io/backhaul/pkg/apis/backhaul/v1alpha1"
+	apischeme "backhaul.io/backhaul/pkg/apis/scheme"
 	"backhaul.io/backhaul/pkg/logging"
 )
 
@@ -32,18 +30,6 @@ type Host struct {
 	Namespace string
 }
 
-// Scheme holds every type the hub reads from its host cluster.
-func Scheme() (*runtime.Scheme, error) {
-	s := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(s); err != nil {
-		return nil, err
-	}
-	if err := v1alpha1.AddToScheme(s); err != nil {
-		return nil, err
-	}
-	return s, nil
-}
-
 // LeaderElectionID names the Lease hub replicas compete for.
 const LeaderElectionID = "backhaul-hub"
 
@@ -53,7 +39,7 @@ const LeaderElectionID = "backhaul-hub"
 // ready, so the Service sends them nothing) and take over within the lease
 // duration when it goes.
 func NewHost(cfg *rest.Config, ns string, leaderElect bool, log hclog.Logger) (*Host, error) {
-	scheme, err := Scheme()
+	scheme, err := apischeme.New()
 	if err != nil {
 		return nil, err
 	}

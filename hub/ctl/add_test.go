@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
 	"backhaul.io/backhaul/pkg/apis/backhaul/v1alpha1"
+	apischeme "backhaul.io/backhaul/pkg/apis/scheme"
 	"backhaul.io/backhaul/pkg/identity"
 )
 
@@ -227,7 +228,7 @@ func TestAddReissueToken(t *testing.T) {
 // A Secret that cannot be created takes the new Cluster back with it, so
 // the same command can simply be run again.
 func TestAddRollsBackCluster(t *testing.T) {
-	s, err := NewScheme()
+	s, err := apischeme.New()
 	require.NoError(t, err)
 	c := fake.NewClientBuilder().WithScheme(s).
 		WithObjects(hubInfoConfigMap("wss://hub.example.com:8443", testCA(t))).

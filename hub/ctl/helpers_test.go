@@ -24,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	"backhaul.io/backhaul/pkg/apis/backhaul/v1alpha1"
+	apischeme "backhaul.io/backhaul/pkg/apis/scheme"
 )
 
 // testNow is the fixed clock of every test run.
@@ -31,7 +32,7 @@ var testNow = time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
 
 func newFakeClient(t *testing.T, objs ...client.Object) client.WithWatch {
 	t.Helper()
-	s, err := NewScheme()
+	s, err := apischeme.New()
 	require.NoError(t, err)
 	return fake.NewClientBuilder().
 		WithScheme(s).

@@ -13,6 +13,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
+
+	apischeme "backhaul.io/backhaul/pkg/apis/scheme"
 )
 
 func TestResolveHubInfo(t *testing.T) {
@@ -65,7 +67,7 @@ func TestResolveHubInfo(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			s, err := NewScheme()
+			s, err := apischeme.New()
 			require.NoError(t, err)
 			b := fake.NewClientBuilder().WithScheme(s).WithObjects(tc.objs...)
 			if tc.cmForbidden {

@@ -8,13 +8,11 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"backhaul.io/backhaul/pkg/apis/backhaul/v1alpha1"
+	apischeme "backhaul.io/backhaul/pkg/apis/scheme"
 	"backhaul.io/backhaul/pkg/version"
 )
 
@@ -110,18 +108,6 @@ func (e Env) withDefaults() Env {
 	return e
 }
 
-// NewScheme knows the built-in types and backhaul.io/v1alpha1.
-func NewScheme() (*runtime.Scheme, error) {
-	s := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(s); err != nil {
-		return nil, err
-	}
-	if err := v1alpha1.AddToScheme(s); err != nil {
-		return nil, err
-	}
-	return s, nil
-}
-
 // NewClient builds a controller-runtime client for the host cluster.
 func NewClient(cc clientcmd.ClientConfig) (client.Client, error) {
 	cfg, err := cc.ClientConfig()
@@ -132,7 +118,7 @@ func NewClient(cc clientcmd.ClientConfig) (client.Client, error) {
 		return nil, fmt.Errorf("host cluster kubeconfig: %w", err)
 	}
 	cfg.UserAgent = "backhaulctl/" + version.Version
-	s, err := NewScheme()
+	s, err := apischeme.New()
 	if err != nil {
 		return nil, err
 	}

@@ -68,61 +68,33 @@ func TestMain(m *testing.M) {
 	if addr := os.Getenv(envEcho); addr != "" {
 		os.Exit(serveEcho(addr))
 	}
-	code := func() int {
-		if os.Geteuid() != 0 {
-			setupErr = fmt.Errorf("skipping: the e2e suite needs root for network namespaces")
-			return m.Run()
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		var teardown func()
-		env, teardown, setupErr = setup(ctx)
-		defer teardown()
-		if setupErr != nil {
-			fmt.Fprintf(os.Stderr, "e2e setup failed: %v\n", setupErr)
-			return 1
-		}
-		return m.Run()
-	}()
-	os.Exit(code)
+	os.Exit(harness.RunSuite(m, "e2e", 5*time.Minute, &env, &setupErr, setup))
 }
 
-func setup(ctx context.Context) (_ *environment, teardown func(), err error) {
+func setup(ctx context.Context, cl *harness.Cleanups) (_ *environment, err error) {
 	e := &environment{members: map[string]*harness.Member{}, agents: map[string]*harness.Process{}}
-	var cleanups []func()
-	teardown = func() {
-		for i := len(cleanups) - 1; i >= 0; i-- {
-			cleanups[i]()
-		}
-	}
-	defer func() {
-		if err != nil {
-			teardown()
-			teardown = func() {}
-		}
-	}()
 	if _, err := harness.CleanupStale("bhe2e-"); err != nil {
-		return nil, teardown, err
+		return nil, err
 	}
 	// Node addresses of the tests live inside member namespaces; in the
 	// root namespace they are blackholed, so a direct dial fails here and
 	// never leaves the machine by the default route.
 	if out, err := execCommand(ctx, "ip", "route", "replace", "blackhole", nodeRange).CombinedOutput(); err != nil {
-		return nil, teardown, fmt.Errorf("blackhole %s: %w: %s", nodeRange, err, out)
+		return nil, fmt.Errorf("blackhole %s: %w: %s", nodeRange, err, out)
 	}
-	cleanups = append(cleanups, func() { _ = execCommand(context.Background(), "ip", "route", "del", "blackhole", nodeRange).Run() })
+	cl.Add(func() { _ = execCommand(context.Background(), "ip", "route", "del", "blackhole", nodeRange).Run() })
 	if e.bins, err = harness.LocateBinaries(); err != nil {
-		return nil, teardown, fmt.Errorf("%w (run `make kube-bins deps`)", err)
+		return nil, fmt.Errorf("%w (run `make kube-bins deps`)", err)
 	}
 	hubBin, agentBin, err := harness.BackhaulBinaries(ctx)
 	if err != nil {
-		return nil, teardown, err
+		return nil, err
 	}
 	e.agentBin = agentBin
 	if e.dir, err = os.MkdirTemp("", "backhaul-e2e-"); err != nil {
-		return nil, teardown, err
+		return nil, err
 	}
-	cleanups = append(cleanups, func() {
+	cl.Add(func() {
 		if os.Getenv("BACKHAUL_E2E_KEEP") == "" {
 			_ = os.RemoveAll(e.dir)
 		} else {
@@ -146,12 +118,12 @@ func setup(ctx context.Context) (_ *environment, teardown func(), err error) {
 		if ms[i] != nil {
 			m := ms[i]
 			e.members[n] = m
-			cleanups = append(cleanups, func() { _ = m.Stop() })
+			cl.Add(func() { _ = m.Stop() })
 		}
 	}
 	for _, err := range errs {
 		if err != nil {
-			return nil, teardown, err
+			return nil, err
 		}
 	}
 	hostIPs := make([]string, 0, len(names))
@@ -163,25 +135,25 @@ func setup(ctx context.Context) (_ *environment, teardown func(), err error) {
 		Clusters: append(names, "ghost"), Callers: callers,
 	})
 	if e.hub != nil {
-		cleanups = append(cleanups, e.hub.Stop)
+		cl.Add(e.hub.Stop)
 	}
 	if err != nil {
-		return nil, teardown, err
+		return nil, err
 	}
 	for _, n := range names {
 		m := e.members[n]
 		// The fleet's admins are admins in every member; nobody else is.
 		if _, stderr, err := m.Kubectl(ctx, "create", "clusterrolebinding", "fleet-admins", "--clusterrole=cluster-admin", "--group=fleet-admins"); err != nil {
-			return nil, teardown, fmt.Errorf("grant fleet-admins in %s: %w: %s", n, err, stderr)
+			return nil, fmt.Errorf("grant fleet-admins in %s: %w: %s", n, err, stderr)
 		}
 		p, err := harness.StartAgent(ctx, e.hub, m, harness.AgentConfig{Binary: agentBin, Cluster: n, AdminPort: agentAdminPort})
 		if err != nil {
-			return nil, teardown, err
+			return nil, err
 		}
 		e.agents[n] = p
-		cleanups = append(cleanups, func() { e.agent(n).Stop() })
+		cl.Add(func() { e.agent(n).Stop() })
 	}
-	cleanups = append(cleanups, func() {
+	cl.Add(func() {
 		e.mu.Lock()
 		late := e.late
 		e.mu.Unlock()
@@ -191,14 +163,14 @@ func setup(ctx context.Context) (_ *environment, teardown func(), err error) {
 	})
 	e.kubeconfig = filepath.Join(e.dir, "kubeconfig")
 	if err := e.hub.WriteKubeconfig(e.kubeconfig, names, callers["admin"].Token); err != nil {
-		return nil, teardown, err
+		return nil, err
 	}
 	for _, n := range names {
 		if err := e.waitReachable(ctx, n, 30*time.Second); err != nil {
-			return nil, teardown, err
+			return nil, err
 		}
 	}
-	return e, teardown, nil
+	return e, nil
 }
 
 func requireEnv(t *testing.T) *environment {

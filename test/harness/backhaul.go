@@ -16,26 +16,47 @@ import (
 	"time"
 )
 
-// BackhaulBinaries locates backhaul-hub and backhaul-agent in the bin dir
-// (built by `make build`), building them with `go build` when missing.
-func BackhaulBinaries(ctx context.Context) (hub, agent string, err error) {
+// buildBinaries builds Go packages of this repository into the bin dir
+// (EnvBinDir, or _output/bin) and returns the path of each binary, named
+// after its package directory. It always runs go build: that is a no-op
+// when nothing changed, and a stale binary would test old code.
+func buildBinaries(ctx context.Context, pkgs ...string) ([]string, error) {
 	root, err := RepoRoot()
 	if err != nil {
-		return "", "", err
+		return nil, err
 	}
 	dir := os.Getenv(EnvBinDir)
 	if dir == "" {
 		dir = filepath.Join(root, "_output", "bin")
 	}
-	hub, agent = filepath.Join(dir, "backhaul-hub"), filepath.Join(dir, "backhaul-agent")
-	// Always rebuild: go build is a no-op when nothing changed, and a stale
-	// binary would test old code.
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", dir+"/", "./hub/cmd/backhaul-hub", "./agent/cmd/backhaul-agent")
+	cmd := exec.CommandContext(ctx, "go", append([]string{"build", "-o", dir + "/"}, pkgs...)...)
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", "", fmt.Errorf("build backhaul binaries: %w\n%s", err, out)
+		return nil, fmt.Errorf("build %s: %w\n%s", strings.Join(pkgs, " "), err, out)
 	}
-	return hub, agent, nil
+	paths := make([]string, len(pkgs))
+	for i, p := range pkgs {
+		paths[i] = filepath.Join(dir, filepath.Base(p))
+	}
+	return paths, nil
+}
+
+// BackhaulBinaries builds backhaul-hub and backhaul-agent into the bin dir.
+func BackhaulBinaries(ctx context.Context) (hub, agent string, err error) {
+	paths, err := buildBinaries(ctx, "./hub/cmd/backhaul-hub", "./agent/cmd/backhaul-agent")
+	if err != nil {
+		return "", "", err
+	}
+	return paths[0], paths[1], nil
+}
+
+// CtlBinary builds backhaulctl into the bin dir.
+func CtlBinary(ctx context.Context) (string, error) {
+	paths, err := buildBinaries(ctx, "./hub/cmd/backhaulctl")
+	if err != nil {
+		return "", err
+	}
+	return paths[0], nil
 }
 
 // Caller is a hub caller identity from the hub's static token file.
@@ -287,22 +308,4 @@ func WaitFor(ctx context.Context, timeout, interval time.Duration, cond func() e
 		case <-time.After(interval):
 		}
 	}
-}
-
-// CtlBinary builds backhaulctl into the bin dir and returns its path.
-func CtlBinary(ctx context.Context) (string, error) {
-	root, err := RepoRoot()
-	if err != nil {
-		return "", err
-	}
-	dir := os.Getenv(EnvBinDir)
-	if dir == "" {
-		dir = filepath.Join(root, "_output", "bin")
-	}
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", dir+"/", "./hub/cmd/backhaulctl")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build backhaulctl: %w\n%s", err, out)
-	}
-	return filepath.Join(dir, "backhaulctl"), nil
 }

@@ -4,28 +4,23 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
 )
 
-// TestKubeletBinary builds ./test/kubelet into the bin dir.
+// TestKubeletBinary builds ./test/kubelet into the bin dir as
+// backhaul-test-kubelet.
 func TestKubeletBinary(ctx context.Context) (string, error) {
-	root, err := RepoRoot()
+	paths, err := buildBinaries(ctx, "./test/kubelet")
 	if err != nil {
 		return "", err
 	}
-	dir := os.Getenv(EnvBinDir)
-	if dir == "" {
-		dir = filepath.Join(root, "_output", "bin")
+	bin := filepath.Join(filepath.Dir(paths[0]), "backhaul-test-kubelet")
+	if err := os.Rename(paths[0], bin); err != nil {
+		return "", fmt.Errorf("build test kubelet: %w", err)
 	}
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", dir+"/backhaul-test-kubelet", "./test/kubelet")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build test kubelet: %w\n%s", err, out)
-	}
-	return filepath.Join(dir, "backhaul-test-kubelet"), nil
+	return bin, nil
 }
 
 // Kubelet is a test kubelet running in a namespace.

@@ -60,49 +60,21 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	code := func() int {
-		if os.Geteuid() != 0 {
-			setupErr = errors.New("skipping: these tests need root for network namespaces")
-			return m.Run()
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-		defer cancel()
-		var teardown func()
-		env, teardown, setupErr = setup(ctx)
-		defer teardown()
-		if setupErr != nil {
-			fmt.Fprintf(os.Stderr, "deploy e2e setup failed: %v\n", setupErr)
-			return 1
-		}
-		return m.Run()
-	}()
-	os.Exit(code)
+	os.Exit(harness.RunSuite(m, "deploy", 4*time.Minute, &env, &setupErr, setup))
 }
 
-func setup(ctx context.Context) (_ *environment, teardown func(), err error) {
+func setup(ctx context.Context, cl *harness.Cleanups) (_ *environment, err error) {
 	e := &environment{members: map[string]*harness.Member{}}
-	var cleanups []func()
-	teardown = func() {
-		for i := len(cleanups) - 1; i >= 0; i-- {
-			cleanups[i]()
-		}
-	}
-	defer func() {
-		if err != nil {
-			teardown()
-			teardown = func() {}
-		}
-	}()
 	if e.root, err = harness.RepoRoot(); err != nil {
-		return nil, teardown, err
+		return nil, err
 	}
 	if e.bins, err = harness.LocateBinaries(); err != nil {
-		return nil, teardown, fmt.Errorf("%w (run `make kube-bins deps`)", err)
+		return nil, fmt.Errorf("%w (run `make kube-bins deps`)", err)
 	}
 	if e.dir, err = os.MkdirTemp("", "backhaul-deploy-e2e-"); err != nil {
-		return nil, teardown, err
+		return nil, err
 	}
-	cleanups = append(cleanups, func() {
+	cl.Add(func() {
 		if os.Getenv("BACKHAUL_E2E_KEEP") == "" {
 			_ = os.RemoveAll(e.dir)
 		} else {
@@ -125,13 +97,13 @@ func setup(ctx context.Context) (_ *environment, teardown func(), err error) {
 	for i, n := range names {
 		if m := ms[i]; m != nil {
 			e.members[n] = m
-			cleanups = append(cleanups, func() { _ = m.Stop() })
+			cl.Add(func() { _ = m.Stop() })
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
-		return nil, teardown, err
+		return nil, err
 	}
-	return e, teardown, nil
+	return e, nil
 }
 
 func requireEnv(t *testing.T) *environment {

@@ -105,24 +105,32 @@ func TestCallerAuthorization(t *testing.T) {
 
 	t.Run("impersonation headers are stripped", func(t *testing.T) {
 		hdr := http.Header{"Impersonate-User": {"system:admin"}, "Impersonate-Group": {"system:masters"}}
-		code, body := e.gatewayDo(t, http.MethodPost, "/clusters/f1/apis/authentication.k8s.io/v1/selfsubjectreviews", alice, hdr,
-			`{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}`)
-		require.Equal(t, http.StatusCreated, code, body)
-		var ssr struct {
-			Status struct {
-				UserInfo struct {
-					Username string   `json:"username"`
-					Groups   []string `json:"groups"`
-				} `json:"userInfo"`
-			} `json:"status"`
-		}
-		require.NoError(t, json.Unmarshal([]byte(body), &ssr))
-		assert.Equal(t, saAlice, ssr.Status.UserInfo.Username)
-		assert.NotContains(t, ssr.Status.UserInfo.Groups, "system:masters")
+		user, groups := e.whoami(t, "f1", alice, hdr)
+		assert.Equal(t, saAlice, user)
+		assert.NotContains(t, groups, "system:masters")
 	})
 }
 
 // agentURLLocal is the tunnel endpoint as the root namespace reaches it.
 func (e *environment) agentURLLocal() string {
 	return strings.Replace(e.hub.URL, "https://", "wss://", 1)
+}
+
+// whoami asks member cluster, through the gateway with token (and extra
+// headers), who the caller is there: a SelfSubjectReview.
+func (e *environment) whoami(t *testing.T, cluster, token string, hdr http.Header) (user string, groups []string) {
+	t.Helper()
+	code, body := e.gatewayDo(t, http.MethodPost, "/clusters/"+cluster+"/apis/authentication.k8s.io/v1/selfsubjectreviews", token, hdr,
+		`{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}`)
+	require.Equal(t, http.StatusCreated, code, body)
+	var ssr struct {
+		Status struct {
+			UserInfo struct {
+				Username string   `json:"username"`
+				Groups   []string `json:"groups"`
+			} `json:"userInfo"`
+		} `json:"status"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(body), &ssr))
+	return ssr.Status.UserInfo.Username, ssr.Status.UserInfo.Groups
 }

@@ -64,23 +64,7 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	code := func() int {
-		if os.Geteuid() != 0 {
-			setupErr = fmt.Errorf("skipping: the fleet e2e suite needs root for network namespaces")
-			return m.Run()
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
-		defer cancel()
-		var teardown func()
-		env, teardown, setupErr = setup(ctx)
-		defer teardown()
-		if setupErr != nil {
-			fmt.Fprintf(os.Stderr, "fleet e2e setup failed: %v\n", setupErr)
-			return 1
-		}
-		return m.Run()
-	}()
-	os.Exit(code)
+	os.Exit(harness.RunSuite(m, "fleet", 6*time.Minute, &env, &setupErr, setup))
 }
 
 func requireEnv(t *testing.T) *environment {
@@ -91,42 +75,30 @@ func requireEnv(t *testing.T) *environment {
 	return env
 }
 
-func setup(ctx context.Context) (_ *environment, teardown func(), err error) {
+func setup(ctx context.Context, cl *harness.Cleanups) (_ *environment, err error) {
 	e := &environment{members: map[string]*harness.Member{}, agents: map[string]*harness.Process{},
 		tokens: map[string]string{}, onboardOut: map[string]string{}}
-	var cleanups []func()
-	teardown = func() {
-		for i := len(cleanups) - 1; i >= 0; i-- {
-			cleanups[i]()
-		}
-	}
-	defer func() {
-		if err != nil {
-			teardown()
-			teardown = func() {}
-		}
-	}()
 	if _, err := harness.CleanupStale(harness.NetnsPrefix + "f"); err != nil {
-		return nil, teardown, err
+		return nil, err
 	}
 	if e.root, err = harness.RepoRoot(); err != nil {
-		return nil, teardown, err
+		return nil, err
 	}
 	if e.bins, err = harness.LocateBinaries(); err != nil {
-		return nil, teardown, fmt.Errorf("%w (run `make kube-bins deps`)", err)
+		return nil, fmt.Errorf("%w (run `make kube-bins deps`)", err)
 	}
 	hubBin, agentBin, err := harness.BackhaulBinaries(ctx)
 	if err != nil {
-		return nil, teardown, err
+		return nil, err
 	}
 	e.agentBin = agentBin
 	if e.ctlBin, err = harness.CtlBinary(ctx); err != nil {
-		return nil, teardown, err
+		return nil, err
 	}
 	if e.dir, err = os.MkdirTemp("", "backhaul-fleet-"); err != nil {
-		return nil, teardown, err
+		return nil, err
 	}
-	cleanups = append(cleanups, func() {
+	cl.Add(func() {
 		if os.Getenv("BACKHAUL_E2E_KEEP") == "" {
 			_ = os.RemoveAll(e.dir)
 		} else {
@@ -136,9 +108,9 @@ func setup(ctx context.Context) (_ *environment, teardown func(), err error) {
 
 	// The host cluster trusts an OIDC issuer, as many do.
 	if e.oidc, err = startOIDC(e.dir, 50); err != nil {
-		return nil, teardown, err
+		return nil, err
 	}
-	cleanups = append(cleanups, func() { _ = e.oidc.srv.Close() })
+	cl.Add(func() { _ = e.oidc.srv.Close() })
 
 	// The host cluster and three members start together.
 	names := []string{"fh", "f1", "f2", "f3"}
@@ -159,30 +131,30 @@ func setup(ctx context.Context) (_ *environment, teardown func(), err error) {
 	wg.Wait()
 	for i := range names {
 		if m := ms[i]; m != nil {
-			cleanups = append(cleanups, func() { _ = m.Stop() })
+			cl.Add(func() { _ = m.Stop() })
 		}
 	}
 	for _, err := range errs {
 		if err != nil {
-			return nil, teardown, err
+			return nil, err
 		}
 	}
 	e.host = ms[0]
 	e.members["f1"], e.members["f2"], e.members["f3"] = ms[1], ms[2], ms[3]
 	if err := e.host.Netns.AllowInbound(harness.APIServerPort); err != nil {
-		return nil, teardown, err
+		return nil, err
 	}
 	e.hostKubeconfig = filepath.Join(e.dir, "host.kubeconfig")
 	if err := harness.WriteKubeconfig(e.hostKubeconfig, e.host.ExternalURL, e.host.CAPEM, e.host.AdminToken); err != nil {
-		return nil, teardown, err
+		return nil, err
 	}
 	if err := e.prepareHost(ctx); err != nil {
-		return nil, teardown, err
+		return nil, err
 	}
 
 	port, err := harness.FreePort()
 	if err != nil {
-		return nil, teardown, err
+		return nil, err
 	}
 	agentHost := e.members["f1"].Netns.HostIP.String()
 	e.agentURL = fmt.Sprintf("wss://%s:%d", agentHost, port)
@@ -203,12 +175,12 @@ func setup(ctx context.Context) (_ *environment, teardown func(), err error) {
 		},
 	})
 	if e.hub != nil {
-		cleanups = append(cleanups, e.hub.Stop)
+		cl.Add(e.hub.Stop)
 	}
 	if err != nil {
-		return nil, teardown, err
+		return nil, err
 	}
-	cleanups = append(cleanups, func() {
+	cl.Add(func() {
 		e.mu.Lock()
 		defer e.mu.Unlock()
 		for _, p := range e.agents {
@@ -217,7 +189,7 @@ func setup(ctx context.Context) (_ *environment, teardown func(), err error) {
 	})
 	for _, n := range memberNames {
 		if err := e.grantCallers(ctx, e.members[n]); err != nil {
-			return nil, teardown, err
+			return nil, err
 		}
 	}
 	// Onboard the members concurrently, as separate sites would.
@@ -231,9 +203,9 @@ func setup(ctx context.Context) (_ *environment, teardown func(), err error) {
 	}
 	wg.Wait()
 	if err := joinErrs(oerrs); err != nil {
-		return nil, teardown, err
+		return nil, err
 	}
-	return e, teardown, nil
+	return e, nil
 }
 
 func joinErrs(errs []error) error {

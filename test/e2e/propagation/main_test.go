@@ -23,11 +23,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -36,6 +34,7 @@ import (
 
 	"backhaul.io/backhaul/hub/propagation"
 	"backhaul.io/backhaul/pkg/apis/backhaul/v1alpha1"
+	apischeme "backhaul.io/backhaul/pkg/apis/scheme"
 	"backhaul.io/backhaul/test/harness"
 )
 
@@ -85,23 +84,7 @@ var (
 
 func TestMain(m *testing.M) {
 	flag.Parse()
-	code := func() int {
-		if os.Geteuid() != 0 {
-			setupErr = errors.New("skipping: the propagation suite needs root for network namespaces")
-			return m.Run()
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		var teardown func()
-		env, teardown, setupErr = setup(ctx)
-		defer teardown()
-		if setupErr != nil {
-			fmt.Fprintf(os.Stderr, "propagation e2e setup failed: %v\n", setupErr)
-			return 1
-		}
-		return m.Run()
-	}()
-	os.Exit(code)
+	os.Exit(harness.RunSuite(m, "propagation", 5*time.Minute, &env, &setupErr, setup))
 }
 
 func requireEnv(t *testing.T) *environment {
@@ -117,30 +100,18 @@ func requireEnv(t *testing.T) *environment {
 	return env
 }
 
-func setup(ctx context.Context) (_ *environment, teardown func(), err error) {
-	var cleanups []func()
-	teardown = func() {
-		for i := len(cleanups) - 1; i >= 0; i-- {
-			cleanups[i]()
-		}
-	}
-	defer func() {
-		if err != nil {
-			teardown()
-			teardown = func() {}
-		}
-	}()
+func setup(ctx context.Context, cl *harness.Cleanups) (_ *environment, err error) {
 	if _, err := harness.LocateBinaries(); err != nil {
-		return nil, teardown, fmt.Errorf("%w (run `make kube-bins deps`)", err)
+		return nil, fmt.Errorf("%w (run `make kube-bins deps`)", err)
 	}
 	if _, err := harness.CleanupStale(harness.NetnsPrefix); err != nil {
-		return nil, teardown, err
+		return nil, err
 	}
 	e := &environment{members: map[string]*harness.Member{}, memberDyn: map[string]*dynamic.DynamicClient{}}
 	if e.dir, err = os.MkdirTemp("", "backhaul-propagation-e2e-"); err != nil {
-		return nil, teardown, err
+		return nil, err
 	}
-	cleanups = append(cleanups, func() {
+	cl.Add(func() {
 		if os.Getenv("BACKHAUL_E2E_KEEP") == "" {
 			_ = os.RemoveAll(e.dir)
 		} else {
@@ -161,17 +132,17 @@ func setup(ctx context.Context) (_ *environment, teardown func(), err error) {
 	wg.Wait()
 	for _, m := range started {
 		if m != nil {
-			cleanups = append(cleanups, func() { _ = m.Stop() })
+			cl.Add(func() { _ = m.Stop() })
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
-		return nil, teardown, err
+		return nil, err
 	}
 	for i, m := range started {
 		// The controller runs in the root namespace and reaches every
 		// API server directly (standing in for the tunnels).
 		if err := m.Netns.AllowInbound(harness.APIServerPort); err != nil {
-			return nil, teardown, err
+			return nil, err
 		}
 		if i == 0 {
 			e.host = m
@@ -182,26 +153,23 @@ func setup(ctx context.Context) (_ *environment, teardown func(), err error) {
 
 	root, err := harness.RepoRoot()
 	if err != nil {
-		return nil, teardown, err
+		return nil, err
 	}
 	crds := filepath.Join(root, "deploy", "hub", "crds")
 	if _, stderr, err := e.host.Kubectl(ctx, "apply", "--server-side", "-f", crds); err != nil {
-		return nil, teardown, fmt.Errorf("install CRDs: %w: %s", err, stderr)
+		return nil, fmt.Errorf("install CRDs: %w: %s", err, stderr)
 	}
 	if _, stderr, err := e.host.Kubectl(ctx, "wait", "--for=condition=Established", "--timeout=60s",
 		"crd/clusters.backhaul.io", "crd/propagations.backhaul.io"); err != nil {
-		return nil, teardown, fmt.Errorf("wait for CRDs: %w: %s", err, stderr)
+		return nil, fmt.Errorf("wait for CRDs: %w: %s", err, stderr)
 	}
 
-	scheme := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(scheme); err != nil {
-		return nil, teardown, err
-	}
-	if err := v1alpha1.AddToScheme(scheme); err != nil {
-		return nil, teardown, err
+	scheme, err := apischeme.New()
+	if err != nil {
+		return nil, err
 	}
 	if e.hostClient, err = client.New(adminConfig(e.host), client.Options{Scheme: scheme}); err != nil {
-		return nil, teardown, err
+		return nil, err
 	}
 
 	e.switches = &switchedMembers{cfgs: map[string]*rest.Config{}, down: map[string]bool{}}
@@ -210,20 +178,20 @@ func setup(ctx context.Context) (_ *environment, teardown func(), err error) {
 		// What onboard.sh does: the hub's propagators may write anything.
 		if _, stderr, err := m.Kubectl(ctx, "create", "clusterrolebinding", "backhaul-propagators",
 			"--clusterrole=cluster-admin", "--group="+hubPusherGroup); err != nil {
-			return nil, teardown, fmt.Errorf("grant %s in %s: %w: %s", hubPusherGroup, n, err, stderr)
+			return nil, fmt.Errorf("grant %s in %s: %w: %s", hubPusherGroup, n, err, stderr)
 		}
 		if e.memberDyn[n], err = dynamic.NewForConfig(adminConfig(m)); err != nil {
-			return nil, teardown, err
+			return nil, err
 		}
 		cfg := adminConfig(m)
 		cfg.Impersonate = rest.ImpersonationConfig{UserName: hubUser, Groups: []string{hubPusherGroup}}
 		e.switches.cfgs[n] = cfg
 		c := &v1alpha1.Cluster{ObjectMeta: metav1.ObjectMeta{Name: n, Labels: map[string]string{e2eLabel: "propagation", "region": "r" + n[2:]}}}
 		if err := e.hostClient.Create(ctx, c); err != nil {
-			return nil, teardown, fmt.Errorf("create Cluster %s: %w", n, err)
+			return nil, fmt.Errorf("create Cluster %s: %w", n, err)
 		}
 		if err := e.setReady(ctx, n, true); err != nil {
-			return nil, teardown, err
+			return nil, err
 		}
 	}
 
@@ -231,9 +199,9 @@ func setup(ctx context.Context) (_ *environment, teardown func(), err error) {
 	e.logPath = filepath.Join(e.dir, "controller.log")
 	logFile, err := os.Create(e.logPath)
 	if err != nil {
-		return nil, teardown, err
+		return nil, err
 	}
-	cleanups = append(cleanups, func() { logFile.Close() })
+	cl.Add(func() { logFile.Close() })
 	log := hclog.New(&hclog.LoggerOptions{Name: "hub", Level: hclog.Debug, Output: logFile})
 	ctrllog.SetLogger(funcr.New(func(prefix, args string) { log.Named("controller-runtime").Info(prefix + " " + args) }, funcr.Options{}))
 
@@ -243,7 +211,7 @@ func setup(ctx context.Context) (_ *environment, teardown func(), err error) {
 		HealthProbeBindAddress: "0",
 	})
 	if err != nil {
-		return nil, teardown, err
+		return nil, err
 	}
 	opts := propagation.DefaultOptions()
 	opts.Log = log
@@ -254,12 +222,12 @@ func setup(ctx context.Context) (_ *environment, teardown func(), err error) {
 	}
 	opts.RetryMax = 5 * time.Second
 	if err := propagation.Setup(mgr, e.switches, opts); err != nil {
-		return nil, teardown, err
+		return nil, err
 	}
 	mctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- mgr.Start(mctx) }()
-	cleanups = append(cleanups, func() {
+	cl.Add(func() {
 		stop()
 		select {
 		case err := <-done:
@@ -273,9 +241,9 @@ func setup(ctx context.Context) (_ *environment, teardown func(), err error) {
 	syncCtx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	if !mgr.GetCache().WaitForCacheSync(syncCtx) {
-		return nil, teardown, errors.New("manager cache did not sync")
+		return nil, errors.New("manager cache did not sync")
 	}
-	return e, teardown, nil
+	return e, nil
 }
 
 // adminConfig reaches m directly from the root namespace as its admin.

@@ -1,0 +1,49 @@
+package harness
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+)
+
+// Cleanups collects teardown steps; Run calls them newest first.
+type Cleanups struct {
+	fns []func()
+}
+
+// Add registers f.
+func (c *Cleanups) Add(f func()) { c.fns = append(c.fns, f) }
+
+// Run calls every registered function, newest first, once.
+func (c *Cleanups) Run() {
+	for i := len(c.fns) - 1; i >= 0; i-- {
+		c.fns[i]()
+	}
+	c.fns = nil
+}
+
+// RunSuite is a TestMain for packages whose tests share one environment:
+// setup runs once within timeout, the tests run, and every cleanup setup
+// registered runs afterwards, also when setup failed half way. Without root
+// (no network namespaces) setup is skipped and *setupErr says why, so the
+// package's tests can t.Skip with it. It returns the exit code.
+func RunSuite[E any](m *testing.M, name string, timeout time.Duration, env *E, setupErr *error,
+	setup func(ctx context.Context, c *Cleanups) (E, error)) int {
+	if os.Geteuid() != 0 {
+		*setupErr = errors.New("skipping: the " + name + " suite needs root for network namespaces")
+		return m.Run()
+	}
+	var c Cleanups
+	defer c.Run()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	*env, *setupErr = setup(ctx, &c)
+	if *setupErr != nil {
+		fmt.Fprintf(os.Stderr, "%s e2e setup failed: %v\n", name, *setupErr)
+		return 1
+	}
+	return m.Run()
+}
