@@ -13,11 +13,11 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/httpstream"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/transport/spdy"
+	"k8s.io/streaming/pkg/httpstream"
 )
 
 // The exec and port-forward clients speak SPDY through client-go's
@@ -85,7 +85,7 @@ func (c *streamClient) dial(ctx context.Context, subresource, protocol string, p
 	if err != nil {
 		return nil, err
 	}
-	conn, got, err := spdy.Negotiate(c.upgrader, c.http, hreq, protocol)
+	conn, got, err := spdy.NegotiateStreaming(c.upgrader, c.http, hreq, protocol)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", subresource, err)
 	}
