@@ -273,15 +273,6 @@ func binaryMounts(path, target string) (opts []string, static bool, err error) {
 // lddPath matches the resolved path of one library in ldd's output.
 var lddPath = regexp.MustCompile(`=>\s+(/\S+)\s+\(0x`)
 
-// imageSize is an image's size as docker reports it (e.g. "31.2MB").
-func imageSize(ref string) string {
-	out, err := docker("image", "ls", "--format", "{{.Size}}", ref)
-	if err != nil || out == "" {
-		return "?"
-	}
-	return strings.Split(out, "\n")[0]
-}
-
 // publishedPort returns the host address docker published port on.
 func publishedPort(container, port string) (string, error) {
 	out, err := docker("port", container, port)
