@@ -1,6 +1,7 @@
 # Backhaul build, test and demo entry points. Everything a fresh machine
 # needs is installed or built here: Debian packages via apt-get, Go modules
-# via the module proxy, kube-apiserver and kubectl from k8s.io/kubernetes.
+# via the module proxy, kube-apiserver and kubectl from k8s.io/kubernetes,
+# staticcheck from honnef.co/go/tools.
 
 SHELL       := /bin/bash
 OUT         := $(CURDIR)/_output
@@ -121,9 +122,19 @@ fuzz:
 fuzz-short:
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZTIME_SHORT)
 
-lint:
+## lint: gofmt, go vet and staticcheck over the whole module
+lint: $(BIN)/staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi
 	go vet ./...
+	$(BIN)/staticcheck ./...
+
+# staticcheck is pinned in its own module (test/tools/staticcheck) like the
+# kube binaries, so it stays out of Backhaul's go.mod and is rebuilt only
+# when that pin changes.
+$(BIN)/staticcheck: test/tools/staticcheck/go.mod test/tools/staticcheck/go.sum
+	@mkdir -p $(BIN)
+	cd test/tools/staticcheck && go build -trimpath -o $(BIN)/staticcheck honnef.co/go/tools/cmd/staticcheck
+	@touch $(BIN)/staticcheck
 
 clean:
 	rm -rf $(OUT)
