@@ -88,12 +88,8 @@ func (r *reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	if p.DeletionTimestamp != nil {
 		return r.finalize(ctx, &p)
 	}
-	if !controllerutil.ContainsFinalizer(&p, Finalizer) {
-		patch := client.MergeFromWithOptions(p.DeepCopy(), client.MergeFromWithOptimisticLock{})
-		controllerutil.AddFinalizer(&p, Finalizer)
-		if err := r.host.Patch(ctx, &p, patch); err != nil {
-			return reconcile.Result{}, fmt.Errorf("add finalizer: %w", err)
-		}
+	if err := r.addFinalizer(ctx, &p); err != nil {
+		return reconcile.Result{}, err
 	}
 	clusters, err := r.clusters(ctx)
 	if err != nil {
@@ -105,50 +101,108 @@ func (r *reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		r.log.Warn("invalid propagation", "propagation", key, "error", err)
 		return reconcile.Result{}, r.writeStatus(ctx, &p, invalidStatus(&p, err))
 	}
-	targets := place(pl.placement, clusters)
-	replicas := divide(pl.division, pl.weights, targets)
-	placed := make(map[string]bool, len(targets))
-	for _, t := range targets {
-		placed[t.name] = true
-	}
-	var leaving []target
-	for _, e := range p.Status.Clusters {
-		if !placed[e.Cluster] {
-			leaving = append(leaving, target{name: e.Cluster, cluster: clusters.byName(e.Cluster)})
-		}
-	}
+	s := newPass(pl, &p, clusters)
 	// Index before looking at connectivity: a tunnel coming up from now on
 	// wakes this Propagation.
-	r.index.set(key, targetNames(targets, leaving))
+	r.index.set(key, targetNames(s.targets, s.leaving))
 	// Once per resync period everything is re-applied; in between only
 	// what changed. The resync requeue arrives a period after the last
 	// reconcile; 90% leaves room for its jitter.
-	full := r.applied.resyncDue(key, r.now(), r.opts.Resync*9/10)
+	s.full = r.applied.resyncDue(key, r.now(), r.opts.Resync*9/10)
 
-	entries := make([]*v1alpha1.ClusterPropagationStatus, len(targets)+len(leaving))
-	errs := make([]error, len(entries))
-	r.parallel(len(entries), func(i int) {
-		if i < len(targets) {
-			entries[i], errs[i] = r.sync(ctx, pl, &p, targets[i], replicas, full)
-		} else {
-			entries[i] = r.leave(ctx, pl, &p, leaving[i-len(targets)])
-		}
-	})
-	var kept []v1alpha1.ClusterPropagationStatus
-	failures := map[string]string{}
-	missingKindOnly := true
-	for i, e := range entries {
-		if e == nil {
-			continue
-		}
-		kept = append(kept, *e)
-		if e.State == v1alpha1.StateFailed {
-			failures[e.Cluster] = e.Message
-			missingKindOnly = missingKindOnly && meta.IsNoMatchError(errs[i])
+	results := r.syncAll(ctx, s)
+	if err := r.writeStatus(ctx, &p, summarize(&p, kept(results), s.placed)); err != nil {
+		return reconcile.Result{}, err
+	}
+	return r.next(results)
+}
+
+// addFinalizer holds p until its copies are deleted from the members.
+func (r *reconciler) addFinalizer(ctx context.Context, p *v1alpha1.Propagation) error {
+	if controllerutil.ContainsFinalizer(p, Finalizer) {
+		return nil
+	}
+	patch := client.MergeFromWithOptions(p.DeepCopy(), client.MergeFromWithOptimisticLock{})
+	controllerutil.AddFinalizer(p, Finalizer)
+	if err := r.host.Patch(ctx, p, patch); err != nil {
+		return fmt.Errorf("add finalizer: %w", err)
+	}
+	return nil
+}
+
+// pass is one reconcile of a Propagation that is not being deleted: what
+// the syncs of its clusters share.
+type pass struct {
+	pl *plan
+	p  *v1alpha1.Propagation
+	// targets are the clusters the placement holds; leaving are those its
+	// status still lists that the placement no longer holds.
+	targets, leaving []target
+	placed           map[string]bool
+	// replicas is each target's share; nil without a replica division.
+	replicas map[string]int32
+	// full re-applies even what is unchanged since it was last applied.
+	full bool
+}
+
+// newPass places p, compiled as pl, on clusters and divides its replicas.
+func newPass(pl *plan, p *v1alpha1.Propagation, clusters clusterList) *pass {
+	s := &pass{pl: pl, p: p, targets: place(pl.placement, clusters)}
+	s.replicas = divide(pl.division, pl.weights, s.targets)
+	s.placed = make(map[string]bool, len(s.targets))
+	for _, t := range s.targets {
+		s.placed[t.name] = true
+	}
+	for _, e := range p.Status.Clusters {
+		if !s.placed[e.Cluster] {
+			s.leaving = append(s.leaving, target{name: e.Cluster, cluster: clusters.byName(e.Cluster)})
 		}
 	}
-	if err := r.writeStatus(ctx, &p, summarize(&p, kept, placed)); err != nil {
-		return reconcile.Result{}, err
+	return s
+}
+
+// synced is what a reconcile did in one cluster: its status entry (nil
+// when status keeps none) and the error that made it Failed.
+type synced struct {
+	entry *v1alpha1.ClusterPropagationStatus
+	err   error
+}
+
+// syncAll syncs the targets and removes the copies from the clusters
+// leaving, ClusterParallelism clusters at a time.
+func (r *reconciler) syncAll(ctx context.Context, s *pass) []synced {
+	out := make([]synced, len(s.targets)+len(s.leaving))
+	r.parallel(len(out), func(i int) {
+		if i < len(s.targets) {
+			out[i].entry, out[i].err = r.sync(ctx, s, s.targets[i])
+		} else {
+			out[i].entry = r.leave(ctx, s.pl, s.p, s.leaving[i-len(s.targets)])
+		}
+	})
+	return out
+}
+
+// kept returns the status entries of results, in order.
+func kept(results []synced) []v1alpha1.ClusterPropagationStatus {
+	var out []v1alpha1.ClusterPropagationStatus
+	for _, res := range results {
+		if res.entry != nil {
+			out = append(out, *res.entry)
+		}
+	}
+	return out
+}
+
+// next says when to reconcile again after results, whose status is
+// written.
+func (r *reconciler) next(results []synced) (reconcile.Result, error) {
+	failures := map[string]string{}
+	missingKindOnly := true
+	for _, res := range results {
+		if e := res.entry; e != nil && e.State == v1alpha1.StateFailed {
+			failures[e.Cluster] = e.Message
+			missingKindOnly = missingKindOnly && meta.IsNoMatchError(res.err)
+		}
 	}
 	switch {
 	case len(failures) == 0:
@@ -160,92 +214,6 @@ func (r *reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	default:
 		return reconcile.Result{}, &SyncError{Failures: failures}
 	}
-}
-
-// sync brings cluster t up to date and returns its status entry, and the
-// error that made it Failed. Unless full, an object applied before and
-// unchanged since is not written again.
-func (r *reconciler) sync(ctx context.Context, pl *plan, p *v1alpha1.Propagation, t target, replicas map[string]int32, full bool) (*v1alpha1.ClusterPropagationStatus, error) {
-	prev := entryFor(&p.Status, t.name)
-	e := &v1alpha1.ClusterPropagationStatus{Cluster: t.name, State: v1alpha1.StatePending}
-	if prev != nil {
-		e.ObservedGeneration = prev.ObservedGeneration
-	}
-	var share *int32
-	if replicas != nil {
-		n := replicas[t.name]
-		share = &n
-		e.Replicas = share
-	}
-	switch {
-	case t.cluster == nil:
-		e.Message = fmt.Sprintf("cluster %s is not registered", t.name)
-		return e, nil
-	case !r.members.Connected(t.name):
-		// Nothing is written, updated or deleted while the tunnel is down;
-		// the current generation goes out when it returns.
-		e.Message = fmt.Sprintf("cluster %s is not connected", t.name)
-		return e, nil
-	case pl.division != nil && !t.ready():
-		// Its share moved to the Ready clusters; its copy keeps running
-		// untouched until it is Ready again.
-		e.Message = fmt.Sprintf("cluster %s is not Ready; its replicas moved to the other clusters", t.name)
-		return e, nil
-	case prev != nil && prev.ObservedGeneration > p.Generation:
-		// The cache is behind what we already applied: never write an
-		// older generation. The newer one is on its way.
-		return prev.DeepCopy(), nil
-	}
-	fail := func(err error) (*v1alpha1.ClusterPropagationStatus, error) {
-		r.applied.forget(t.name, pl.key)
-		e.State, e.Message = v1alpha1.StateFailed, truncate(err.Error(), maxMessage)
-		// Say it once; retries that fail the same way are routine.
-		logf := r.log.Debug
-		if prev == nil || prev.State != v1alpha1.StateFailed || prev.Message != e.Message {
-			logf = r.log.Warn
-		}
-		logf("apply failed", "propagation", pl.key, "cluster", t.name, "generation", p.Generation, "error", err)
-		return e, err
-	}
-	ctx, cancel := context.WithTimeout(ctx, r.opts.MemberTimeout)
-	defer cancel()
-	m, err := r.clients.get(t.name)
-	if err != nil {
-		return fail(err)
-	}
-	mp, err := m.Mapping(pl.gvk)
-	if err != nil {
-		return fail(err)
-	}
-	obj, err := pl.render(t, mp.Scope.Name() == meta.RESTScopeNameNamespace, share)
-	if err != nil {
-		return fail(err)
-	}
-	if gvk := obj.GroupVersionKind(); gvk != pl.gvk { // an override changed it
-		if mp, err = m.Mapping(gvk); err != nil {
-			return fail(err)
-		}
-	}
-	d, err := digest(obj)
-	if err != nil {
-		return fail(err)
-	}
-	if rec, ok := r.applied.get(t.name, pl.key); ok && !full && rec.digest == d &&
-		prev != nil && prev.ObservedGeneration == p.Generation {
-		// This very object was applied there (the cluster may have been
-		// Pending since, while its tunnel was down): this reconcile came
-		// from an event that changed nothing for this cluster. The resync
-		// re-applies.
-		e.State, e.ObservedGeneration = v1alpha1.StateApplied, p.Generation
-		return e, nil
-	}
-	if err := m.Apply(ctx, mp, obj); err != nil {
-		return fail(err)
-	}
-	r.applied.put(t.name, pl.key, appliedRecord{digest: d})
-	r.log.Trace("applied", "propagation", pl.key, "cluster", t.name, "generation", p.Generation)
-	e.State, e.ObservedGeneration = v1alpha1.StateApplied, p.Generation
-	return e, nil
 }
 
 // writeStatus patches p's status to st unless it is unchanged.
