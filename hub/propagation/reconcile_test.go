@@ -1,137 +1,21 @@
 package propagation
 
 import (
-	"context"
 	"errors"
-	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation/field"
-	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
-	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"backhaul.io/backhaul/pkg/apis/backhaul/v1alpha1"
-	"backhaul.io/backhaul/pkg/testutil"
 )
-
-const configMap = `{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"cfg"},"data":{"k":"v1"}}`
-
-// env is a host (controller-runtime fake client) and in-memory members
-// around a reconciler, driven by calling Reconcile directly.
-type env struct {
-	t    *testing.T
-	ctx  context.Context
-	host client.Client
-	fm   *fakeMembers
-	r    *reconciler
-	now  time.Time
-}
-
-func newEnv(t *testing.T, clusters ...v1alpha1.Cluster) *env {
-	t.Helper()
-	scheme := runtime.NewScheme()
-	if err := v1alpha1.AddToScheme(scheme); err != nil {
-		t.Fatal(err)
-	}
-	b := fake.NewClientBuilder().WithScheme(scheme).WithStatusSubresource(&v1alpha1.Propagation{}, &v1alpha1.Cluster{})
-	var names []string
-	for i := range clusters {
-		b = b.WithObjects(&clusters[i])
-		names = append(names, clusters[i].Name)
-	}
-	e := &env{t: t, ctx: context.Background(), host: b.Build(), fm: newFakeMembers(names...), now: time.Unix(1_700_000_000, 0)}
-	opts := DefaultOptions()
-	opts.Log = testutil.Logger(t)
-	e.r = newReconciler(e.host, e.fm, e.fm, opts.withDefaults())
-	e.r.now = func() time.Time { return e.now }
-	e.fm.Watch(e.r.memberChanged)
-	return e
-}
-
-func (e *env) create(p *v1alpha1.Propagation) types.NamespacedName {
-	e.t.Helper()
-	gen := p.Generation
-	if err := e.host.Create(e.ctx, p); err != nil {
-		e.t.Fatal(err)
-	}
-	e.setGeneration(p, gen)
-	return types.NamespacedName{Namespace: p.Namespace, Name: p.Name}
-}
-
-// setGeneration stands in for the API server, which bumps generation on
-// spec changes (the fake client does not).
-func (e *env) setGeneration(p *v1alpha1.Propagation, gen int64) {
-	e.t.Helper()
-	cur := e.get(types.NamespacedName{Namespace: p.Namespace, Name: p.Name})
-	cur.Generation = gen
-	if err := e.host.Update(e.ctx, cur); err != nil {
-		e.t.Fatal(err)
-	}
-}
-
-func (e *env) update(key types.NamespacedName, mutate func(*v1alpha1.Propagation)) {
-	e.t.Helper()
-	p := e.get(key)
-	mutate(p)
-	p.Generation++
-	if err := e.host.Update(e.ctx, p); err != nil {
-		e.t.Fatal(err)
-	}
-}
-
-func (e *env) get(key types.NamespacedName) *v1alpha1.Propagation {
-	e.t.Helper()
-	var p v1alpha1.Propagation
-	if err := e.host.Get(e.ctx, key, &p); err != nil {
-		e.t.Fatal(err)
-	}
-	return &p
-}
-
-func (e *env) reconcile(key types.NamespacedName) (reconcile.Result, error) {
-	return e.r.Reconcile(e.ctx, reconcile.Request{NamespacedName: key})
-}
-
-func (e *env) mustReconcile(key types.NamespacedName) reconcile.Result {
-	e.t.Helper()
-	res, err := e.reconcile(key)
-	if err != nil {
-		e.t.Fatalf("reconcile: %v", err)
-	}
-	return res
-}
-
-// states renders the per-cluster status as "a=Applied/2 b=Pending/0".
-func states(p *v1alpha1.Propagation) string {
-	var out []string
-	for _, c := range p.Status.Clusters {
-		out = append(out, c.Cluster+"="+c.State+"/"+itoa(c.ObservedGeneration))
-	}
-	return strings.Join(out, " ")
-}
-
-func itoa(n int64) string { return strconv.FormatInt(n, 10) }
-
-func cmProp(mutate ...func(*v1alpha1.Propagation)) *v1alpha1.Propagation {
-	p := newProp(configMap)
-	p.Name = "cfg"
-	p.Generation = 1
-	for _, m := range mutate {
-		m(p)
-	}
-	return p
-}
 
 func TestReconcileAppliesAndWaitsForOfflineClusters(t *testing.T) {
 	e := newEnv(t, cluster("a", nil, true), cluster("b", nil, true))
@@ -344,106 +228,6 @@ func TestReconcileDividesReplicas(t *testing.T) {
 	st := p.Status.Clusters[2]
 	if st.State != v1alpha1.StatePending || st.Replicas == nil || *st.Replicas != 0 || !strings.Contains(st.Message, "not Ready") {
 		t.Fatalf("c status %+v", st)
-	}
-}
-
-func TestReconcileLeavingPlacementDeletesOwnedCopies(t *testing.T) {
-	e := newEnv(t, cluster("a", nil, true), cluster("b", nil, true), cluster("c", nil, true))
-	key := e.create(cmProp(func(p *v1alpha1.Propagation) { p.Spec.Placement.Clusters = []string{"a", "b", "c"} }))
-	e.mustReconcile(key)
-
-	// c's copy was replaced by someone else's object: not ours to delete.
-	foreign := e.fm.member("c").object("ConfigMap", "apps", "cfg")
-	foreign.SetAnnotations(nil)
-	foreign.SetLabels(nil)
-	e.fm.member("c").put(foreign)
-	// b is offline when it leaves: its copy goes when it returns.
-	e.fm.setConnected("b", false)
-
-	e.update(key, func(p *v1alpha1.Propagation) { p.Spec.Placement.Clusters = []string{"a"} })
-	e.mustReconcile(key)
-	p := e.get(key)
-	if got := states(p); got != "a=Applied/2 b=Pending/1" {
-		t.Fatalf("states %s", got)
-	}
-	if p.Status.TotalClusters != 1 || p.Status.ReadyClusters != 1 {
-		t.Errorf("ready %d/%d, want 1/1", p.Status.ReadyClusters, p.Status.TotalClusters)
-	}
-	if e.fm.member("c").object("ConfigMap", "apps", "cfg") == nil {
-		t.Error("deleted an object the propagation does not own")
-	}
-	if e.fm.member("b").object("ConfigMap", "apps", "cfg") == nil {
-		t.Fatal("b's copy vanished while offline")
-	}
-	e.fm.setConnected("b", true)
-	e.mustReconcile(key)
-	if e.fm.member("b").object("ConfigMap", "apps", "cfg") != nil {
-		t.Fatal("b's copy not deleted after it returned")
-	}
-	if got := states(e.get(key)); got != "a=Applied/2" {
-		t.Fatalf("states %s", got)
-	}
-}
-
-func TestFinalizeWaitsForOfflineClusters(t *testing.T) {
-	e := newEnv(t, cluster("a", nil, true), cluster("b", nil, true), cluster("c", nil, true))
-	key := e.create(cmProp(func(p *v1alpha1.Propagation) { p.Spec.Placement.Clusters = []string{"a", "b", "c"} }))
-	e.fm.setConnected("c", false) // c never got a copy
-	e.mustReconcile(key)
-	e.fm.setConnected("b", false) // b holds one
-
-	if err := e.host.Delete(e.ctx, e.get(key)); err != nil {
-		t.Fatal(err)
-	}
-	e.mustReconcile(key)
-	if e.fm.member("a").object("ConfigMap", "apps", "cfg") != nil {
-		t.Error("a's copy not deleted")
-	}
-	p := e.get(key)
-	if !controllerutil.ContainsFinalizer(p, Finalizer) {
-		t.Fatal("finalizer removed while b still holds a copy")
-	}
-	c := meta.FindStatusCondition(p.Status.Conditions, v1alpha1.PropagationReady)
-	if c.Reason != ReasonDeleting || !strings.Contains(c.Message, "b (cluster b is not connected") || strings.Contains(c.Message, "c (") {
-		t.Errorf("Ready %+v", c)
-	}
-
-	// b's Cluster is deleted: nothing more can be done there.
-	var b v1alpha1.Cluster
-	if err := e.host.Get(e.ctx, types.NamespacedName{Name: "b"}, &b); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.host.Delete(e.ctx, &b); err != nil {
-		t.Fatal(err)
-	}
-	e.mustReconcile(key)
-	if err := e.host.Get(e.ctx, key, &v1alpha1.Propagation{}); !apierrors.IsNotFound(err) {
-		t.Fatalf("propagation still there: %v", err)
-	}
-	if got := e.r.index.lookup("a"); len(got) != 0 {
-		t.Errorf("index keeps %v", got)
-	}
-}
-
-func TestFinalizeDeletesWhenTheClusterReturns(t *testing.T) {
-	e := newEnv(t, cluster("a", nil, true))
-	key := e.create(cmProp(func(p *v1alpha1.Propagation) { p.Spec.Placement.Clusters = []string{"a"} }))
-	e.mustReconcile(key)
-	e.fm.setConnected("a", false)
-	if err := e.host.Delete(e.ctx, e.get(key)); err != nil {
-		t.Fatal(err)
-	}
-	e.mustReconcile(key)
-	if !controllerutil.ContainsFinalizer(e.get(key), Finalizer) {
-		t.Fatal("finalizer removed while a is offline")
-	}
-	e.fm.setConnected("a", true)
-	e.mustReconcile(key)
-	if e.fm.member("a").object("ConfigMap", "apps", "cfg") != nil {
-		t.Error("copy not deleted")
-	}
-	if err := e.host.Get(e.ctx, key, &v1alpha1.Propagation{}); !apierrors.IsNotFound(err) {
-		t.Fatalf("propagation still there: %v", err)
 	}
 }
 
