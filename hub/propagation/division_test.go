@@ -9,131 +9,133 @@ import (
 
 func i32(v int32) *int32 { return &v }
 
+// divideTests are worked examples of the rule documented on Divide.
+var divideTests = []struct {
+	name   string
+	total  int32
+	shares []Share
+	want   map[string]int32
+}{
+	{
+		name:   "10 over 2:1:1 gives 5/3/2, the tie going to the first name",
+		total:  10,
+		shares: []Share{{Cluster: "a", Weight: 2}, {Cluster: "b", Weight: 1}, {Cluster: "c", Weight: 1}},
+		want:   map[string]int32{"a": 5, "b": 3, "c": 2},
+	},
+	{
+		name:   "input order does not matter",
+		total:  10,
+		shares: []Share{{Cluster: "c", Weight: 1}, {Cluster: "a", Weight: 2}, {Cluster: "b", Weight: 1}},
+		want:   map[string]int32{"a": 5, "b": 3, "c": 2},
+	},
+	{
+		name:   "10 over 2:1 (a cluster not Ready left out)",
+		total:  10,
+		shares: []Share{{Cluster: "a", Weight: 2}, {Cluster: "b", Weight: 1}},
+		want:   map[string]int32{"a": 7, "b": 3},
+	},
+	{
+		name:   "even split",
+		total:  9,
+		shares: []Share{{Cluster: "a", Weight: 1}, {Cluster: "b", Weight: 1}, {Cluster: "c", Weight: 1}},
+		want:   map[string]int32{"a": 3, "b": 3, "c": 3},
+	},
+	{
+		name:   "largest remainder beats name order",
+		total:  10,
+		shares: []Share{{Cluster: "a", Weight: 1}, {Cluster: "b", Weight: 2}, {Cluster: "c", Weight: 4}},
+		// quotas 1.43, 2.86, 5.71: floors 1, 2, 5; two left go to b (.86) and c (.71)
+		want: map[string]int32{"a": 1, "b": 3, "c": 6},
+	},
+	{
+		name:   "zero total",
+		total:  0,
+		shares: []Share{{Cluster: "a", Weight: 1}},
+		want:   map[string]int32{"a": 0},
+	},
+	{
+		name:  "no shares",
+		total: 5,
+		want:  map[string]int32{},
+	},
+	{
+		name:   "max caps and the rest moves on",
+		total:  10,
+		shares: []Share{{Cluster: "a", Weight: 2, Max: i32(2)}, {Cluster: "b", Weight: 1}, {Cluster: "c", Weight: 1}},
+		want:   map[string]int32{"a": 2, "b": 4, "c": 4},
+	},
+	{
+		name:   "min lifts a small share",
+		total:  10,
+		shares: []Share{{Cluster: "a", Weight: 8}, {Cluster: "b", Weight: 1, Min: 3}, {Cluster: "c", Weight: 1}},
+		// b pinned at 3; a and c split 7 as 8:1 → 6.22, 0.78
+		want: map[string]int32{"a": 6, "b": 3, "c": 1},
+	},
+	{
+		name:   "min released once the level passes it",
+		total:  10,
+		shares: []Share{{Cluster: "a", Weight: 1, Max: i32(1)}, {Cluster: "b", Weight: 1, Min: 4}, {Cluster: "c", Weight: 1}},
+		// water level 4.5: a 1, b 4.5, c 4.5 → the tie goes to b
+		want: map[string]int32{"a": 1, "b": 5, "c": 4},
+	},
+	{
+		name:   "maximums below the total: everyone full, the rest undivided",
+		total:  10,
+		shares: []Share{{Cluster: "a", Weight: 1, Max: i32(2)}, {Cluster: "b", Weight: 1, Max: i32(3)}},
+		want:   map[string]int32{"a": 2, "b": 3},
+	},
+	{
+		name:   "minimums above the total: split in proportion to them",
+		total:  4,
+		shares: []Share{{Cluster: "a", Weight: 1, Min: 3}, {Cluster: "b", Weight: 5, Min: 3}},
+		want:   map[string]int32{"a": 2, "b": 2},
+	},
+	{
+		name:   "weight 0 gets its min only",
+		total:  10,
+		shares: []Share{{Cluster: "a", Weight: 1}, {Cluster: "b", Weight: 0, Min: 2}},
+		want:   map[string]int32{"a": 8, "b": 2},
+	},
+	{
+		name:   "weight 0 takes what the weighted clusters cannot hold",
+		total:  10,
+		shares: []Share{{Cluster: "a", Weight: 1, Max: i32(4)}, {Cluster: "b", Weight: 0}, {Cluster: "c", Weight: 0}},
+		want:   map[string]int32{"a": 4, "b": 3, "c": 3},
+	},
+	{
+		name:   "all weights 0: even split",
+		total:  5,
+		shares: []Share{{Cluster: "a"}, {Cluster: "b"}},
+		want:   map[string]int32{"a": 3, "b": 2},
+	},
+	{
+		name:   "min above max: max wins",
+		total:  10,
+		shares: []Share{{Cluster: "a", Weight: 1, Min: 5, Max: i32(2)}, {Cluster: "b", Weight: 1}},
+		want:   map[string]int32{"a": 2, "b": 8},
+	},
+	{
+		name:   "pinned min == max",
+		total:  10,
+		shares: []Share{{Cluster: "a", Weight: 1, Min: 3, Max: i32(3)}, {Cluster: "b", Weight: 1}},
+		want:   map[string]int32{"a": 3, "b": 7},
+	},
+	{
+		name:   "max 0 excludes a cluster",
+		total:  6,
+		shares: []Share{{Cluster: "a", Weight: 5, Max: i32(0)}, {Cluster: "b", Weight: 1}, {Cluster: "c", Weight: 1}},
+		want:   map[string]int32{"a": 0, "b": 3, "c": 3},
+	},
+	{
+		name:   "large numbers stay exact",
+		total:  math.MaxInt32,
+		shares: []Share{{Cluster: "a", Weight: math.MaxInt32}, {Cluster: "b", Weight: math.MaxInt32}},
+		want:   map[string]int32{"a": math.MaxInt32/2 + 1, "b": math.MaxInt32 / 2},
+	},
+}
+
 func TestDivide(t *testing.T) {
-	tests := []struct {
-		name   string
-		total  int32
-		shares []Share
-		want   map[string]int32
-	}{
-		{
-			name:   "10 over 2:1:1 gives 5/3/2, the tie going to the first name",
-			total:  10,
-			shares: []Share{{Cluster: "a", Weight: 2}, {Cluster: "b", Weight: 1}, {Cluster: "c", Weight: 1}},
-			want:   map[string]int32{"a": 5, "b": 3, "c": 2},
-		},
-		{
-			name:   "input order does not matter",
-			total:  10,
-			shares: []Share{{Cluster: "c", Weight: 1}, {Cluster: "a", Weight: 2}, {Cluster: "b", Weight: 1}},
-			want:   map[string]int32{"a": 5, "b": 3, "c": 2},
-		},
-		{
-			name:   "10 over 2:1 (a cluster not Ready left out)",
-			total:  10,
-			shares: []Share{{Cluster: "a", Weight: 2}, {Cluster: "b", Weight: 1}},
-			want:   map[string]int32{"a": 7, "b": 3},
-		},
-		{
-			name:   "even split",
-			total:  9,
-			shares: []Share{{Cluster: "a", Weight: 1}, {Cluster: "b", Weight: 1}, {Cluster: "c", Weight: 1}},
-			want:   map[string]int32{"a": 3, "b": 3, "c": 3},
-		},
-		{
-			name:   "largest remainder beats name order",
-			total:  10,
-			shares: []Share{{Cluster: "a", Weight: 1}, {Cluster: "b", Weight: 2}, {Cluster: "c", Weight: 4}},
-			// quotas 1.43, 2.86, 5.71: floors 1, 2, 5; two left go to b (.86) and c (.71)
-			want: map[string]int32{"a": 1, "b": 3, "c": 6},
-		},
-		{
-			name:   "zero total",
-			total:  0,
-			shares: []Share{{Cluster: "a", Weight: 1}},
-			want:   map[string]int32{"a": 0},
-		},
-		{
-			name:  "no shares",
-			total: 5,
-			want:  map[string]int32{},
-		},
-		{
-			name:   "max caps and the rest moves on",
-			total:  10,
-			shares: []Share{{Cluster: "a", Weight: 2, Max: i32(2)}, {Cluster: "b", Weight: 1}, {Cluster: "c", Weight: 1}},
-			want:   map[string]int32{"a": 2, "b": 4, "c": 4},
-		},
-		{
-			name:   "min lifts a small share",
-			total:  10,
-			shares: []Share{{Cluster: "a", Weight: 8}, {Cluster: "b", Weight: 1, Min: 3}, {Cluster: "c", Weight: 1}},
-			// b pinned at 3; a and c split 7 as 8:1 → 6.22, 0.78
-			want: map[string]int32{"a": 6, "b": 3, "c": 1},
-		},
-		{
-			name:   "min released once the level passes it",
-			total:  10,
-			shares: []Share{{Cluster: "a", Weight: 1, Max: i32(1)}, {Cluster: "b", Weight: 1, Min: 4}, {Cluster: "c", Weight: 1}},
-			// water level 4.5: a 1, b 4.5, c 4.5 → the tie goes to b
-			want: map[string]int32{"a": 1, "b": 5, "c": 4},
-		},
-		{
-			name:   "maximums below the total: everyone full, the rest undivided",
-			total:  10,
-			shares: []Share{{Cluster: "a", Weight: 1, Max: i32(2)}, {Cluster: "b", Weight: 1, Max: i32(3)}},
-			want:   map[string]int32{"a": 2, "b": 3},
-		},
-		{
-			name:   "minimums above the total: split in proportion to them",
-			total:  4,
-			shares: []Share{{Cluster: "a", Weight: 1, Min: 3}, {Cluster: "b", Weight: 5, Min: 3}},
-			want:   map[string]int32{"a": 2, "b": 2},
-		},
-		{
-			name:   "weight 0 gets its min only",
-			total:  10,
-			shares: []Share{{Cluster: "a", Weight: 1}, {Cluster: "b", Weight: 0, Min: 2}},
-			want:   map[string]int32{"a": 8, "b": 2},
-		},
-		{
-			name:   "weight 0 takes what the weighted clusters cannot hold",
-			total:  10,
-			shares: []Share{{Cluster: "a", Weight: 1, Max: i32(4)}, {Cluster: "b", Weight: 0}, {Cluster: "c", Weight: 0}},
-			want:   map[string]int32{"a": 4, "b": 3, "c": 3},
-		},
-		{
-			name:   "all weights 0: even split",
-			total:  5,
-			shares: []Share{{Cluster: "a"}, {Cluster: "b"}},
-			want:   map[string]int32{"a": 3, "b": 2},
-		},
-		{
-			name:   "min above max: max wins",
-			total:  10,
-			shares: []Share{{Cluster: "a", Weight: 1, Min: 5, Max: i32(2)}, {Cluster: "b", Weight: 1}},
-			want:   map[string]int32{"a": 2, "b": 8},
-		},
-		{
-			name:   "pinned min == max",
-			total:  10,
-			shares: []Share{{Cluster: "a", Weight: 1, Min: 3, Max: i32(3)}, {Cluster: "b", Weight: 1}},
-			want:   map[string]int32{"a": 3, "b": 7},
-		},
-		{
-			name:   "max 0 excludes a cluster",
-			total:  6,
-			shares: []Share{{Cluster: "a", Weight: 5, Max: i32(0)}, {Cluster: "b", Weight: 1}, {Cluster: "c", Weight: 1}},
-			want:   map[string]int32{"a": 0, "b": 3, "c": 3},
-		},
-		{
-			name:   "large numbers stay exact",
-			total:  math.MaxInt32,
-			shares: []Share{{Cluster: "a", Weight: math.MaxInt32}, {Cluster: "b", Weight: math.MaxInt32}},
-			want:   map[string]int32{"a": math.MaxInt32/2 + 1, "b": math.MaxInt32 / 2},
-		},
-	}
-	for _, tc := range tests {
+	for _, tc := range divideTests {
 		t.Run(tc.name, func(t *testing.T) {
 			got := Divide(tc.total, tc.shares)
 			if fmt.Sprint(got) != fmt.Sprint(tc.want) {

@@ -58,149 +58,154 @@ func cluster(name string, lbls map[string]string, ready bool) v1alpha1.Cluster {
 	return c
 }
 
+// The clusters renderTests render for: a at the edge, b in the core.
+var (
+	renderA = cluster("a", map[string]string{"tier": "edge"}, true)
+	renderB = cluster("b", map[string]string{"tier": "core"}, true)
+)
+
+var renderTests = []struct {
+	name       string
+	prop       *v1alpha1.Propagation
+	target     target
+	namespaced bool
+	replicas   *int32
+	check      func(t *testing.T, u *unstructured.Unstructured)
+	wantErr    string
+}{
+	{
+		name: "namespace defaulted, server fields and status dropped, marks added",
+		prop: newProp(deployment), target: target{name: "a", cluster: &renderA}, namespaced: true,
+		check: func(t *testing.T, u *unstructured.Unstructured) {
+			if u.GetNamespace() != "apps" {
+				t.Errorf("namespace %q, want apps", u.GetNamespace())
+			}
+			if u.GetResourceVersion() != "" || u.GetUID() != "" {
+				t.Errorf("server fields kept: rv %q uid %q", u.GetResourceVersion(), u.GetUID())
+			}
+			if _, ok := u.Object["status"]; ok {
+				t.Error("status kept")
+			}
+			if got := u.GetLabels(); got["app"] != "web" || got[LabelPropagation] != "apps.web" {
+				t.Errorf("labels %v", got)
+			}
+			if got := u.GetAnnotations(); got[AnnotationPropagation] != "apps/web" || got[AnnotationGeneration] != "3" {
+				t.Errorf("annotations %v", got)
+			}
+		},
+	},
+	{
+		name:   "explicit namespace kept",
+		prop:   newProp(strings.Replace(deployment, `"name": "web",`, `"name": "web", "namespace": "other",`, 1)),
+		target: target{name: "a", cluster: &renderA}, namespaced: true,
+		check: func(t *testing.T, u *unstructured.Unstructured) {
+			if u.GetNamespace() != "other" {
+				t.Errorf("namespace %q, want other", u.GetNamespace())
+			}
+		},
+	},
+	{
+		name:   "cluster-scoped kind loses the namespace",
+		prop:   newProp(`{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRole","metadata":{"name":"r","namespace":"x"}}`),
+		target: target{name: "a", cluster: &renderA},
+		check: func(t *testing.T, u *unstructured.Unstructured) {
+			if u.GetNamespace() != "" {
+				t.Errorf("namespace %q, want none", u.GetNamespace())
+			}
+		},
+	},
+	{
+		name: "overrides apply in order to the clusters they select",
+		prop: newProp(deployment, func(p *v1alpha1.Propagation) {
+			p.Spec.Overrides = []v1alpha1.Override{
+				{ClusterSelection: v1alpha1.ClusterSelection{ClusterSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"tier": "edge"}}},
+					Patches: []v1alpha1.JSONPatchOperation{op("replace", "/spec/template/spec/containers/0/image", "web:edge")}},
+				{ClusterSelection: v1alpha1.ClusterSelection{Clusters: []string{"b"}},
+					Patches: []v1alpha1.JSONPatchOperation{op("replace", "/spec/template/spec/containers/0/image", "web:b")}},
+				{ClusterSelection: v1alpha1.ClusterSelection{Clusters: []string{"a"}},
+					Patches: []v1alpha1.JSONPatchOperation{
+						op("test", "/spec/template/spec/containers/0/image", "web:edge"),
+						op("add", "/metadata/labels/site", "a"),
+					}},
+			}
+		}),
+		target: target{name: "a", cluster: &renderA}, namespaced: true,
+		check: func(t *testing.T, u *unstructured.Unstructured) {
+			c, _, _ := unstructured.NestedSlice(u.Object, "spec", "template", "spec", "containers")
+			if img := c[0].(map[string]any)["image"]; img != "web:edge" {
+				t.Errorf("image %v, want web:edge", img)
+			}
+			if u.GetLabels()["site"] != "a" {
+				t.Errorf("labels %v, want site=a", u.GetLabels())
+			}
+		},
+	},
+	{
+		name: "an override for another cluster does nothing",
+		prop: newProp(deployment, func(p *v1alpha1.Propagation) {
+			p.Spec.Overrides = []v1alpha1.Override{{ClusterSelection: v1alpha1.ClusterSelection{Clusters: []string{"a"}},
+				Patches: []v1alpha1.JSONPatchOperation{op("replace", "/spec/template/spec/containers/0/image", "web:a")}}}
+		}),
+		target: target{name: "b", cluster: &renderB}, namespaced: true,
+		check: func(t *testing.T, u *unstructured.Unstructured) {
+			c, _, _ := unstructured.NestedSlice(u.Object, "spec", "template", "spec", "containers")
+			if img := c[0].(map[string]any)["image"]; img != "web:1" {
+				t.Errorf("image %v, want web:1", img)
+			}
+		},
+	},
+	{
+		name: "replicas set last, over an override",
+		prop: newProp(deployment, func(p *v1alpha1.Propagation) {
+			p.Spec.Overrides = []v1alpha1.Override{{ClusterSelection: v1alpha1.ClusterSelection{Clusters: []string{"a"}},
+				Patches: []v1alpha1.JSONPatchOperation{op("replace", "/spec/replicas", 9)}}}
+		}),
+		target: target{name: "a", cluster: &renderA}, namespaced: true, replicas: i32(4),
+		check: func(t *testing.T, u *unstructured.Unstructured) {
+			if n, _, _ := unstructured.NestedInt64(u.Object, "spec", "replicas"); n != 4 {
+				t.Errorf("replicas %d, want 4", n)
+			}
+		},
+	},
+	{
+		name: "a failing patch names its override",
+		prop: newProp(deployment, func(p *v1alpha1.Propagation) {
+			p.Spec.Overrides = []v1alpha1.Override{
+				{ClusterSelection: v1alpha1.ClusterSelection{Clusters: []string{"b"}}, Patches: []v1alpha1.JSONPatchOperation{op("remove", "/nope", nil)}},
+				{ClusterSelection: v1alpha1.ClusterSelection{Clusters: []string{"a"}}, Patches: []v1alpha1.JSONPatchOperation{op("remove", "/spec/nope", nil)}},
+			}
+		}),
+		target: target{name: "a", cluster: &renderA}, namespaced: true,
+		wantErr: "overrides[1]",
+	},
+	{
+		// The same semantics as `kubectl patch --type=json`: the
+		// API server uses this library too.
+		name: "replace of a missing key adds it",
+		prop: newProp(deployment, func(p *v1alpha1.Propagation) {
+			p.Spec.Overrides = []v1alpha1.Override{{ClusterSelection: v1alpha1.ClusterSelection{Clusters: []string{"a"}},
+				Patches: []v1alpha1.JSONPatchOperation{op("replace", "/spec/paused", true)}}}
+		}),
+		target: target{name: "a", cluster: &renderA}, namespaced: true,
+		check: func(t *testing.T, u *unstructured.Unstructured) {
+			if v, _, _ := unstructured.NestedBool(u.Object, "spec", "paused"); !v {
+				t.Error("spec.paused not set")
+			}
+		},
+	},
+	{
+		name: "an override removing the name is refused",
+		prop: newProp(deployment, func(p *v1alpha1.Propagation) {
+			p.Spec.Overrides = []v1alpha1.Override{{ClusterSelection: v1alpha1.ClusterSelection{Clusters: []string{"a"}},
+				Patches: []v1alpha1.JSONPatchOperation{op("remove", "/metadata/name", nil)}}}
+		}),
+		target: target{name: "a", cluster: &renderA}, namespaced: true,
+		wantErr: "metadata.name",
+	},
+}
+
 func TestRender(t *testing.T) {
-	a := cluster("a", map[string]string{"tier": "edge"}, true)
-	b := cluster("b", map[string]string{"tier": "core"}, true)
-	tests := []struct {
-		name       string
-		prop       *v1alpha1.Propagation
-		target     target
-		namespaced bool
-		replicas   *int32
-		check      func(t *testing.T, u *unstructured.Unstructured)
-		wantErr    string
-	}{
-		{
-			name: "namespace defaulted, server fields and status dropped, marks added",
-			prop: newProp(deployment), target: target{name: "a", cluster: &a}, namespaced: true,
-			check: func(t *testing.T, u *unstructured.Unstructured) {
-				if u.GetNamespace() != "apps" {
-					t.Errorf("namespace %q, want apps", u.GetNamespace())
-				}
-				if u.GetResourceVersion() != "" || u.GetUID() != "" {
-					t.Errorf("server fields kept: rv %q uid %q", u.GetResourceVersion(), u.GetUID())
-				}
-				if _, ok := u.Object["status"]; ok {
-					t.Error("status kept")
-				}
-				if got := u.GetLabels(); got["app"] != "web" || got[LabelPropagation] != "apps.web" {
-					t.Errorf("labels %v", got)
-				}
-				if got := u.GetAnnotations(); got[AnnotationPropagation] != "apps/web" || got[AnnotationGeneration] != "3" {
-					t.Errorf("annotations %v", got)
-				}
-			},
-		},
-		{
-			name:   "explicit namespace kept",
-			prop:   newProp(strings.Replace(deployment, `"name": "web",`, `"name": "web", "namespace": "other",`, 1)),
-			target: target{name: "a", cluster: &a}, namespaced: true,
-			check: func(t *testing.T, u *unstructured.Unstructured) {
-				if u.GetNamespace() != "other" {
-					t.Errorf("namespace %q, want other", u.GetNamespace())
-				}
-			},
-		},
-		{
-			name:   "cluster-scoped kind loses the namespace",
-			prop:   newProp(`{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRole","metadata":{"name":"r","namespace":"x"}}`),
-			target: target{name: "a", cluster: &a},
-			check: func(t *testing.T, u *unstructured.Unstructured) {
-				if u.GetNamespace() != "" {
-					t.Errorf("namespace %q, want none", u.GetNamespace())
-				}
-			},
-		},
-		{
-			name: "overrides apply in order to the clusters they select",
-			prop: newProp(deployment, func(p *v1alpha1.Propagation) {
-				p.Spec.Overrides = []v1alpha1.Override{
-					{ClusterSelection: v1alpha1.ClusterSelection{ClusterSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"tier": "edge"}}},
-						Patches: []v1alpha1.JSONPatchOperation{op("replace", "/spec/template/spec/containers/0/image", "web:edge")}},
-					{ClusterSelection: v1alpha1.ClusterSelection{Clusters: []string{"b"}},
-						Patches: []v1alpha1.JSONPatchOperation{op("replace", "/spec/template/spec/containers/0/image", "web:b")}},
-					{ClusterSelection: v1alpha1.ClusterSelection{Clusters: []string{"a"}},
-						Patches: []v1alpha1.JSONPatchOperation{
-							op("test", "/spec/template/spec/containers/0/image", "web:edge"),
-							op("add", "/metadata/labels/site", "a"),
-						}},
-				}
-			}),
-			target: target{name: "a", cluster: &a}, namespaced: true,
-			check: func(t *testing.T, u *unstructured.Unstructured) {
-				c, _, _ := unstructured.NestedSlice(u.Object, "spec", "template", "spec", "containers")
-				if img := c[0].(map[string]any)["image"]; img != "web:edge" {
-					t.Errorf("image %v, want web:edge", img)
-				}
-				if u.GetLabels()["site"] != "a" {
-					t.Errorf("labels %v, want site=a", u.GetLabels())
-				}
-			},
-		},
-		{
-			name: "an override for another cluster does nothing",
-			prop: newProp(deployment, func(p *v1alpha1.Propagation) {
-				p.Spec.Overrides = []v1alpha1.Override{{ClusterSelection: v1alpha1.ClusterSelection{Clusters: []string{"a"}},
-					Patches: []v1alpha1.JSONPatchOperation{op("replace", "/spec/template/spec/containers/0/image", "web:a")}}}
-			}),
-			target: target{name: "b", cluster: &b}, namespaced: true,
-			check: func(t *testing.T, u *unstructured.Unstructured) {
-				c, _, _ := unstructured.NestedSlice(u.Object, "spec", "template", "spec", "containers")
-				if img := c[0].(map[string]any)["image"]; img != "web:1" {
-					t.Errorf("image %v, want web:1", img)
-				}
-			},
-		},
-		{
-			name: "replicas set last, over an override",
-			prop: newProp(deployment, func(p *v1alpha1.Propagation) {
-				p.Spec.Overrides = []v1alpha1.Override{{ClusterSelection: v1alpha1.ClusterSelection{Clusters: []string{"a"}},
-					Patches: []v1alpha1.JSONPatchOperation{op("replace", "/spec/replicas", 9)}}}
-			}),
-			target: target{name: "a", cluster: &a}, namespaced: true, replicas: i32(4),
-			check: func(t *testing.T, u *unstructured.Unstructured) {
-				if n, _, _ := unstructured.NestedInt64(u.Object, "spec", "replicas"); n != 4 {
-					t.Errorf("replicas %d, want 4", n)
-				}
-			},
-		},
-		{
-			name: "a failing patch names its override",
-			prop: newProp(deployment, func(p *v1alpha1.Propagation) {
-				p.Spec.Overrides = []v1alpha1.Override{
-					{ClusterSelection: v1alpha1.ClusterSelection{Clusters: []string{"b"}}, Patches: []v1alpha1.JSONPatchOperation{op("remove", "/nope", nil)}},
-					{ClusterSelection: v1alpha1.ClusterSelection{Clusters: []string{"a"}}, Patches: []v1alpha1.JSONPatchOperation{op("remove", "/spec/nope", nil)}},
-				}
-			}),
-			target: target{name: "a", cluster: &a}, namespaced: true,
-			wantErr: "overrides[1]",
-		},
-		{
-			// The same semantics as `kubectl patch --type=json`: the
-			// API server uses this library too.
-			name: "replace of a missing key adds it",
-			prop: newProp(deployment, func(p *v1alpha1.Propagation) {
-				p.Spec.Overrides = []v1alpha1.Override{{ClusterSelection: v1alpha1.ClusterSelection{Clusters: []string{"a"}},
-					Patches: []v1alpha1.JSONPatchOperation{op("replace", "/spec/paused", true)}}}
-			}),
-			target: target{name: "a", cluster: &a}, namespaced: true,
-			check: func(t *testing.T, u *unstructured.Unstructured) {
-				if v, _, _ := unstructured.NestedBool(u.Object, "spec", "paused"); !v {
-					t.Error("spec.paused not set")
-				}
-			},
-		},
-		{
-			name: "an override removing the name is refused",
-			prop: newProp(deployment, func(p *v1alpha1.Propagation) {
-				p.Spec.Overrides = []v1alpha1.Override{{ClusterSelection: v1alpha1.ClusterSelection{Clusters: []string{"a"}},
-					Patches: []v1alpha1.JSONPatchOperation{op("remove", "/metadata/name", nil)}}}
-			}),
-			target: target{name: "a", cluster: &a}, namespaced: true,
-			wantErr: "metadata.name",
-		},
-	}
-	for _, tc := range tests {
+	for _, tc := range renderTests {
 		t.Run(tc.name, func(t *testing.T) {
 			pl, err := compile(tc.prop)
 			if err != nil {
