@@ -48,42 +48,44 @@ func tokenSecrets(t *testing.T, c client.Reader) []corev1.Secret {
 	return list.Items
 }
 
+// addTests are `cluster add` invocations and what each must print and create.
+var addTests = []struct {
+	name      string
+	args      []string
+	cmURL     string
+	wantURL   string
+	wantTTL   time.Duration
+	wantExtra map[string]string
+	wantLabel map[string]string
+}{
+	{
+		name:    "defaults",
+		args:    []string{"edge-1"},
+		cmURL:   "wss://hub.example.com:8443",
+		wantURL: "wss://hub.example.com:8443",
+		wantTTL: identity.DefaultTokenTTL,
+	},
+	{
+		name:      "labels mode image ttl",
+		args:      []string{"edge-1", "--labels", "region=eu,site=ams", "--mode", "daemonset", "--image", "registry.example.com/backhaul-agent:v1.2.3", "--token-ttl", "30m"},
+		cmURL:     "wss://hub.example.com:8443/",
+		wantURL:   "wss://hub.example.com:8443",
+		wantTTL:   30 * time.Minute,
+		wantExtra: map[string]string{"--mode": "daemonset", "--image": "registry.example.com/backhaul-agent:v1.2.3"},
+		wantLabel: map[string]string{"region": "eu", "site": "ams"},
+	},
+	{
+		name:    "https hub URL becomes wss",
+		args:    []string{"edge-1"},
+		cmURL:   "https://hub.example.com",
+		wantURL: "wss://hub.example.com",
+		wantTTL: identity.DefaultTokenTTL,
+	},
+}
+
 func TestAdd(t *testing.T) {
 	ca := testCA(t)
-	tests := []struct {
-		name      string
-		args      []string
-		cmURL     string
-		wantURL   string
-		wantTTL   time.Duration
-		wantExtra map[string]string
-		wantLabel map[string]string
-	}{
-		{
-			name:    "defaults",
-			args:    []string{"edge-1"},
-			cmURL:   "wss://hub.example.com:8443",
-			wantURL: "wss://hub.example.com:8443",
-			wantTTL: identity.DefaultTokenTTL,
-		},
-		{
-			name:      "labels mode image ttl",
-			args:      []string{"edge-1", "--labels", "region=eu,site=ams", "--mode", "daemonset", "--image", "registry.example.com/backhaul-agent:v1.2.3", "--token-ttl", "30m"},
-			cmURL:     "wss://hub.example.com:8443/",
-			wantURL:   "wss://hub.example.com:8443",
-			wantTTL:   30 * time.Minute,
-			wantExtra: map[string]string{"--mode": "daemonset", "--image": "registry.example.com/backhaul-agent:v1.2.3"},
-			wantLabel: map[string]string{"region": "eu", "site": "ams"},
-		},
-		{
-			name:    "https hub URL becomes wss",
-			args:    []string{"edge-1"},
-			cmURL:   "https://hub.example.com",
-			wantURL: "wss://hub.example.com",
-			wantTTL: identity.DefaultTokenTTL,
-		},
-	}
-	for _, tc := range tests {
+	for _, tc := range addTests {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newFakeClient(t, hubInfoConfigMap(tc.cmURL, ca))
 			res := run(t, c, append([]string{"cluster", "add"}, tc.args...)...)
