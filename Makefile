@@ -109,8 +109,8 @@ demo: deps kube-bins build
 # for FUZZTIME.
 FUZZ_TARGETS := \
 	./tunnel/:FuzzReadRequest ./tunnel/:FuzzReadReply \
-	./hub/:FuzzParseNodeAddresses ./hub/:FuzzCredentialHeaders \
-	./hub/:FuzzParseCSR ./hub/:FuzzParseToken
+	./hub/session/:FuzzParseNodeAddresses ./hub/frontend/:FuzzCredentialHeaders \
+	./hub/enrollment/:FuzzParseCSR ./pkg/identity/:FuzzParseToken
 FUZZTIME ?= 30s
 FUZZTIME_SHORT ?= 5s
 fuzz:

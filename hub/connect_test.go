@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"backhaul.io/backhaul/hub/internal/hubtest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -20,14 +21,14 @@ import (
 func TestConnectTLSClientCertificate(t *testing.T) {
 	env := startHub(t)
 	env.startAgent(t)
-	require.Eventually(t, func() bool { return env.srv.ConnectAddr() != nil }, waitBound, 5*time.Millisecond)
-	client := env.ca.clientCert(t, "system:egress", "cloud")
+	require.Eventually(t, func() bool { return env.srv.ConnectAddr() != nil }, hubtest.WaitBound, 5*time.Millisecond)
+	client := env.ca.ClientCert(t, "system:egress", "cloud")
 
 	dial := func(certs []tls.Certificate) (*tls.Conn, *bufio.Reader, *http.Response) {
-		c, err := tls.Dial("tcp", env.srv.ConnectAddr().String(), &tls.Config{RootCAs: env.ca.pool, Certificates: certs, MinVersion: tls.VersionTLS12})
+		c, err := tls.Dial("tcp", env.srv.ConnectAddr().String(), &tls.Config{RootCAs: env.ca.Pool, Certificates: certs, MinVersion: tls.VersionTLS12})
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = c.Close() })
-		_ = c.SetDeadline(time.Now().Add(waitBound))
+		_ = c.SetDeadline(time.Now().Add(hubtest.WaitBound))
 		fmt.Fprintf(c, "CONNECT alpha.cluster.backhaul:443 HTTP/1.1\r\nHost: alpha.cluster.backhaul:443\r\n\r\n")
 		br := bufio.NewReader(c)
 		resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})

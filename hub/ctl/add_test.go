@@ -44,7 +44,7 @@ func onboardCommand(t *testing.T, out string) map[string]string {
 func tokenSecrets(t *testing.T, c client.Reader) []corev1.Secret {
 	t.Helper()
 	var list corev1.SecretList
-	require.NoError(t, c.List(context.Background(), &list, client.InNamespace(DefaultNamespace)))
+	require.NoError(t, c.List(context.Background(), &list, client.InNamespace(identity.DefaultNamespace)))
 	return list.Items
 }
 

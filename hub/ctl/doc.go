@@ -6,5 +6,7 @@
 //
 // Every command runs in-process against an Env (output writers, a client
 // constructor, a clock) so tests drive the real command tree with a fake
-// client. cmd/backhaulctl only wires Env to the process.
+// client. cmd/backhaulctl only wires Env to the process. It talks to the
+// host cluster's API and imports no other hub package: what it shares with
+// the hub (token format, hub-info keys) is in pkg/identity.
 package ctl

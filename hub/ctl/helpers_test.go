@@ -25,6 +25,7 @@ import (
 
 	"backhaul.io/backhaul/pkg/apis/backhaul/v1alpha1"
 	apischeme "backhaul.io/backhaul/pkg/apis/scheme"
+	"backhaul.io/backhaul/pkg/identity"
 )
 
 // testNow is the fixed clock of every test run.
@@ -89,8 +90,8 @@ func writeFile(t *testing.T, dir, name string, data []byte) string {
 
 func hubInfoConfigMap(url string, ca []byte) *corev1.ConfigMap {
 	return &corev1.ConfigMap{
-		ObjectMeta: metav1.ObjectMeta{Namespace: DefaultNamespace, Name: HubInfoConfigMap},
-		Data:       map[string]string{HubInfoKeyURL: url, HubInfoKeyCA: string(ca)},
+		ObjectMeta: metav1.ObjectMeta{Namespace: identity.DefaultNamespace, Name: identity.HubInfoConfigMap},
+		Data:       map[string]string{identity.HubInfoKeyURL: url, identity.HubInfoKeyCA: string(ca)},
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 
+	"backhaul.io/backhaul/pkg/identity"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -70,7 +71,7 @@ func resolveHubInfo(ctx context.Context, c client.Reader, o *GlobalOptions) (Hub
 		rawURL   = o.HubURL
 		urlFrom  = "--hub-url"
 		caFrom   = "--hub-ca-file " + o.HubCAFile
-		cmSource = fmt.Sprintf("ConfigMap %s/%s", o.Namespace, HubInfoConfigMap)
+		cmSource = fmt.Sprintf("ConfigMap %s/%s", o.Namespace, identity.HubInfoConfigMap)
 	)
 	if o.HubCAFile != "" {
 		b, err := os.ReadFile(o.HubCAFile)
@@ -81,25 +82,25 @@ func resolveHubInfo(ctx context.Context, c client.Reader, o *GlobalOptions) (Hub
 	}
 	if rawURL == "" || info.CA == nil {
 		var cm corev1.ConfigMap
-		err := c.Get(ctx, client.ObjectKey{Namespace: o.Namespace, Name: HubInfoConfigMap}, &cm)
+		err := c.Get(ctx, client.ObjectKey{Namespace: o.Namespace, Name: identity.HubInfoConfigMap}, &cm)
 		switch {
 		case apierrors.IsNotFound(err):
 			return HubInfo{}, fmt.Errorf("hub address unknown: pass %s, or create %s with keys %q (wss://host:port) and %q (PEM)",
-				missingFlags(rawURL == "", info.CA == nil), cmSource, HubInfoKeyURL, HubInfoKeyCA)
+				missingFlags(rawURL == "", info.CA == nil), cmSource, identity.HubInfoKeyURL, identity.HubInfoKeyCA)
 		case err != nil:
 			return HubInfo{}, fmt.Errorf("read %s (or pass %s): %w", cmSource, missingFlags(rawURL == "", info.CA == nil), err)
 		}
 		if rawURL == "" {
-			if rawURL = cm.Data[HubInfoKeyURL]; rawURL == "" {
-				return HubInfo{}, fmt.Errorf("hub URL unknown: pass --hub-url, or set key %q of %s", HubInfoKeyURL, cmSource)
+			if rawURL = cm.Data[identity.HubInfoKeyURL]; rawURL == "" {
+				return HubInfo{}, fmt.Errorf("hub URL unknown: pass --hub-url, or set key %q of %s", identity.HubInfoKeyURL, cmSource)
 			}
-			urlFrom = fmt.Sprintf("key %q of %s", HubInfoKeyURL, cmSource)
+			urlFrom = fmt.Sprintf("key %q of %s", identity.HubInfoKeyURL, cmSource)
 		}
 		if info.CA == nil {
-			if info.CA = []byte(cm.Data[HubInfoKeyCA]); len(info.CA) == 0 {
-				return HubInfo{}, fmt.Errorf("hub CA unknown: pass --hub-ca-file, or set key %q of %s", HubInfoKeyCA, cmSource)
+			if info.CA = []byte(cm.Data[identity.HubInfoKeyCA]); len(info.CA) == 0 {
+				return HubInfo{}, fmt.Errorf("hub CA unknown: pass --hub-ca-file, or set key %q of %s", identity.HubInfoKeyCA, cmSource)
 			}
-			caFrom = fmt.Sprintf("key %q of %s", HubInfoKeyCA, cmSource)
+			caFrom = fmt.Sprintf("key %q of %s", identity.HubInfoKeyCA, cmSource)
 		}
 	}
 	u, err := parseHubURL(rawURL)

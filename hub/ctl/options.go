@@ -13,22 +13,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	apischeme "backhaul.io/backhaul/pkg/apis/scheme"
+	"backhaul.io/backhaul/pkg/identity"
 	"backhaul.io/backhaul/pkg/version"
-)
-
-const (
-	// DefaultNamespace is where the hub runs and keeps bootstrap tokens.
-	DefaultNamespace = "backhaul-system"
-	// HubInfoConfigMap, in the hub namespace, tells backhaulctl how edge
-	// sites and callers reach the hub when --hub-url/--hub-ca-file are not
-	// given.
-	HubInfoConfigMap = "backhaul-hub-info"
-	// HubInfoKeyURL holds the hub's external address, wss://host:port or
-	// https://host:port.
-	HubInfoKeyURL = "url"
-	// HubInfoKeyCA holds the PEM CA bundle that signed the hub's serving
-	// certificate.
-	HubInfoKeyCA = "ca.crt"
 )
 
 // GlobalOptions are the flags every command shares.
@@ -42,16 +28,16 @@ type GlobalOptions struct {
 
 // NewGlobalOptions returns the defaults.
 func NewGlobalOptions() *GlobalOptions {
-	return &GlobalOptions{Namespace: DefaultNamespace}
+	return &GlobalOptions{Namespace: identity.DefaultNamespace}
 }
 
 // AddFlags registers the options on fs.
 func (o *GlobalOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "kubeconfig of the hub's host cluster (default: $KUBECONFIG or ~/.kube/config)")
 	fs.StringVar(&o.Context, "context", o.Context, "kubeconfig context of the hub's host cluster (default: the current context)")
-	fs.StringVarP(&o.Namespace, "namespace", "n", o.Namespace, "namespace the hub runs in, where bootstrap tokens and the "+HubInfoConfigMap+" ConfigMap live")
-	fs.StringVar(&o.HubURL, "hub-url", o.HubURL, "hub address as agents and callers reach it, wss://host:port (default: key \""+HubInfoKeyURL+"\" of ConfigMap "+HubInfoConfigMap+")")
-	fs.StringVar(&o.HubCAFile, "hub-ca-file", o.HubCAFile, "PEM CA bundle of the hub's serving certificate (default: key \""+HubInfoKeyCA+"\" of ConfigMap "+HubInfoConfigMap+")")
+	fs.StringVarP(&o.Namespace, "namespace", "n", o.Namespace, "namespace the hub runs in, where bootstrap tokens and the "+identity.HubInfoConfigMap+" ConfigMap live")
+	fs.StringVar(&o.HubURL, "hub-url", o.HubURL, "hub address as agents and callers reach it, wss://host:port (default: key \""+identity.HubInfoKeyURL+"\" of ConfigMap "+identity.HubInfoConfigMap+")")
+	fs.StringVar(&o.HubCAFile, "hub-ca-file", o.HubCAFile, "PEM CA bundle of the hub's serving certificate (default: key \""+identity.HubInfoKeyCA+"\" of ConfigMap "+identity.HubInfoConfigMap+")")
 }
 
 // Validate reports every problem at once.

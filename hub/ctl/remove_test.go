@@ -19,7 +19,7 @@ import (
 
 func secret(name, cluster string, typ corev1.SecretType) *corev1.Secret {
 	return &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Namespace: DefaultNamespace, Name: name, Labels: map[string]string{identity.LabelCluster: cluster}},
+		ObjectMeta: metav1.ObjectMeta{Namespace: identity.DefaultNamespace, Name: name, Labels: map[string]string{identity.LabelCluster: cluster}},
 		Type:       typ,
 	}
 }

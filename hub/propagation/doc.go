@@ -26,6 +26,10 @@
 // copy is neither updated nor deleted, and it gets the then current
 // generation as soon as its tunnel returns ([Members.Watch]). A copy is
 // never written with an older generation than the one status records.
+//
+// It imports no other hub package: members are reached through the
+// [Members] interface (the hub gives it the member dialer's clients; tests
+// give direct connections), and the host cluster through the manager.
 package propagation
 
 // Names the controller writes into member objects and Propagations.

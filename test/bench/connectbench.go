@@ -75,9 +75,9 @@ func benchConnect(ctx context.Context, o *options, dir string, t *table) {
 	// As for the tunnel figures: every client has closed its connections,
 	// so the agent's session should be left with no streams.
 	time.Sleep(200 * time.Millisecond)
-	if sess, err := rig.hub.Registry().Get(connectCluster); err != nil {
+	if sess, err := rig.hub.Sessions().Get(connectCluster); err != nil {
 		t.note("warning: the hub lost the agent's session during the CONNECT runs: %v", err)
-	} else if n := sess.NumStreams(); n > 0 {
+	} else if n := sess.Info().Streams; n > 0 {
 		t.note("warning: the hub's session to the agent still holds %d streams after every CONNECT closed", n)
 	}
 }

@@ -21,12 +21,14 @@ import (
 
 	"backhaul.io/backhaul/agent"
 	"backhaul.io/backhaul/hub"
+	"backhaul.io/backhaul/hub/auth"
+	"backhaul.io/backhaul/hub/frontend"
 	"backhaul.io/backhaul/test/harness"
 	"backhaul.io/backhaul/tunnel"
 )
 
 // connectCluster is the one cluster of the CONNECT rig; CONNECT names its
-// API server as connectCluster+hub.DefaultClusterSuffix:443.
+// API server as connectCluster+frontend.DefaultClusterSuffix:443.
 const connectCluster = "bench"
 
 // connectRig is the in-process topology of the CONNECT figures: the real hub
@@ -89,7 +91,7 @@ func startConnectRig(ctx context.Context, dir string, big int64) (_ *connectRig,
 	}
 	r.add(stop)
 	err = harness.WaitFor(ctx, 15*time.Second, 10*time.Millisecond, func() error {
-		_, err := r.hub.Registry().Get(connectCluster)
+		_, err := r.hub.Sessions().Get(connectCluster)
 		return err
 	})
 	if err != nil {
@@ -114,11 +116,11 @@ func (r *connectRig) startHub(ctx context.Context, dir, agentToken string) (stri
 	); err != nil {
 		return "", nil, err
 	}
-	agents, err := hub.NewAgentTokens(agentFile, "")
+	agents, err := auth.NewAgentTokens(agentFile, "")
 	if err != nil {
 		return "", nil, err
 	}
-	callers, err := hub.LoadStaticTokens(callerFile)
+	callers, err := auth.LoadStaticTokens(callerFile)
 	if err != nil {
 		return "", nil, err
 	}
@@ -129,12 +131,12 @@ func (r *connectRig) startHub(ctx context.Context, dir, agentToken string) (stri
 		AgentAuth:       agents,
 		Clusters:        agents,
 		Authn:           callers,
-		Authz:           hub.AllowAuthenticated{},
+		Authz:           auth.AllowAuthenticated{},
 		Tunnel:          tunnel.DefaultConfig(),
 		DialTimeout:     10 * time.Second,
 		ShutdownTimeout: 5 * time.Second,
 		Log:             hclog.New(&hclog.LoggerOptions{Name: "bench-hub", Level: hclog.Warn, Output: os.Stderr}),
-		Registry:        prometheus.NewRegistry(),
+		Metrics:         prometheus.NewRegistry(),
 	})
 	if err != nil {
 		return "", nil, err
@@ -150,7 +152,7 @@ func (r *connectRig) startHub(ctx context.Context, dir, agentToken string) (stri
 		// The agent has stopped: let the hub see its session end first, so
 		// that the hub's shutdown does not cut a live session and log it.
 		_ = harness.WaitFor(context.Background(), 2*time.Second, 5*time.Millisecond, func() error {
-			if _, err := srv.Registry().Get(connectCluster); err == nil {
+			if _, err := srv.Sessions().Get(connectCluster); err == nil {
 				return errors.New("session still registered")
 			}
 			return nil
@@ -170,7 +172,7 @@ func (r *connectRig) startHub(ctx context.Context, dir, agentToken string) (stri
 		}
 	}
 	r.proxy = srv.ConnectAddr().String()
-	target := connectCluster + hub.DefaultClusterSuffix + ":443"
+	target := connectCluster + frontend.DefaultClusterSuffix + ":443"
 	r.request = "CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\nProxy-Authorization: Bearer " + callerToken + "\r\n\r\n"
 	return "wss://" + srv.Addr().String(), caPEM, nil
 }

@@ -11,7 +11,6 @@ import (
 	"syscall"
 
 	"backhaul.io/backhaul/hub"
-	"backhaul.io/backhaul/hub/propagation"
 	"backhaul.io/backhaul/pkg/logging"
 	"backhaul.io/backhaul/pkg/version"
 )
@@ -42,15 +41,6 @@ func main() {
 	if err != nil {
 		log.Error("cannot start", "error", err)
 		os.Exit(1)
-	}
-	if cfg.Host != nil && opts.Propagation {
-		err := propagation.Setup(cfg.Host.Manager, srv.Members(), propagation.Options{
-			Log: log.Named(logging.Propagation), Workers: opts.PropagationWorkers, Resync: opts.PropagationResync,
-		})
-		if err != nil {
-			log.Error("cannot start the propagation controller", "error", err)
-			os.Exit(1)
-		}
 	}
 	log.Info("starting", "version", version.Version)
 	if err := srv.Run(ctx); err != nil {

@@ -1,0 +1,86 @@
+package hub
+
+import (
+	"crypto/tls"
+	"errors"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"backhaul.io/backhaul/hub/auth"
+	"backhaul.io/backhaul/hub/enrollment"
+	"backhaul.io/backhaul/hub/fleet"
+	"backhaul.io/backhaul/hub/propagation"
+	"backhaul.io/backhaul/hub/session"
+	"backhaul.io/backhaul/tunnel"
+)
+
+// Config is everything a hub server needs; Options builds it from flags.
+type Config struct {
+	// Listen is the TLS address for agents and gateway callers.
+	Listen string
+	TLS    *tls.Config
+	// AdminListen, when set, serves /healthz, /readyz and /metrics in plain
+	// HTTP for probes and scrapers.
+	AdminListen string
+	// Profiling serves /debug/pprof/ on AdminListen.
+	Profiling bool
+
+	// ConnectListen, when set, serves the CONNECT front end on TCP, in TLS
+	// (with client certificates) when ConnectTLS is set.
+	ConnectListen string
+	ConnectTLS    bool
+	// ConnectUDS, when set, serves the CONNECT front end on a Unix socket
+	// whose callers all act as ConnectUDSUser (the socket's permissions
+	// are the authentication, as for a kube-apiserver egress selector).
+	ConnectUDS     string
+	ConnectUDSUser string
+	// ClusterSuffix marks a cluster name in a CONNECT target (default
+	// frontend.DefaultClusterSuffix).
+	ClusterSuffix string
+
+	// AgentAuth decides which cluster an agent serves; Clusters says which
+	// clusters are registered; Authn and Authz are for callers.
+	AgentAuth session.AgentAuthenticator
+	Clusters  auth.Clusters
+	Authn     auth.Authenticator
+	Authz     auth.Authorizer
+
+	// Host, when set (--registry=kube), is the host cluster that holds
+	// Cluster objects: the hub then serves enrollment, revokes removed
+	// clusters' sessions, writes Cluster status and runs its controllers.
+	Host *HostConfig
+
+	Tunnel          *tunnel.Config
+	DialTimeout     time.Duration
+	ShutdownTimeout time.Duration
+
+	Log     hclog.Logger
+	Metrics *prometheus.Registry
+}
+
+// HostConfig is the host cluster and what the hub keeps there.
+type HostConfig struct {
+	*fleet.Host
+	Clusters          *fleet.Clusters
+	CA                *enrollment.CA
+	AgentCertValidity time.Duration
+	StatusInterval    time.Duration
+	Heartbeat         time.Duration
+	ReplicaName       string
+	// PodName, when the hub runs in a Pod, is labelled while it leads.
+	PodName string
+	// Propagation, when set, runs the Propagation controller.
+	Propagation *propagation.Options
+}
+
+func (c *Config) validate() error {
+	if c.TLS == nil || c.AgentAuth == nil || c.Clusters == nil || c.Authn == nil || c.Authz == nil || c.Log == nil || c.Metrics == nil || c.Tunnel == nil {
+		return errors.New("hub config: TLS, AgentAuth, Clusters, Authn, Authz, Tunnel, Log and Metrics are required")
+	}
+	if h := c.Host; h != nil && (h.Host == nil || h.Clusters == nil || h.CA == nil) {
+		return errors.New("hub config: Host needs the host connection, Clusters and CA")
+	}
+	return nil
+}

@@ -1,0 +1,13 @@
+// Package frontend holds what callers speak to: the L7 gateway
+// (https://HUB/clusters/NAME/...), the CONNECT proxy (L4, TCP or a Unix
+// socket), and the status page. Each authenticates the caller, asks
+// admission for the session that may carry the request, and hands the
+// stream to the member dialer:
+//
+//	front end → auth.Admission.Admit → session.Dialer → tunnel.Session.Open → agent
+//
+// Refusals are Kubernetes Status objects (gateway) or a status line
+// (CONNECT) with a precise code, and are counted by reason in
+// backhaul_hub_errors_total. The package builds on auth and session and
+// must not import enrollment, fleet or propagation.
+package frontend

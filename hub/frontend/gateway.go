@@ -1,0 +1,111 @@
+package frontend
+
+import (
+	"errors"
+	"fmt"
+	"log"
+	"net/http"
+	"net/http/httputil"
+
+	"github.com/hashicorp/go-hclog"
+	"k8s.io/apimachinery/pkg/util/validation"
+
+	"backhaul.io/backhaul/hub/auth"
+	"backhaul.io/backhaul/hub/session"
+	"backhaul.io/backhaul/pkg/kubestatus"
+)
+
+// GatewayConfig is what the gateway needs.
+type GatewayConfig struct {
+	Authn     auth.Authenticator
+	Admission *auth.Admission
+	Dialer    *session.Dialer
+	Metrics   *Metrics
+	Log       hclog.Logger
+}
+
+// Gateway serves /clusters/{name}/<kubernetes path> through the cluster's
+// tunnel, with the caller's identity for the agent to impersonate.
+type Gateway struct {
+	cfg      GatewayConfig
+	errorLog *log.Logger
+}
+
+// NewGateway returns the gateway; mount it at "/clusters/{name}" and
+// "/clusters/{name}/{path...}".
+func NewGateway(cfg GatewayConfig) (*Gateway, error) {
+	if cfg.Authn == nil || cfg.Admission == nil || cfg.Dialer == nil || cfg.Metrics == nil || cfg.Log == nil {
+		return nil, errors.New("gateway: Authn, Admission, Dialer, Metrics and Log are required")
+	}
+	return &Gateway{
+		cfg:      cfg,
+		errorLog: cfg.Log.Named("reverseproxy").StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
+	}, nil
+}
+
+// ServeHTTP authenticates the caller, admits the request to the cluster's
+// session and proxies it there.
+func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rec := &statusRecorder{ResponseWriter: w}
+	defer func() { g.cfg.Metrics.request(rec.class()) }()
+
+	name := r.PathValue("name")
+	if errs := validation.IsDNS1123Label(name); len(errs) > 0 {
+		g.refuse(rec, http.StatusNotFound, session.ReasonUnknownCluster, fmt.Sprintf("cluster %q not found: invalid name", name))
+		return
+	}
+	user, ok, err := g.cfg.Authn.Authenticate(r)
+	if err != nil || !ok {
+		g.unauthenticated(rec, err)
+		return
+	}
+	sess, ref := g.cfg.Admission.Admit(r.Context(), user, name)
+	if ref != nil {
+		g.refuse(rec, ref.Code, ref.Reason, ref.Message)
+		return
+	}
+	id := newRequestID()
+	rec.Header().Set("Backhaul-Request-Id", id)
+	g.proxy(name, sess, user, id).ServeHTTP(rec, r.WithContext(session.WithRequestID(r.Context(), id)))
+}
+
+// proxy is the reverse proxy for one request: to cluster over sess, as u.
+// (One per request: it is a few words, and it keeps the request's session
+// and identity out of the context.)
+func (g *Gateway) proxy(cluster string, sess *session.Session, u *auth.User, id string) *httputil.ReverseProxy {
+	return &httputil.ReverseProxy{
+		Rewrite:   func(pr *httputil.ProxyRequest) { rewrite(pr, cluster, u, id) },
+		Transport: g.cfg.Dialer.HTTP(sess),
+		// 0, not -1: ReverseProxy flushes responses of unknown length
+		// (watches, chunked lists) on every write anyway, and a small
+		// response then goes out in one write instead of several.
+		FlushInterval: 0,
+		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
+			code, reason, msg := classify(cluster, err)
+			g.cfg.Log.Warn("gateway request failed", "cluster", cluster, "request_id", id, "code", code, "error", err)
+			g.refuse(w, code, reason, msg)
+		},
+		ErrorLog: g.errorLog,
+	}
+}
+
+// unauthenticated answers a caller without valid credentials: 401, or 503
+// when the host cluster could not say.
+func (g *Gateway) unauthenticated(w http.ResponseWriter, err error) {
+	code, msg := http.StatusUnauthorized, "Unauthorized"
+	switch {
+	case errors.Is(err, auth.ErrUnavailable):
+		code, msg = http.StatusServiceUnavailable, "cannot authenticate now: the hub's host cluster is unavailable"
+		w.Header().Set("Retry-After", "1")
+		g.cfg.Log.Warn("authentication unavailable", "error", err)
+	case err != nil:
+		msg = "Unauthorized: " + err.Error()
+	}
+	g.refuse(w, code, session.ReasonUnauthorized, msg)
+}
+
+// refuse answers a Status and counts the reason.
+func (g *Gateway) refuse(w http.ResponseWriter, code int, reason, msg string) {
+	g.cfg.Metrics.refused(reason)
+	kubestatus.Write(w, code, msg)
+}

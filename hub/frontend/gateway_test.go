@@ -1,0 +1,109 @@
+package frontend
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"backhaul.io/backhaul/hub/auth"
+	"backhaul.io/backhaul/hub/internal/hubtest"
+	"backhaul.io/backhaul/hub/session"
+)
+
+var gatewayRefusals = []struct {
+	name       string
+	path       string
+	token      string
+	authz      auth.Authorizer
+	wantCode   int
+	wantReason metav1.StatusReason
+	wantMsg    string // a substring of the Status message
+	metric     string // errors_total reason that must count it
+}{
+	{name: "invalid cluster name", path: "/clusters/Not_A_Name/api", token: "alice-token", wantCode: 404, wantReason: metav1.StatusReasonNotFound, metric: session.ReasonUnknownCluster},
+	{name: "no credentials", path: "/clusters/alpha/api", wantCode: 401, wantReason: metav1.StatusReasonUnauthorized, metric: session.ReasonUnauthorized},
+	{name: "bad token", path: "/clusters/alpha/api", token: "mallory-token", wantCode: 401, wantReason: metav1.StatusReasonUnauthorized, metric: session.ReasonUnauthorized},
+	{name: "not authorized", path: "/clusters/alpha/api", token: "alice-token", authz: fakeAuthz{reason: "not on the list"}, wantCode: 403, wantReason: metav1.StatusReasonForbidden, wantMsg: "not on the list", metric: session.ReasonForbidden},
+	{name: "authorizer fails", path: "/clusters/alpha/api", token: "alice-token", authz: fakeAuthz{err: errors.New("sar unavailable")}, wantCode: 500, metric: session.ReasonForbidden},
+	{name: "host unavailable", path: "/clusters/alpha/api", token: "alice-token", authz: fakeAuthz{err: fmt.Errorf("%w: sar", auth.ErrUnavailable)}, wantCode: 503, wantMsg: "host cluster is unavailable", metric: session.ReasonForbidden},
+	{name: "unknown cluster", path: "/clusters/gamma/api", token: "alice-token", wantCode: 404, wantReason: metav1.StatusReasonNotFound, wantMsg: "gamma", metric: session.ReasonUnknownCluster},
+	{name: "not connected", path: "/clusters/beta/api", token: "alice-token", wantCode: 503, wantReason: metav1.StatusReasonServiceUnavailable, wantMsg: "cluster beta is not connected", metric: session.ReasonNotConnected},
+	{name: "agent refuses", path: "/clusters/refused/api", token: "alice-token", wantCode: 502, wantMsg: "agent says refused", metric: "refused"},
+	{name: "agent times out", path: "/clusters/timeout/api", token: "alice-token", wantCode: 504, wantReason: metav1.StatusReasonTimeout, metric: "timeout"},
+	{name: "agent not allowed", path: "/clusters/not-allowed/api", token: "alice-token", wantCode: 403, wantReason: metav1.StatusReasonForbidden, metric: "not_allowed"},
+	{name: "agent unavailable", path: "/clusters/unavailable/api", token: "alice-token", wantCode: 503, wantReason: metav1.StatusReasonServiceUnavailable, metric: "unavailable"},
+	{name: "agent bad request", path: "/clusters/bad-request/api", token: "alice-token", wantCode: 400, metric: "bad_request"},
+	{name: "agent internal", path: "/clusters/internal/api", token: "alice-token", wantCode: 502, metric: "internal"},
+}
+
+func TestGatewayRefusals(t *testing.T) {
+	for _, tc := range gatewayRefusals {
+		t.Run(tc.name, func(t *testing.T) {
+			f := refusingFrontEnds(t, tc.authz)
+			r := httptest.NewRequest(http.MethodGet, tc.path, nil)
+			if tc.token != "" {
+				r.Header.Set("Authorization", "Bearer "+tc.token)
+			}
+			rec := httptest.NewRecorder()
+			f.mux.ServeHTTP(rec, r)
+			require.Equal(t, tc.wantCode, rec.Code, "body: %s", rec.Body)
+			st := hubtest.DecodeStatus(t, rec.Header().Get("Content-Type"), rec.Body.Bytes())
+			assert.EqualValues(t, tc.wantCode, st.Code)
+			if tc.wantReason != "" {
+				assert.Equal(t, tc.wantReason, st.Reason)
+			}
+			assert.Contains(t, st.Message, tc.wantMsg)
+			assert.Equal(t, 1.0, f.errors(t, tc.metric))
+			assert.Equal(t, 1.0, hubtest.Counter(t, f.metrics, "backhaul_hub_gateway_requests_total", map[string]string{"code": fmt.Sprintf("%dxx", tc.wantCode/100)}))
+		})
+	}
+}
+
+func TestGatewayProxiesWithCallerIdentity(t *testing.T) {
+	f := newFrontEnds(t, auth.AllowAuthenticated{}, "alpha")
+	seen := make(chan *http.Request, 2)
+	f.agent(t, "alpha", hubtest.HTTPAgent(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen <- r
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"kind":"NamespaceList"}`)
+	})), session.Agent{})
+
+	do := func() *httptest.ResponseRecorder {
+		r := httptest.NewRequest(http.MethodGet, "/clusters/alpha/api/v1/namespaces?limit=1", nil)
+		r.Header.Set("Authorization", "Bearer alice-token")
+		r.Header.Set("Impersonate-User", "system:admin")
+		r.Header.Set("Impersonate-Group", "system:masters")
+		r.Header.Set("X-Remote-User", "system:admin")
+		rec := httptest.NewRecorder()
+		f.mux.ServeHTTP(rec, r)
+		return rec
+	}
+	rec := do()
+	require.Equal(t, http.StatusOK, rec.Code, "body: %s", rec.Body)
+	assert.JSONEq(t, `{"kind":"NamespaceList"}`, rec.Body.String())
+
+	got := <-seen
+	assert.Equal(t, "/api/v1/namespaces", got.URL.Path)
+	assert.Equal(t, "limit=1", got.URL.RawQuery)
+	assert.Empty(t, got.Header.Values("Authorization"))
+	assert.Empty(t, got.Header.Values("X-Remote-User"))
+	assert.Equal(t, []string{"alice"}, got.Header.Values("Impersonate-User"))
+	assert.Equal(t, []string{"uid-1"}, got.Header.Values("Impersonate-Uid"))
+	assert.Equal(t, []string{"dev", "ops"}, got.Header.Values("Impersonate-Group"))
+	id := rec.Header().Get("Backhaul-Request-Id")
+	assert.Len(t, id, 16)
+	assert.Equal(t, id, got.Header.Get("Backhaul-Request-Id"))
+
+	// A second request reuses the session's pooled stream.
+	require.Equal(t, http.StatusOK, do().Code)
+	second := <-seen
+	assert.NotEqual(t, id, second.Header.Get("Backhaul-Request-Id"), "each request has its own id")
+	assert.Equal(t, 1.0, hubtest.Counter(t, f.metrics, "backhaul_hub_streams_opened_total", map[string]string{"kind": "apiserver"}))
+}

@@ -1,0 +1,110 @@
+package session
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"k8s.io/client-go/rest"
+
+	"backhaul.io/backhaul/hub/internal/hubtest"
+	"backhaul.io/backhaul/tunnel"
+)
+
+// connectAgent registers a session for cluster whose agent serves h.
+func connectAgent(t *testing.T, r *Registry, cluster string, h tunnel.Handler) (*Session, func()) {
+	hubSide, agentSide := hubtest.PipeSessions(t)
+	hubtest.ServeAgent(t, agentSide, h)
+	return add(t, r, cluster, hubSide, Agent{Version: "test"})
+}
+
+// echoHeaders answers with the identity and request id it was sent.
+func echoHeaders(seen chan<- http.Header) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen <- r.Header.Clone()
+		_, _ = io.WriteString(w, "ok")
+	})
+}
+
+func TestDialerConfigFollowsSessions(t *testing.T) {
+	r, m, reg := newTestRegistry(t)
+	d := NewDialer(r, m, time.Second)
+	cfg := d.Config("edge", rest.ImpersonationConfig{UserName: "backhaul:hub", Groups: []string{"backhaul:propagators"}})
+	hc, err := rest.HTTPClientFor(cfg)
+	require.NoError(t, err)
+	get := func() (string, error) {
+		resp, err := hc.Get(cfg.Host + "/readyz")
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return string(b), err
+	}
+
+	_, err = get()
+	require.ErrorIs(t, err, ErrNotConnected, "a client built before the agent connects fails cleanly")
+	assert.Contains(t, err.Error(), "cluster edge")
+
+	seen := make(chan http.Header, 4)
+	_, remove := connectAgent(t, r, "edge", hubtest.HTTPAgent(t, echoHeaders(seen)))
+	body, err := get()
+	require.NoError(t, err, "the same client works once the agent is connected")
+	assert.Equal(t, "ok", body)
+	h := <-seen
+	assert.Equal(t, "backhaul:hub", h.Get("Impersonate-User"))
+	assert.Equal(t, []string{"backhaul:propagators"}, h.Values("Impersonate-Group"))
+
+	remove()
+	_, err = get()
+	require.ErrorIs(t, err, ErrNotConnected)
+
+	_, _ = connectAgent(t, r, "edge", hubtest.HTTPAgent(t, echoHeaders(seen)))
+	_, err = get()
+	require.NoError(t, err, "and again after the agent reconnects")
+	<-seen
+	assert.Equal(t, 2.0, hubtest.Counter(t, reg, "backhaul_hub_streams_opened_total", map[string]string{"kind": "apiserver"}),
+		"one stream per session: requests reuse it")
+}
+
+func TestDialerHTTPCarriesRequestID(t *testing.T) {
+	r, m, _ := newTestRegistry(t)
+	d := NewDialer(r, m, time.Second)
+	seen := make(chan http.Header, 1)
+	ids := make(chan string, 1)
+	serve := hubtest.HTTPAgent(t, echoHeaders(seen))
+	s, _ := connectAgent(t, r, "edge", func(ctx context.Context, in *tunnel.Incoming) {
+		ids <- in.Request.RequestID
+		serve(ctx, in)
+	})
+
+	req, err := http.NewRequestWithContext(WithRequestID(t.Context(), "req-7"), http.MethodGet, "http://ignored/api", nil)
+	require.NoError(t, err)
+	resp, err := d.HTTP(s).RoundTrip(req)
+	require.NoError(t, err)
+	_, _ = io.Copy(io.Discard, resp.Body)
+	_ = resp.Body.Close()
+	<-seen
+	assert.Equal(t, "req-7", <-ids, "the stream header names the request it was opened for")
+	assert.Same(t, d.HTTP(s), d.HTTP(s), "one pool per session")
+}
+
+func TestDialerOpenRefused(t *testing.T) {
+	r, m, reg := newTestRegistry(t)
+	d := NewDialer(r, m, time.Second)
+	s, _ := connectAgent(t, r, "edge", hubtest.Rejecting(tunnel.CodeNotAllowed))
+	_, err := d.Open(context.Background(), s, tunnel.Request{Kind: tunnel.KindTCP, Address: "10.0.0.1:22"})
+	var ce *ClusterError
+	require.ErrorAs(t, err, &ce)
+	assert.Equal(t, "edge", ce.Cluster)
+	var de *tunnel.DialError
+	require.ErrorAs(t, err, &de)
+	assert.Equal(t, tunnel.CodeNotAllowed, de.Code)
+	assert.True(t, strings.HasPrefix(err.Error(), "cluster edge: "))
+	assert.Equal(t, 0.0, hubtest.Counter(t, reg, "backhaul_hub_streams_opened_total", nil), "a refused stream is not counted as opened")
+}

@@ -1,0 +1,82 @@
+package session
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Reasons a stream was not carried, the label values of
+// backhaul_hub_errors_total. They are a closed set (with the tunnel's dial
+// codes, [tunnel.Code.String]) so the series stays bounded; every front
+// end counts its refusals here, so one series says why anything failed.
+const (
+	ReasonUnknownCluster = "unknown_cluster"
+	ReasonNotConnected   = "not_connected"
+	ReasonUnauthorized   = "unauthenticated"
+	ReasonForbidden      = "forbidden"
+	ReasonAgentAuth      = "agent_unauthenticated"
+	ReasonVersion        = "version"
+	ReasonBadGateway     = "bad_gateway"
+	ReasonNoRoute        = "no_route"
+	ReasonTimeout        = "timeout"
+	ReasonCanceled       = "canceled"
+)
+
+// Metrics are the tunnel side's Prometheus series: sessions, upgrades,
+// streams, bytes, dial latency and refusals.
+type Metrics struct {
+	sessions      prometheus.Gauge
+	connects      *prometheus.CounterVec
+	streamsOpened *prometheus.CounterVec
+	streamsActive prometheus.Gauge
+	bytes         *prometheus.CounterVec
+	bytesTx       prometheus.Counter
+	bytesRx       prometheus.Counter
+	dialLatency   *prometheus.HistogramVec
+	errors        *prometheus.CounterVec
+}
+
+// NewMetrics registers the series on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		sessions: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "backhaul_hub_sessions", Help: "Agent tunnel sessions currently connected.",
+		}),
+		connects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "backhaul_hub_session_connects_total", Help: "Agent upgrade attempts by result.",
+		}, []string{"result"}),
+		streamsOpened: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "backhaul_hub_streams_opened_total", Help: "Streams opened to agents by kind.",
+		}, []string{"kind"}),
+		streamsActive: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "backhaul_hub_streams_active", Help: "Streams to agents currently open.",
+		}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "backhaul_hub_stream_bytes_total", Help: "Payload bytes through tunnel streams (tx: hub to agent).",
+		}, []string{"direction"}),
+		dialLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "backhaul_hub_dial_duration_seconds",
+			Help:    "Time from opening a stream to the agent's answer.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 14),
+		}, []string{"kind"}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "backhaul_hub_errors_total", Help: "Failed gateway requests and tunnel upgrades by reason.",
+		}, []string{"reason"}),
+	}
+	m.bytesTx, m.bytesRx = m.bytes.WithLabelValues("tx"), m.bytes.WithLabelValues("rx")
+	reg.MustRegister(m.sessions, m.connects, m.streamsOpened, m.streamsActive, m.bytes, m.dialLatency, m.errors)
+	return m
+}
+
+// Refused counts a stream or upgrade that was not carried, by reason (one
+// of the Reason constants or a tunnel dial code).
+func (m *Metrics) Refused(reason string) { m.errors.WithLabelValues(reason).Inc() }
+
+func (m *Metrics) sessionUp()            { m.sessions.Inc() }
+func (m *Metrics) sessionDown()          { m.sessions.Dec() }
+func (m *Metrics) connect(result string) { m.connects.WithLabelValues(result).Inc() }
+
+func (m *Metrics) streamOpened(kind string, seconds float64) {
+	m.streamsOpened.WithLabelValues(kind).Inc()
+	m.dialLatency.WithLabelValues(kind).Observe(seconds)
+	m.streamsActive.Inc()
+}

@@ -1,0 +1,197 @@
+package session
+
+import (
+	"cmp"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"backhaul.io/backhaul/tunnel"
+)
+
+// Registry holds the live sessions of every cluster on this hub, and the
+// node routes their agents advertised. A cluster may have several
+// sessions (agent replicas, or an agent that reconnected before the hub
+// noticed its old session die); the newest serves new streams.
+type Registry struct {
+	log     hclog.Logger
+	metrics *Metrics
+
+	mu       sync.RWMutex
+	sessions map[string][]*Session
+	// routes sends node addresses to the sessions whose agents advertised
+	// them; the newest claim wins, and a route goes with its session.
+	routes map[netip.Addr][]*Session
+	nextID uint64
+	// closed is set by CloseAll: a hub that is stopping takes no sessions.
+	closed bool
+	// watchers run, outside the lock, whenever a cluster gains or loses a
+	// session.
+	watchers []func(cluster string)
+}
+
+// NewRegistry returns an empty registry.
+func NewRegistry(log hclog.Logger, m *Metrics) *Registry {
+	return &Registry{log: log, metrics: m, sessions: map[string][]*Session{}, routes: map[netip.Addr][]*Session{}}
+}
+
+// Watch calls fn, outside the registry's lock, each time a cluster gains
+// or loses a session. fn must not block; controllers enqueue the name.
+func (r *Registry) Watch(fn func(cluster string)) {
+	r.mu.Lock()
+	r.watchers = append(r.watchers, fn)
+	r.mu.Unlock()
+}
+
+func (r *Registry) notify(cluster string) {
+	r.mu.RLock()
+	ws := r.watchers
+	r.mu.RUnlock()
+	for _, fn := range ws {
+		fn(cluster)
+	}
+}
+
+// Add registers ts, an agent's tunnel for cluster, and returns its Session
+// and the function that removes it. After CloseAll it refuses with
+// ErrShutdown, so a session that connects while the hub drains ends at once.
+func (r *Registry) Add(cluster string, ts *tunnel.Session, a Agent) (*Session, func(), error) {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return nil, nil, ErrShutdown
+	}
+	r.nextID++
+	s := &Session{tunnel: ts, info: Info{
+		Cluster: cluster, ID: r.nextID, AgentVersion: a.Version,
+		Remote: ts.RemoteAddr().String(), Since: time.Now(), Node: a.Node, Addresses: a.Addresses,
+	}}
+	r.sessions[cluster] = append(r.sessions[cluster], s)
+	for _, addr := range a.Addresses {
+		if prev := r.routes[addr]; len(prev) > 0 && prev[len(prev)-1].Cluster() != cluster {
+			r.log.Warn("node address moves to another cluster", "address", addr, "from", prev[len(prev)-1].Cluster(), "to", cluster)
+		}
+		r.routes[addr] = append(r.routes[addr], s)
+	}
+	n := len(r.sessions[cluster])
+	r.mu.Unlock()
+	r.metrics.sessionUp()
+	r.log.Info("agent connected", "cluster", cluster, "session", s.info.ID, "remote", s.info.Remote, "agent_version", a.Version, "sessions", n)
+	r.notify(cluster)
+	var once sync.Once
+	return s, func() { once.Do(func() { r.remove(s) }) }, nil
+}
+
+func (r *Registry) remove(s *Session) {
+	cluster := s.Cluster()
+	r.mu.Lock()
+	for _, a := range s.info.Addresses {
+		if rs := slices.DeleteFunc(r.routes[a], func(x *Session) bool { return x == s }); len(rs) > 0 {
+			r.routes[a] = rs
+		} else {
+			delete(r.routes, a)
+		}
+	}
+	list := slices.DeleteFunc(r.sessions[cluster], func(x *Session) bool { return x == s })
+	if len(list) == 0 {
+		delete(r.sessions, cluster)
+	} else {
+		r.sessions[cluster] = list
+	}
+	r.mu.Unlock()
+	s.closeIdle()
+	r.metrics.sessionDown()
+	r.log.Info("agent disconnected", "cluster", cluster, "session", s.info.ID, "sessions", len(list))
+	r.notify(cluster)
+}
+
+// Get returns the session that should carry a new stream to cluster: the
+// newest that is still alive.
+func (r *Registry) Get(cluster string) (*Session, error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if s := newestAlive(r.sessions[cluster]); s != nil {
+		return s, nil
+	}
+	return nil, &ClusterError{Cluster: cluster, Err: ErrNotConnected}
+}
+
+// Route returns the session of the agent that advertised node address addr.
+func (r *Registry) Route(addr netip.Addr) (*Session, error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if s := newestAlive(r.routes[addr.Unmap()]); s != nil {
+		return s, nil
+	}
+	return nil, ErrNoRoute
+}
+
+func newestAlive(list []*Session) *Session {
+	for i := len(list) - 1; i >= 0; i-- {
+		if list[i].alive() {
+			return list[i]
+		}
+	}
+	return nil
+}
+
+// Connected says whether cluster has at least one session.
+func (r *Registry) Connected(cluster string) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.sessions[cluster]) > 0
+}
+
+// Agents counts cluster's sessions and gives the newest one's agent
+// version, without listing every session of every cluster.
+func (r *Registry) Agents(cluster string) (n int, newestVersion string) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	list := r.sessions[cluster]
+	if len(list) > 0 {
+		newestVersion = list[len(list)-1].info.AgentVersion
+	}
+	return len(list), newestVersion
+}
+
+// Sessions lists the registered sessions, by cluster then age.
+func (r *Registry) Sessions() []*Session {
+	r.mu.RLock()
+	var out []*Session
+	for _, list := range r.sessions {
+		out = append(out, list...)
+	}
+	r.mu.RUnlock()
+	slices.SortFunc(out, func(a, b *Session) int {
+		return cmp.Or(cmp.Compare(a.info.Cluster, b.info.Cluster), cmp.Compare(a.info.ID, b.info.ID))
+	})
+	return out
+}
+
+// Close ends every session of cluster (revocation). It returns how many.
+func (r *Registry) Close(cluster string) int {
+	r.mu.RLock()
+	ss := slices.Clone(r.sessions[cluster])
+	r.mu.RUnlock()
+	for _, s := range ss {
+		_ = s.tunnel.Close()
+	}
+	return len(ss)
+}
+
+// CloseAll ends every session and refuses new ones (hub shutdown).
+func (r *Registry) CloseAll() {
+	r.mu.Lock()
+	r.closed = true
+	var all []*Session
+	for _, list := range r.sessions {
+		all = append(all, list...)
+	}
+	r.mu.Unlock()
+	for _, s := range all {
+		_ = s.tunnel.Close()
+	}
+}
