@@ -234,3 +234,6 @@ func parseAddrs(s string) ([]netip.Addr, error) {
 	}
 	return out, nil
 }
+
+// Logging is how the agent logs.
+func (o *Options) Logging() logging.Options { return o.Log }

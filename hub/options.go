@@ -142,3 +142,6 @@ func (o *Options) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Log.Format, "log-format", o.Log.Format, "log format: text or json")
 	fs.StringVar(&o.Log.Level, "log-level", o.Log.Level, "log level: trace, debug, info, warn, error")
 }
+
+// Logging is how the hub logs.
+func (o *Options) Logging() logging.Options { return o.Log }

@@ -4,47 +4,27 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
+
+	"github.com/hashicorp/go-hclog"
 
 	"backhaul.io/backhaul/agent"
-	"backhaul.io/backhaul/pkg/logging"
+	"backhaul.io/backhaul/pkg/command"
 	"backhaul.io/backhaul/pkg/version"
 )
 
 func main() {
 	opts := agent.NewOptions()
-	fs := flag.NewFlagSet("backhaul-agent", flag.ExitOnError)
-	opts.Flags(fs)
-	showVersion := fs.Bool("version", false, "print the version and exit")
-	_ = fs.Parse(os.Args[1:])
-	if *showVersion {
-		fmt.Println("backhaul-agent", version.Version)
-		return
-	}
-	if err := opts.Validate(); err != nil {
-		fmt.Fprintf(os.Stderr, "backhaul-agent: %v\n", err)
-		os.Exit(2)
-	}
-	log := logging.New(opts.Log, os.Stderr)
-	cfg, err := opts.Config(log)
-	if err != nil {
-		log.Error("bad configuration", "error", err)
-		os.Exit(2)
-	}
-	a, err := agent.New(cfg)
-	if err != nil {
-		log.Error("cannot start", "error", err)
-		os.Exit(1)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	log.Info("starting", "version", version.Version, "cluster", opts.Cluster, "hub", opts.HubURL)
-	if err := a.Run(ctx); err != nil {
-		log.Error("agent stopped", "error", err)
-		os.Exit(1)
-	}
+	command.Main("backhaul-agent", opts, func(ctx context.Context, log hclog.Logger) error {
+		cfg, err := opts.Config(log)
+		if err != nil {
+			return &command.ConfigError{Err: err}
+		}
+		a, err := agent.New(cfg)
+		if err != nil {
+			return fmt.Errorf("cannot start: %w", err)
+		}
+		log.Info("starting", "version", version.Version, "cluster", opts.Cluster, "hub", opts.HubURL)
+		return a.Run(ctx)
+	})
 }

@@ -4,47 +4,27 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
+
+	"github.com/hashicorp/go-hclog"
 
 	"backhaul.io/backhaul/hub"
-	"backhaul.io/backhaul/pkg/logging"
+	"backhaul.io/backhaul/pkg/command"
 	"backhaul.io/backhaul/pkg/version"
 )
 
 func main() {
 	opts := hub.NewOptions()
-	fs := flag.NewFlagSet("backhaul-hub", flag.ExitOnError)
-	opts.Flags(fs)
-	showVersion := fs.Bool("version", false, "print the version and exit")
-	_ = fs.Parse(os.Args[1:])
-	if *showVersion {
-		fmt.Println("backhaul-hub", version.Version)
-		return
-	}
-	if err := opts.Validate(); err != nil {
-		fmt.Fprintf(os.Stderr, "backhaul-hub: %v\n", err)
-		os.Exit(2)
-	}
-	log := logging.New(opts.Log, os.Stderr)
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	cfg, err := opts.Config(ctx, log)
-	if err != nil {
-		log.Error("bad configuration", "error", err)
-		os.Exit(2)
-	}
-	srv, err := hub.New(cfg)
-	if err != nil {
-		log.Error("cannot start", "error", err)
-		os.Exit(1)
-	}
-	log.Info("starting", "version", version.Version)
-	if err := srv.Run(ctx); err != nil {
-		log.Error("hub stopped", "error", err)
-		os.Exit(1)
-	}
+	command.Main("backhaul-hub", opts, func(ctx context.Context, log hclog.Logger) error {
+		cfg, err := opts.Config(ctx, log)
+		if err != nil {
+			return &command.ConfigError{Err: err}
+		}
+		srv, err := hub.New(cfg)
+		if err != nil {
+			return fmt.Errorf("cannot start: %w", err)
+		}
+		log.Info("starting", "version", version.Version)
+		return srv.Run(ctx)
+	})
 }

@@ -18,6 +18,7 @@ import (
 	"backhaul.io/backhaul/agent"
 	"backhaul.io/backhaul/hub"
 	"backhaul.io/backhaul/hub/ctl"
+	"backhaul.io/backhaul/pkg/command"
 	"backhaul.io/backhaul/pkg/flagdoc"
 )
 
@@ -38,12 +39,6 @@ switched on by ` + "`--name`" + ` alone or ` + "`--name=true`" + `. An empty def
 type's zero value: off, empty, 0. See ` + "`docs/operations.md`" + ` for endpoints, metrics and
 failure behaviour.`
 
-// versionFlag mirrors the line each main adds after its options' flags; the
-// test checks the mains for flags this file does not know.
-func versionFlag(fs *flag.FlagSet) {
-	fs.Bool("version", false, "print the version and exit")
-}
-
 // Commands lists the binaries in the order the reference shows them.
 func Commands() []flagdoc.Command {
 	return append([]flagdoc.Command{
@@ -58,7 +53,7 @@ func Commands() []flagdoc.Command {
 				// it was generated (TestRenderIgnoresEnvironment).
 				o.ReplicaName = ""
 				o.Flags(fs)
-				versionFlag(fs)
+				command.VersionFlag(fs)
 			}),
 		},
 		{
@@ -67,7 +62,7 @@ func Commands() []flagdoc.Command {
 				"streams it opens. Main: `agent/cmd/backhaul-agent`.",
 			Flags: flagdoc.StdFlags(func(fs *flag.FlagSet) {
 				agent.NewOptions().Flags(fs)
-				versionFlag(fs)
+				command.VersionFlag(fs)
 			}),
 		},
 	}, ctlCommands()...)
