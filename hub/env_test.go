@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"k8s.io/client-go/rest"
 
@@ -195,11 +194,13 @@ func (e *hubEnv) startAgent(t *testing.T) {
 	// Registered after the hub's cleanup, so it runs first: the agent stops
 	// before the hub, and cannot reconnect into a hub that is shutting down.
 	testutil.Background(t, "agent Run", hubtest.WaitBound, a.Run)
+	// The hub registers the session as it upgrades, a moment before the
+	// agent's dial returns: wait for both sides.
 	require.Eventually(t, func() bool {
 		_, err := e.srv.Sessions().Get("alpha")
 		return err == nil
 	}, hubtest.WaitBound, 5*time.Millisecond, "the agent never registered")
-	assert.True(t, a.Connected())
+	require.Eventually(t, a.Connected, hubtest.WaitBound, 5*time.Millisecond, "the agent never saw its tunnel up")
 }
 
 func (e *hubEnv) get(t *testing.T, path string, header http.Header) *http.Response {
