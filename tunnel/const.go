@@ -25,6 +25,18 @@ const (
 	// routes to this session.
 	HeaderNode          = "Backhaul-Node"
 	HeaderNodeAddresses = "Backhaul-Node-Addresses"
+
+	// HeaderHubReplica, on the hub's 101 answer, names the hub replica that
+	// accepted the session; an agent holding several sessions uses it to
+	// keep them on distinct replicas.
+	HeaderHubReplica = "Backhaul-Hub-Replica"
+	// HeaderHubReplicas, on the same answer, is how many hub replicas serve
+	// at the moment, as a decimal integer.
+	HeaderHubReplicas = "Backhaul-Hub-Replicas"
+
+	// MaxReplicaLen bounds a replica name (a pod name is at most a DNS
+	// subdomain); a longer or non-printable name is ignored.
+	MaxReplicaLen = 253
 )
 
 // Sizes of the stream request and reply. requestFixedLen is

@@ -11,6 +11,14 @@
 // After the upgrade the websocket carries binary messages only and is turned
 // into a net.Conn in exactly one place ([newSession]), under yamux.
 //
+// The hub may run as several replicas behind one address, each serving
+// every cluster. Its 101 answer then names the replica that accepted the
+// session in [HeaderHubReplica] and says how many replicas serve in
+// [HeaderHubReplicas] (a decimal integer); the dialler reads them as
+// [Session.Replica] and [Session.Replicas], and an agent uses them to keep
+// its sessions on distinct replicas. Both headers are optional: a hub that
+// sends no replica name is one replica.
+//
 // # Stream header
 //
 // Every stream starts with a request written by the side that opened it:

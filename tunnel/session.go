@@ -21,6 +21,11 @@ type Session struct {
 	cfg    *Config
 	log    hclog.Logger
 	closed sync.Once
+
+	// replica and replicas are what the hub said on the upgrade; the
+	// accepting side leaves them empty.
+	replica  string
+	replicas int
 }
 
 // newSession is the one place a websocket-backed net.Conn becomes a yamux
@@ -51,6 +56,15 @@ func newSession(conn net.Conn, client bool, cfg *Config, batch *batchConn) (*Ses
 func NewSession(conn net.Conn, client bool, cfg *Config) (*Session, error) {
 	return newSession(conn, client, cfg, nil)
 }
+
+// Replica is the name of the hub replica that accepted this session, as the
+// hub announced it in HeaderHubReplica; "" when it did not (or sent something
+// unusable) and on the accepting side.
+func (s *Session) Replica() string { return s.replica }
+
+// Replicas is how many hub replicas served when this session was accepted,
+// as announced in HeaderHubReplicas; 0 when unknown and on the accepting side.
+func (s *Session) Replicas() int { return s.replicas }
 
 // Done is closed when the session ends, for whatever reason.
 func (s *Session) Done() <-chan struct{} { return s.mux.CloseChan() }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -131,7 +132,26 @@ func (d *Dialer) Dial(ctx context.Context) (*Session, error) {
 		_ = c.Close(websocket.StatusProtocolError, "subprotocol not negotiated")
 		return nil, fmt.Errorf("%w: hub chose subprotocol %q", ErrVersion, c.Subprotocol())
 	}
-	return sessionOver(c, true, cfg, slot.conn)
+	sess, err := sessionOver(c, true, cfg, slot.conn)
+	if err != nil {
+		return nil, err
+	}
+	sess.replica, sess.replicas = replicaHeaders(resp.Header)
+	return sess, nil
+}
+
+// replicaHeaders reads HeaderHubReplica and HeaderHubReplicas off the
+// hub's 101 answer. They only steer how many sessions an agent keeps and
+// where, so anything unusable reads as absent.
+func replicaHeaders(h http.Header) (name string, n int) {
+	name = strings.TrimSpace(h.Get(HeaderHubReplica))
+	if len(name) > MaxReplicaLen || !printable(name) {
+		name = ""
+	}
+	if v, err := strconv.ParseUint(strings.TrimSpace(h.Get(HeaderHubReplicas)), 10, 16); err == nil {
+		n = int(v)
+	}
+	return name, n
 }
 
 func (d *Dialer) timeout() time.Duration {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/coder/websocket"
@@ -205,6 +206,72 @@ func TestOffers(t *testing.T) {
 				h.Add("Sec-WebSocket-Protocol", v)
 			}
 			assert.Equal(t, tc.want, offers(h, Subprotocol))
+		})
+	}
+}
+
+// TestHubReplicaHeaders: headers the hub sets before Accept stay on the 101
+// answer (coder/websocket only adds its own), and the dialling side reads
+// them; the accepting side has none.
+func TestHubReplicaHeaders(t *testing.T) {
+	tests := []struct {
+		name         string
+		replica      string
+		replicas     string
+		wantReplica  string
+		wantReplicas int
+	}{
+		{name: "both", replica: "hub-7d9f-abcde", replicas: "3", wantReplica: "hub-7d9f-abcde", wantReplicas: 3},
+		{name: "none"},
+		{name: "name only", replica: "hub-0", wantReplica: "hub-0"},
+		{name: "count not a number", replica: "hub-0", replicas: "three", wantReplica: "hub-0"},
+		{name: "negative count", replica: "hub-0", replicas: "-2", wantReplica: "hub-0"},
+		{name: "count too large", replica: "hub-0", replicas: "70000", wantReplica: "hub-0"},
+		{name: "name too long", replica: strings.Repeat("h", MaxReplicaLen+1), replicas: "2", wantReplicas: 2},
+		{name: "longest name", replica: strings.Repeat("h", MaxReplicaLen), replicas: "1", wantReplica: strings.Repeat("h", MaxReplicaLen), wantReplicas: 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig(t)
+			accepted := make(chan *Session, 1)
+			srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if tc.replica != "" {
+					w.Header().Set(HeaderHubReplica, tc.replica)
+				}
+				if tc.replicas != "" {
+					w.Header().Set(HeaderHubReplicas, tc.replicas)
+				}
+				if s, err := Accept(w, r, cfg); err == nil {
+					accepted <- s
+				}
+			}))
+			defer srv.Close()
+
+			// The raw answer, as any websocket client sees it.
+			client := srv.Client()
+			defer client.CloseIdleConnections()
+			c, resp, err := websocket.Dial(context.Background(), "wss://"+srv.Listener.Addr().String()+Path, &websocket.DialOptions{
+				HTTPClient:   client,
+				Subprotocols: []string{Subprotocol},
+			})
+			require.NoError(t, err)
+			assert.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
+			assert.Equal(t, tc.replica, resp.Header.Get(HeaderHubReplica))
+			assert.Equal(t, tc.replicas, resp.Header.Get(HeaderHubReplicas))
+			_ = c.CloseNow()
+			raw := <-accepted
+			_ = raw.Close()
+
+			// Through the Dialer.
+			sess, err := testDialer(t, srv, nil).Dial(context.Background())
+			require.NoError(t, err)
+			defer sess.Close()
+			server := <-accepted
+			defer server.Close()
+			assert.Equal(t, tc.wantReplica, sess.Replica())
+			assert.Equal(t, tc.wantReplicas, sess.Replicas())
+			assert.Empty(t, server.Replica(), "the accepting side learns nothing from its own answer")
+			assert.Zero(t, server.Replicas())
 		})
 	}
 }
