@@ -3,6 +3,7 @@ package tunnel
 import (
 	"fmt"
 	"net/http"
+	"time"
 )
 
 const (
@@ -82,7 +83,18 @@ const (
 	// member's API server: the caller speaks TLS end to end with it (the
 	// CONNECT front end), so the hub never sees the member's credentials.
 	KindAPIServerTCP Kind = 3
+	// KindDrain is a control stream the hub opens on an agent's session to
+	// say that its replica is going away. Timeout carries the grace period
+	// (0: [DefaultDrainGrace]) and Address is empty. The agent answers
+	// CodeOK, closes the stream, dials a replacement session and closes
+	// this one once it carries no streams or the grace has passed. An agent
+	// that predates the kind answers CodeBadRequest, which the hub must
+	// tolerate.
+	KindDrain Kind = 4
 )
+
+// DefaultDrainGrace is the acceptor's grace for a drain that names none.
+const DefaultDrainGrace = 30 * time.Second
 
 func (k Kind) String() string {
 	switch k {
@@ -92,6 +104,8 @@ func (k Kind) String() string {
 		return "tcp"
 	case KindAPIServerTCP:
 		return "apiserver-tcp"
+	case KindDrain:
+		return "drain"
 	default:
 		return fmt.Sprintf("kind(%d)", uint8(k))
 	}

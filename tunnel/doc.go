@@ -32,7 +32,8 @@
 // opener grants, big-endian milliseconds (0: the acceptor's default); the
 // request id (at most [MaxRequestIDLen] printable ASCII bytes) ties hub and
 // agent logs together; the address is host:port for [KindTCP] and empty for
-// [KindAPIServer] and [KindAPIServerTCP]. The whole request is at most [MaxRequestLen] bytes.
+// [KindAPIServer], [KindAPIServerTCP] and [KindDrain]. The whole request is
+// at most [MaxRequestLen] bytes.
 //
 // The acceptor answers before any payload:
 //
@@ -44,6 +45,20 @@
 // code is a [Code] ([CodeOK] or a typed failure) and the message, at most
 // [MaxMessageLen] bytes, says why. After [CodeOK] the stream is a plain byte
 // pipe; after any other code the acceptor closes it.
+//
+// # Draining
+//
+// A hub replica that is going away opens a [KindDrain] stream on each agent
+// session it holds ([Session.Drain]); the timeout field carries the grace
+// period (0: [DefaultDrainGrace]) and the address is empty. No payload
+// follows: the agent answers [CodeOK] and closes the stream, stops counting
+// the session towards the sessions it keeps, dials a replacement (the
+// draining replica refuses new upgrades with 503 and Retry-After, so the
+// load balancer's next pick lands elsewhere), and closes the drained
+// session once it carries no streams, or when the grace has passed.
+// An agent that predates the kind answers [CodeBadRequest] like for any
+// unknown kind; the hub tolerates that and its session simply ends when the
+// replica closes it.
 //
 // # Liveness
 //

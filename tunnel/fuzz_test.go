@@ -22,10 +22,15 @@ func FuzzReadRequest(f *testing.F) {
 		{Kind: KindTCP, Address: "10.0.0.1:5432", Timeout: time.Millisecond},
 		{Kind: KindTCP, Address: "[fd00::1]:443", RequestID: "r"},
 		{Kind: KindTCP, Address: strings.Repeat("h", MaxAddressLen-len(":65535")) + ":65535", RequestID: strings.Repeat("i", MaxRequestIDLen)},
+		{Kind: KindAPIServerTCP, RequestID: "c"},
+		{Kind: KindDrain},
+		{Kind: KindDrain, Timeout: 30 * time.Second, RequestID: "drain"},
 	}
 	extra := [][]byte{
 		{Version, byte(KindTCP), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff},
 		rawRequest(Version, KindAPIServer, 0, "", "10.0.0.1:443"),
+		rawRequest(Version, KindDrain, 30000, "", "10.0.0.1:443"),
+		rawRequest(Version, KindDrain+1, 0, "", ""),
 	}
 	fuzzDecoder(f, seeds, extra, MaxRequestLen, ReadRequest)
 }

@@ -12,9 +12,10 @@ import (
 // Request is what the opener of a stream asks for.
 type Request struct {
 	Kind Kind
-	// Address is host:port for KindTCP and empty for the API server kinds.
+	// Address is host:port for KindTCP and empty for every other kind.
 	Address string
-	// Timeout is the dial budget; zero lets the acceptor choose. It travels
+	// Timeout is the dial budget (for KindDrain, the grace period); zero
+	// lets the acceptor choose. It travels
 	// as a duration, not a point in time, so clock skew between hub and
 	// agent does not matter. Millisecond resolution, at most ~49 days.
 	Timeout time.Duration
@@ -25,7 +26,7 @@ type Request struct {
 // Validate reports whether r can be put on the wire and served.
 func (r Request) Validate() error {
 	switch r.Kind {
-	case KindAPIServer, KindAPIServerTCP:
+	case KindAPIServer, KindAPIServerTCP, KindDrain:
 		if r.Address != "" {
 			return fmt.Errorf("%w: %s request carries an address", ErrMalformed, r.Kind)
 		}

@@ -43,6 +43,8 @@ func TestRequestRoundTrip(t *testing.T) {
 		{name: "max id and address", req: Request{Kind: KindTCP, Address: longHost + ":65535", RequestID: strings.Repeat("~", MaxRequestIDLen)}},
 		{name: "one millisecond", req: Request{Kind: KindAPIServer, Timeout: time.Millisecond}},
 		{name: "max timeout", req: Request{Kind: KindAPIServer, Timeout: (1<<32 - 1) * time.Millisecond}},
+		{name: "drain with grace", req: Request{Kind: KindDrain, Timeout: 30 * time.Second, RequestID: "drain-1"}},
+		{name: "drain without grace", req: Request{Kind: KindDrain}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -77,6 +79,8 @@ func TestRequestMarshalRejects(t *testing.T) {
 		{name: "zero kind", req: Request{}},
 		{name: "unknown kind", req: Request{Kind: 9}},
 		{name: "apiserver with address", req: Request{Kind: KindAPIServer, Address: "10.0.0.1:443"}},
+		{name: "drain with address", req: Request{Kind: KindDrain, Address: "10.0.0.1:443"}},
+		{name: "drain with negative grace", req: Request{Kind: KindDrain, Timeout: -time.Second}},
 		{name: "tcp without address", req: Request{Kind: KindTCP}},
 		{name: "tcp without port", req: Request{Kind: KindTCP, Address: "10.0.0.1"}},
 		{name: "tcp without host", req: Request{Kind: KindTCP, Address: ":443"}},
@@ -132,6 +136,8 @@ func TestReadRequestRejects(t *testing.T) {
 		{name: "address not host:port", in: rawRequest(Version, KindTCP, 0, "", "10.0.0.1"), want: ErrMalformed},
 		{name: "address bad port", in: rawRequest(Version, KindTCP, 0, "", "10.0.0.1:0"), want: ErrMalformed},
 		{name: "apiserver with address", in: rawRequest(Version, KindAPIServer, 0, "", "10.0.0.1:443"), want: ErrMalformed},
+		{name: "drain with address", in: rawRequest(Version, KindDrain, 30000, "", "hub-1:443"), want: ErrMalformed},
+		{name: "first kind after drain", in: rawRequest(Version, KindDrain+1, 0, "", ""), want: ErrMalformed},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -274,6 +280,8 @@ func TestReadReplyBoundedRead(t *testing.T) {
 func TestKindAndCodeStrings(t *testing.T) {
 	assert.Equal(t, "apiserver", KindAPIServer.String())
 	assert.Equal(t, "tcp", KindTCP.String())
+	assert.Equal(t, "apiserver-tcp", KindAPIServerTCP.String())
+	assert.Equal(t, "drain", KindDrain.String())
 	assert.Equal(t, "kind(9)", Kind(9).String())
 	names := map[string]bool{}
 	for c := CodeOK; c <= maxCode; c++ {

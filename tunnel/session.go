@@ -95,6 +95,32 @@ func (s *Session) RemoteAddr() net.Addr { return s.conn.RemoteAddr() }
 // Open asks the peer for req and returns the stream once the peer answered
 // CodeOK. A refusal is a *DialError. ctx bounds the whole exchange.
 func (s *Session) Open(ctx context.Context, req Request) (net.Conn, error) {
+	// The reply may take as long as the dial the peer does for us.
+	budget := req.Timeout
+	if budget == 0 {
+		budget = s.cfg.DefaultDialTimeout
+	}
+	return s.open(ctx, req, budget)
+}
+
+// Drain tells the peer (an agent) that this side (a hub replica) is going
+// away, and returns once the agent acknowledged. The agent then dials a
+// replacement session, elsewhere, and closes this one when it carries no
+// streams or grace has passed (0: [DefaultDrainGrace]). An agent that does
+// not know [KindDrain] refuses with a *DialError of CodeBadRequest; the
+// session then simply ends when this side closes it.
+func (s *Session) Drain(ctx context.Context, grace time.Duration) error {
+	// The agent answers without dialling anything.
+	stream, err := s.open(ctx, Request{Kind: KindDrain, Timeout: grace}, 0)
+	if err != nil {
+		return err
+	}
+	_ = stream.Close()
+	return nil
+}
+
+// open is Open with budget, beyond HeaderTimeout, for the peer's reply.
+func (s *Session) open(ctx context.Context, req Request, budget time.Duration) (net.Conn, error) {
 	hdr, err := req.MarshalBinary()
 	if err != nil {
 		return nil, err
@@ -105,11 +131,6 @@ func (s *Session) Open(ctx context.Context, req Request) (net.Conn, error) {
 			return nil, fmt.Errorf("%w: %w", ErrSessionClosed, err)
 		}
 		return nil, fmt.Errorf("open stream: %w", err)
-	}
-	// The reply may take as long as the dial the peer does for us.
-	budget := req.Timeout
-	if budget == 0 {
-		budget = s.cfg.DefaultDialTimeout
 	}
 	// ctx's own deadline is left to the AfterFunc, so that ctx ending is
 	// always reported as ctx's error, never as the peer being slow.
@@ -230,6 +251,9 @@ func (s *Session) handle(ctx context.Context, stream *yamux.Stream, h Handler) {
 	_ = stream.SetReadDeadline(time.Time{})
 	if req.Timeout == 0 {
 		req.Timeout = s.cfg.DefaultDialTimeout
+		if req.Kind == KindDrain {
+			req.Timeout = DefaultDrainGrace
+		}
 	}
 	h(ctx, &Incoming{Request: req, stream: stream})
 }

@@ -585,3 +585,60 @@ func TestDefaultKeepAlive(t *testing.T) {
 	c := DefaultConfig()
 	assert.Equal(t, 25*time.Second, c.KeepAliveInterval+c.KeepAliveTimeout)
 }
+
+// TestSessionDrain: the hub's Drain reaches the agent's handler with its
+// grace and returns once acknowledged; an agent that does not know the kind
+// refuses it with CodeBadRequest, which Drain reports as a *DialError.
+func TestSessionDrain(t *testing.T) {
+	tests := []struct {
+		name      string
+		grace     time.Duration
+		wantGrace time.Duration
+		// old is an agent that predates KindDrain: it refuses kinds it
+		// does not know, as every agent always has.
+		old bool
+	}{
+		{name: "acknowledged", grace: 45 * time.Second, wantGrace: 45 * time.Second},
+		{name: "no grace gets the default", wantGrace: DefaultDrainGrace},
+		{name: "old agent refuses", grace: time.Minute, wantGrace: time.Minute, old: true},
+	}
+	forEachTransport(t, func(t *testing.T, tr transport) {
+		for _, tc := range tests {
+			t.Run(tc.name, func(t *testing.T) {
+				agent, hub := tr.connect(t, testConfig(t), nil)
+				got := make(chan Request, 1)
+				serve(t, agent, func(_ context.Context, in *Incoming) {
+					got <- in.Request
+					if tc.old {
+						_ = in.Reject(CodeBadRequest, "unknown stream kind")
+						return
+					}
+					if c, err := in.Accept(); err == nil {
+						_ = c.Close()
+					}
+				})
+				ctx, cancel := context.WithTimeout(context.Background(), waitBound)
+				defer cancel()
+				err := hub.Drain(ctx, tc.grace)
+				req := <-got
+				assert.Equal(t, KindDrain, req.Kind)
+				assert.Equal(t, tc.wantGrace, req.Timeout)
+				assert.Empty(t, req.Address)
+				if tc.old {
+					var de *DialError
+					require.ErrorAs(t, err, &de)
+					assert.Equal(t, CodeBadRequest, de.Code)
+				} else {
+					require.NoError(t, err)
+				}
+				assert.Eventually(t, func() bool { return hub.NumStreams() == 0 && agent.NumStreams() == 0 },
+					waitBound, 5*time.Millisecond, "the drain stream closes on both sides")
+			})
+		}
+	})
+	t.Run("negative grace is refused before anything is sent", func(t *testing.T) {
+		_, hub := connectPipe(t, testConfig(t), nil)
+		require.ErrorIs(t, hub.Drain(context.Background(), -time.Second), ErrMalformed)
+		assert.Zero(t, hub.NumStreams())
+	})
+}
