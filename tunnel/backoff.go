@@ -47,11 +47,15 @@ func (b *Backoff) Next() time.Duration {
 		ceil = b.Max
 	}
 	b.attempt++
-	jitter := b.Jitter
-	if jitter == nil {
-		jitter = func(n int64) int64 { return rand.Int64N(n + 1) }
+	return b.jitter(ceil)
+}
+
+// jitter returns a wait uniform in [0, d].
+func (b *Backoff) jitter(d time.Duration) time.Duration {
+	if b.Jitter == nil {
+		return time.Duration(rand.Int64N(int64(d) + 1))
 	}
-	return time.Duration(jitter(int64(ceil)))
+	return time.Duration(b.Jitter(int64(d)))
 }
 
 // Floor makes the next wait at least d (used after permanent refusals, so a
@@ -62,6 +66,14 @@ func (b *Backoff) Floor(d time.Duration) time.Duration {
 		w = d
 	}
 	return w
+}
+
+// RetryAfter is the next wait after the hub said to come back in d (a
+// Retry-After): at least d plus a jitter of up to d/2, so that the agents a
+// replica turned away together do not return together; the normal backoff
+// when that is longer. The sequence advances as for any failure.
+func (b *Backoff) RetryAfter(d time.Duration) time.Duration {
+	return max(b.Next(), d+b.jitter(d/2))
 }
 
 // Reset starts the sequence over.

@@ -197,6 +197,40 @@ func TestBackoffFloor(t *testing.T) {
 	})
 }
 
+func TestBackoffRetryAfter(t *testing.T) {
+	const after = 5 * time.Second
+	tests := []struct {
+		name    string
+		jitter  func(int64) int64
+		retries int // RetryAfter calls before the one checked
+		want    time.Duration
+	}{
+		{name: "ceiling jitter adds half", jitter: ceilingJitter, want: after + after/2},
+		{name: "zero jitter waits exactly retry-after", jitter: func(int64) int64 { return 0 }, want: after},
+		{name: "a longer backoff wins", jitter: ceilingJitter, retries: 4, want: 16 * time.Second},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			b := &Backoff{Base: time.Second, Max: time.Minute, Jitter: tc.jitter}
+			for range tc.retries {
+				b.RetryAfter(after)
+			}
+			assert.Equal(t, tc.want, b.RetryAfter(after))
+		})
+	}
+	t.Run("default jitter stays within a half", func(t *testing.T) {
+		b := &Backoff{Base: time.Millisecond, Max: time.Millisecond}
+		seen := map[time.Duration]bool{}
+		for range 200 {
+			w := b.RetryAfter(after)
+			assert.GreaterOrEqual(t, w, after)
+			assert.LessOrEqual(t, w, after+after/2)
+			seen[w] = true
+		}
+		assert.Greater(t, len(seen), 1, "the waits are spread, not all the same")
+	})
+}
+
 func TestBackoffSleep(t *testing.T) {
 	t.Run("waits on the clock", func(t *testing.T) {
 		clock := newFakeClock()

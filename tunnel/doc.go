@@ -8,6 +8,11 @@
 // [Subprotocol] (which names the protocol version), compression off, and its
 // credentials in ordinary HTTP headers. A refused upgrade answers a plain HTTP
 // status and a one-line reason; the dialler returns it as a [*HandshakeError].
+// A replica that is draining or overloaded answers 503 (or 429) with
+// Retry-After in seconds (other forms are ignored); the dialler reports it
+// as [HandshakeError.RetryAfter], and the agent waits at least that long
+// plus a random share of up to half of it ([Backoff.RetryAfter]), so agents
+// turned away together do not come back together.
 // After the upgrade the websocket carries binary messages only and is turned
 // into a net.Conn in exactly one place ([newSession]), under yamux.
 //

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"net/http"
 	"strconv"
 	"strings"
 	"testing"
@@ -330,4 +331,40 @@ func TestErrors(t *testing.T) {
 	}
 	assert.False(t, IsPermanent(nil))
 	assert.False(t, IsPermanent(io.EOF))
+}
+
+func TestRetryAfter(t *testing.T) {
+	tests := []struct {
+		name   string
+		status int
+		header []string
+		want   time.Duration
+	}{
+		{name: "503 seconds", status: 503, header: []string{"5"}, want: 5 * time.Second},
+		{name: "429 seconds", status: 429, header: []string{"30"}, want: 30 * time.Second},
+		{name: "zero", status: 503, header: []string{"0"}},
+		{name: "spaces", status: 503, header: []string{" 7 "}, want: 7 * time.Second},
+		{name: "capped", status: 503, header: []string{"99999999"}, want: MaxRetryAfter},
+		{name: "absent", status: 503},
+		{name: "date", status: 503, header: []string{"Wed, 21 Oct 2015 07:28:00 GMT"}},
+		{name: "negative", status: 503, header: []string{"-5"}},
+		{name: "fraction", status: 503, header: []string{"1.5"}},
+		{name: "overflow", status: 503, header: []string{"99999999999999999999"}},
+		{name: "other status", status: 502, header: []string{"5"}},
+		{name: "permanent status", status: 401, header: []string{"5"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := &http.Response{StatusCode: tc.status, Header: http.Header{}}
+			for _, v := range tc.header {
+				resp.Header.Add("Retry-After", v)
+			}
+			assert.Equal(t, tc.want, retryAfter(resp))
+		})
+	}
+	t.Run("error text names it", func(t *testing.T) {
+		he := &HandshakeError{StatusCode: 503, Reason: "draining", RetryAfter: 5 * time.Second}
+		assert.Contains(t, he.Error(), "5s")
+		assert.False(t, he.Permanent())
+	})
 }

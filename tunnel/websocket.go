@@ -124,7 +124,7 @@ func (d *Dialer) Dial(ctx context.Context) (*Session, error) {
 	})
 	if err != nil {
 		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
-			return nil, &HandshakeError{StatusCode: resp.StatusCode, Reason: reason(resp)}
+			return nil, &HandshakeError{StatusCode: resp.StatusCode, Reason: reason(resp), RetryAfter: retryAfter(resp)}
 		}
 		return nil, fmt.Errorf("dial hub %s: %w", u, err)
 	}

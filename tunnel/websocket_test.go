@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/coder/websocket"
 	"github.com/stretchr/testify/assert"
@@ -17,21 +18,30 @@ import (
 
 func TestDialHandshakeRefused(t *testing.T) {
 	tests := []struct {
-		name      string
-		status    int
-		reason    string
-		permanent bool
+		name       string
+		status     int
+		reason     string
+		retryAfter string // the Retry-After header, if any
+		permanent  bool
+		wantRetry  time.Duration
 	}{
 		{name: "unauthorized", status: http.StatusUnauthorized, reason: "invalid token for cluster alpha", permanent: true},
 		{name: "forbidden", status: http.StatusForbidden, reason: "cluster alpha is disabled", permanent: true},
 		{name: "upgrade required", status: http.StatusUpgradeRequired, reason: "this hub speaks backhaul.io/v2", permanent: true},
 		{name: "unavailable", status: http.StatusServiceUnavailable, reason: "draining", permanent: false},
+		{name: "draining with retry-after", status: http.StatusServiceUnavailable, reason: "draining", retryAfter: "5", wantRetry: 5 * time.Second},
+		{name: "too many with retry-after", status: http.StatusTooManyRequests, reason: "slow down", retryAfter: "120", wantRetry: 2 * time.Minute},
+		{name: "retry-after as a date is ignored", status: http.StatusServiceUnavailable, reason: "draining", retryAfter: "Wed, 21 Oct 2015 07:28:00 GMT"},
+		{name: "retry-after on another status is ignored", status: http.StatusInternalServerError, reason: "oops", retryAfter: "5"},
 		{name: "internal error", status: http.StatusInternalServerError, reason: "oops", permanent: false},
 		{name: "not found", status: http.StatusNotFound, reason: "no tunnel here", permanent: false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				if tc.retryAfter != "" {
+					w.Header().Set("Retry-After", tc.retryAfter)
+				}
 				http.Error(w, tc.reason, tc.status)
 			}))
 			defer srv.Close()
@@ -44,6 +54,7 @@ func TestDialHandshakeRefused(t *testing.T) {
 			assert.Equal(t, tc.status, he.StatusCode)
 			assert.Contains(t, he.Reason, tc.reason)
 			assert.Equal(t, tc.permanent, IsPermanent(err))
+			assert.Equal(t, tc.wantRetry, he.RetryAfter)
 		})
 	}
 }
