@@ -91,6 +91,13 @@ const (
 	// that predates the kind answers CodeBadRequest, which the hub must
 	// tolerate.
 	KindDrain Kind = 4
+	// KindForward is opened by one hub replica on its peer session with
+	// another: "open, on your own agent session of a cluster, a stream of
+	// an inner kind, and join the two". Address is CLUSTER/INNER for the API
+	// server kinds and CLUSTER/INNER/ADDRESS for KindTCP, INNER being the
+	// inner Kind in decimal ([Forward], [Request.Forwarded]). Only hub
+	// replicas speak it to each other; agents refuse it.
+	KindForward Kind = 5
 )
 
 // DefaultDrainGrace is the acceptor's grace for a drain that names none.
@@ -106,6 +113,8 @@ func (k Kind) String() string {
 		return "apiserver-tcp"
 	case KindDrain:
 		return "drain"
+	case KindForward:
+		return "forward"
 	default:
 		return fmt.Sprintf("kind(%d)", uint8(k))
 	}

@@ -36,9 +36,10 @@
 // version is [Version]; kind is a [Kind]; timeout is the dial budget the
 // opener grants, big-endian milliseconds (0: the acceptor's default); the
 // request id (at most [MaxRequestIDLen] printable ASCII bytes) ties hub and
-// agent logs together; the address is host:port for [KindTCP] and empty for
-// [KindAPIServer], [KindAPIServerTCP] and [KindDrain]. The whole request is
-// at most [MaxRequestLen] bytes.
+// agent logs together; the address is host:port for [KindTCP], the target
+// for [KindForward] (see below) and empty for [KindAPIServer],
+// [KindAPIServerTCP] and [KindDrain]. The whole request is at most
+// [MaxRequestLen] bytes.
 //
 // The acceptor answers before any payload:
 //
@@ -64,6 +65,19 @@
 // An agent that predates the kind answers [CodeBadRequest] like for any
 // unknown kind; the hub tolerates that and its session simply ends when the
 // replica closes it.
+//
+// # Forwarding between hub replicas
+//
+// Hub replicas keep one peer session per pair, the same websocket and
+// yamux tunnel as an agent's, authenticated both ways by certificates of
+// the hub's CA. A replica that holds no session of a cluster opens a
+// [KindForward] stream to a replica that does; its address names the
+// cluster and the inner request (CLUSTER/KIND, or CLUSTER/2/HOST:PORT for
+// [KindTCP]). The receiving replica opens the inner stream on its own agent
+// session of the cluster, answers with the agent's reply (or
+// [CodeUnavailable] when it holds no session of the cluster any more, so
+// the opener tries another), and joins the two streams. A forwarded stream
+// is never forwarded again.
 //
 // # Liveness
 //

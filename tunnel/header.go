@@ -41,6 +41,10 @@ func (r Request) Validate() error {
 		if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
 			return fmt.Errorf("%w: address %q has a bad port", ErrMalformed, r.Address)
 		}
+	case KindForward:
+		if _, _, err := r.Forwarded(); err != nil {
+			return err
+		}
 	default:
 		return fmt.Errorf("%w: unknown kind %d", ErrMalformed, uint8(r.Kind))
 	}
