@@ -23,11 +23,14 @@ import (
 
 // Config is everything an agent needs; Options builds it from flags.
 type Config struct {
-	Dialer     *tunnel.Dialer
-	Backoff    *tunnel.Backoff
-	Member     *rest.Config
-	Allow      *Allowlist
-	DenyGroups []string
+	Dialer  *tunnel.Dialer
+	Backoff *tunnel.Backoff
+	// HubConnections is how many tunnel sessions to keep, each to a
+	// distinct hub replica; zero means 1.
+	HubConnections int
+	Member         *rest.Config
+	Allow          *Allowlist
+	DenyGroups     []string
 	// AdminListen serves /healthz, /readyz and /metrics.
 	AdminListen string
 	Log         hclog.Logger
@@ -45,11 +48,12 @@ type Config struct {
 
 // Agent is a running agent.
 type Agent struct {
-	cfg       Config
-	metrics   *Metrics
-	api       *apiProxy
-	connected atomic.Bool
-	log       hclog.Logger
+	cfg     Config
+	metrics *Metrics
+	api     *apiProxy
+	// sessions is how many tunnel sessions are up, draining ones included.
+	sessions atomic.Int64
+	log      hclog.Logger
 }
 
 // New builds the agent.
@@ -79,8 +83,11 @@ func New(cfg Config) (*Agent, error) {
 	return &Agent{cfg: cfg, metrics: NewMetrics(cfg.Registry), api: api, log: cfg.Log}, nil
 }
 
-// Connected reports whether the tunnel is up.
-func (a *Agent) Connected() bool { return a.connected.Load() }
+// Connected reports whether at least one tunnel session is up.
+func (a *Agent) Connected() bool { return a.sessions.Load() > 0 }
+
+// Sessions is the number of tunnel sessions up, draining ones included.
+func (a *Agent) Sessions() int { return int(a.sessions.Load()) }
 
 // Run keeps the tunnel up and serves it until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
@@ -137,19 +144,19 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 
 	sup := &tunnel.Supervisor{
-		Dialer:  a.cfg.Dialer,
-		Backoff: a.cfg.Backoff,
-		Log:     a.log.Named(logging.Tunnel),
+		Dialer:      a.cfg.Dialer,
+		Backoff:     a.cfg.Backoff,
+		Connections: a.cfg.HubConnections,
+		Log:         a.log.Named(logging.Tunnel),
+		// Every session serves the hub's streams alike; drains are the
+		// supervisor's and never reach serveStream.
 		Handler: func(ctx context.Context, in *tunnel.Incoming) { a.serveStream(ctx, lis, in) },
-		OnConnect: func(*tunnel.Session) {
-			a.connected.Store(true)
-			a.metrics.connected.Set(1)
+		OnSessions: func(n int) {
+			a.sessions.Store(int64(n))
+			a.metrics.setSessions(n)
 		},
-		OnDisconnect: func(error) {
-			a.connected.Store(false)
-			a.metrics.connected.Set(0)
-			a.metrics.reconnects.Inc()
-		},
+		OnDisconnect: func(error) { a.metrics.reconnects.Inc() },
+		OnDrain:      func(*tunnel.Session, time.Duration) { a.metrics.drains.Inc() },
 	}
 	err := sup.Run(ctx)
 	if errors.Is(err, context.Canceled) {
@@ -161,7 +168,7 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	health := func(w http.ResponseWriter, _ *http.Request) {
-		if !a.connected.Load() {
+		if !a.Connected() {
 			http.Error(w, "no tunnel to the hub", http.StatusServiceUnavailable)
 			return
 		}

@@ -250,7 +250,7 @@ func TestAgentHealth(t *testing.T) {
 	}
 	assert.Equal(t, http.StatusServiceUnavailable, get("/healthz"))
 	assert.Equal(t, http.StatusServiceUnavailable, get("/readyz"))
-	a.connected.Store(true)
+	a.sessions.Store(1)
 	assert.Equal(t, http.StatusOK, get("/healthz"))
 	assert.Equal(t, http.StatusOK, get("/readyz"))
 	assert.Equal(t, http.StatusOK, get("/metrics"))

@@ -5,6 +5,8 @@ import "github.com/prometheus/client_golang/prometheus"
 // Metrics are the agent's Prometheus series.
 type Metrics struct {
 	connected  prometheus.Gauge
+	sessions   prometheus.Gauge
+	drains     prometheus.Counter
 	reconnects prometheus.Counter
 	streams    *prometheus.CounterVec
 	refusals   *prometheus.CounterVec
@@ -14,7 +16,13 @@ type Metrics struct {
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		connected: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "backhaul_agent_connected", Help: "1 while the tunnel to the hub is up.",
+			Name: "backhaul_agent_connected", Help: "1 while at least one tunnel session to the hub is up.",
+		}),
+		sessions: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "backhaul_agent_sessions", Help: "Tunnel sessions to the hub, draining ones included.",
+		}),
+		drains: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "backhaul_agent_drains_total", Help: "Sessions a going-away hub replica asked to drain.",
 		}),
 		reconnects: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "backhaul_agent_disconnects_total", Help: "Tunnel sessions lost or refused.",
@@ -26,6 +34,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "backhaul_agent_dial_refusals_total", Help: "TCP dials refused by the allowlist, by rule.",
 		}, []string{"reason"}),
 	}
-	reg.MustRegister(m.connected, m.reconnects, m.streams, m.refusals)
+	reg.MustRegister(m.connected, m.sessions, m.drains, m.reconnects, m.streams, m.refusals)
 	return m
+}
+
+// setSessions records how many tunnel sessions are up.
+func (m *Metrics) setSessions(n int) {
+	m.sessions.Set(float64(n))
+	if n > 0 {
+		m.connected.Set(1)
+	} else {
+		m.connected.Set(0)
+	}
 }

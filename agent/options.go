@@ -29,6 +29,7 @@ import (
 // Options are backhaul-agent's command-line settings.
 type Options struct {
 	HubURL      string
+	HubConns    int
 	HubCAFile   string
 	Cluster     string
 	TokenFile   string
@@ -53,6 +54,7 @@ func NewOptions() *Options {
 	t := tunnel.DefaultConfig()
 	b := tunnel.DefaultBackoff()
 	return &Options{
+		HubConns:    2,
 		AdminListen: ":9090",
 		DenyGroups:  "system:masters",
 		KubeletPort: 10250,
@@ -67,6 +69,7 @@ func NewOptions() *Options {
 // Flags registers the options on fs.
 func (o *Options) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&o.HubURL, "hub-url", o.HubURL, "hub address, wss://host:port (HTTPS_PROXY and NO_PROXY are honoured)")
+	fs.IntVar(&o.HubConns, "hub-connections", o.HubConns, "tunnel sessions to keep, each to a distinct hub replica, so losing or rolling one replica costs no request (fewer when the hub has fewer replicas; 1: a single session)")
 	fs.StringVar(&o.HubCAFile, "hub-ca-file", o.HubCAFile, "PEM CA that signed the hub's serving certificate (empty: system roots)")
 	fs.StringVar(&o.Cluster, "cluster", o.Cluster, "name of the cluster this agent serves")
 	fs.StringVar(&o.TokenFile, "token-file", o.TokenFile, "file holding a static bearer token for the hub (standalone hubs with --agent-token-file)")
@@ -92,6 +95,9 @@ func (o *Options) Validate() error {
 	var errs []error
 	if u, err := url.Parse(o.HubURL); err != nil || (u.Scheme != "wss" && u.Scheme != "https") || u.Host == "" {
 		errs = append(errs, fmt.Errorf("--hub-url %q: want wss://host:port", o.HubURL))
+	}
+	if o.HubConns < 1 {
+		errs = append(errs, fmt.Errorf("--hub-connections %d: want at least 1", o.HubConns))
 	}
 	if msgs := validation.IsDNS1123Label(o.Cluster); len(msgs) > 0 {
 		errs = append(errs, fmt.Errorf("--cluster %q: %s", o.Cluster, strings.Join(msgs, "; ")))
@@ -199,17 +205,18 @@ func (o *Options) Config(log hclog.Logger) (Config, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return Config{
-		Dialer:        &tunnel.Dialer{URL: o.HubURL, TLSConfig: tlsCfg, Header: h, Config: tcfg},
-		Credentials:   creds,
-		Backoff:       b,
-		Member:        member,
-		Allow:         allow,
-		DenyGroups:    splitList(o.DenyGroups),
-		NodeAddresses: nodeAddrs,
-		KubeletPort:   uint16(o.KubeletPort),
-		AdminListen:   o.AdminListen,
-		Log:           log,
-		Registry:      reg,
+		Dialer:         &tunnel.Dialer{URL: o.HubURL, TLSConfig: tlsCfg, Header: h, Config: tcfg},
+		Credentials:    creds,
+		Backoff:        b,
+		HubConnections: o.HubConns,
+		Member:         member,
+		Allow:          allow,
+		DenyGroups:     splitList(o.DenyGroups),
+		NodeAddresses:  nodeAddrs,
+		KubeletPort:    uint16(o.KubeletPort),
+		AdminListen:    o.AdminListen,
+		Log:            log,
+		Registry:       reg,
 	}, nil
 }
 
