@@ -76,23 +76,33 @@ type replicatedHub struct {
 	srv      *httptest.Server
 	mu       sync.Mutex
 	attempts int
+	accepts  int // upgrades accepted, numbering them
 	accepted chan replicaSession
+	// pending holds sessions that finished their upgrade before an
+	// earlier one did; only next touches it.
+	pending map[int]replicaSession
+	nextIdx int
 }
 
 // replicaSession is the hub's end of one agent session.
 type replicaSession struct {
+	idx     int
 	replica string
 	*tunnel.Session
 }
 
 func newReplicatedHub(t *testing.T, answer func(i int) hubAnswer) *replicatedHub {
-	h := &replicatedHub{accepted: make(chan replicaSession, 16)}
+	h := &replicatedHub{accepted: make(chan replicaSession, 16), pending: map[int]replicaSession{}}
 	cfg := tunnel.DefaultConfig()
 	cfg.Logger = testLogger(t)
 	h.srv = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h.mu.Lock()
 		a := answer(h.attempts)
 		h.attempts++
+		idx := h.accepts
+		if a.status == 0 {
+			h.accepts++
+		}
 		h.mu.Unlock()
 		if a.status != 0 {
 			w.Header().Set("Retry-After", a.retryAfter)
@@ -107,7 +117,7 @@ func newReplicatedHub(t *testing.T, answer func(i int) hubAnswer) *replicatedHub
 			return
 		}
 		t.Cleanup(func() { _ = s.Close() })
-		h.accepted <- replicaSession{replica: a.replica, Session: s}
+		h.accepted <- replicaSession{idx: idx, replica: a.replica, Session: s}
 	}))
 	t.Cleanup(h.srv.Close)
 	return h
@@ -124,14 +134,23 @@ func (h *replicatedHub) attemptCount() int {
 	return h.attempts
 }
 
+// next returns the hub's end of the next session accepted, in the order
+// the upgrades arrived (two may finish out of order).
 func (h *replicatedHub) next(t *testing.T) replicaSession {
 	t.Helper()
-	select {
-	case s := <-h.accepted:
-		return s
-	case <-time.After(waitBound):
-		t.Fatal("the hub accepted no session")
-		return replicaSession{}
+	for {
+		if s, ok := h.pending[h.nextIdx]; ok {
+			delete(h.pending, h.nextIdx)
+			h.nextIdx++
+			return s
+		}
+		select {
+		case s := <-h.accepted:
+			h.pending[s.idx] = s
+		case <-time.After(waitBound):
+			t.Fatal("the hub accepted no session")
+			return replicaSession{}
+		}
 	}
 }
 

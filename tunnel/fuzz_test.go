@@ -30,7 +30,7 @@ func FuzzReadRequest(f *testing.F) {
 		{Version, byte(KindTCP), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff},
 		rawRequest(Version, KindAPIServer, 0, "", "10.0.0.1:443"),
 		rawRequest(Version, KindDrain, 30000, "", "10.0.0.1:443"),
-		rawRequest(Version, KindDrain+1, 0, "", ""),
+		rawRequest(Version, Kind(0xff), 0, "", ""),
 	}
 	fuzzDecoder(f, seeds, extra, MaxRequestLen, ReadRequest)
 }

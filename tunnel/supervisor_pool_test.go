@@ -28,21 +28,31 @@ type replicaHub struct {
 	srv      *httptest.Server
 	mu       sync.Mutex
 	attempts int
+	accepts  int // upgrades the script accepted, numbering them
 	accepted chan hubSession
+	// pending holds sessions that finished their upgrade before an
+	// earlier one did; only next touches it.
+	pending map[int]hubSession
+	nextIdx int
 }
 
 type hubSession struct {
+	idx     int
 	replica string
 	*Session
 }
 
 func newReplicaHub(t *testing.T, script func(attempt int) answer) *replicaHub {
-	h := &replicaHub{accepted: make(chan hubSession, 32)}
+	h := &replicaHub{accepted: make(chan hubSession, 32), pending: map[int]hubSession{}}
 	cfg := testConfig(t)
 	h.srv = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h.mu.Lock()
 		a := script(h.attempts)
 		h.attempts++
+		idx := h.accepts
+		if a.status == 0 {
+			h.accepts++
+		}
 		h.mu.Unlock()
 		if a.status != 0 {
 			if a.retryAfter != "" {
@@ -62,7 +72,7 @@ func newReplicaHub(t *testing.T, script func(attempt int) answer) *replicaHub {
 			return
 		}
 		t.Cleanup(func() { _ = s.Close() })
-		h.accepted <- hubSession{replica: a.replica, Session: s}
+		h.accepted <- hubSession{idx: idx, replica: a.replica, Session: s}
 	}))
 	t.Cleanup(h.srv.Close)
 	return h
@@ -74,15 +84,23 @@ func (h *replicaHub) attemptCount() int {
 	return h.attempts
 }
 
-// next returns the hub's end of the next session accepted.
+// next returns the hub's end of the next session accepted, in the order
+// the upgrades arrived (two may finish out of order).
 func (h *replicaHub) next(t *testing.T) hubSession {
 	t.Helper()
-	select {
-	case s := <-h.accepted:
-		return s
-	case <-time.After(waitBound):
-		t.Fatal("no session was accepted")
-		return hubSession{}
+	for {
+		if s, ok := h.pending[h.nextIdx]; ok {
+			delete(h.pending, h.nextIdx)
+			h.nextIdx++
+			return s
+		}
+		select {
+		case s := <-h.accepted:
+			h.pending[s.idx] = s
+		case <-time.After(waitBound):
+			t.Fatal("no session was accepted")
+			return hubSession{}
+		}
 	}
 }
 
