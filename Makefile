@@ -20,7 +20,7 @@ GOTEST_FLAGS ?=
 export GONOSUMDB := k8s.io
 
 
-.PHONY: all build image docs test unit e2e bench demo lint fuzz fuzz-short deps kube-bins clean
+.PHONY: all build image docs generate test unit e2e bench demo lint fuzz fuzz-short deps kube-bins clean
 
 all: build
 
@@ -56,6 +56,16 @@ image:
 			-t $(IMAGE_REPO)backhaul-$$t:$(VERSION) -t $(IMAGE_REPO)backhaul-$$t:latest - >/dev/null; \
 	done
 	@docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E '^$(IMAGE_REPO)backhaul-(hub|agent):$(VERSION) '
+
+## generate: deepcopy functions and CRD manifests from pkg/apis (controller-gen)
+generate: $(BIN)/controller-gen
+	$(BIN)/controller-gen object paths=./pkg/apis/backhaul/v1alpha1/... \
+		crd paths=./pkg/apis/backhaul/v1alpha1/... output:crd:artifacts:config=deploy/hub/crds
+
+$(BIN)/controller-gen: test/tools/controller-gen/go.mod test/tools/controller-gen/go.sum
+	@mkdir -p $(BIN)
+	cd test/tools/controller-gen && go build -trimpath -o $(BIN)/controller-gen sigs.k8s.io/controller-tools/cmd/controller-gen
+	@touch $(BIN)/controller-gen
 
 ## docs: regenerate docs/configuration.md from the flag definitions
 docs:
@@ -123,10 +133,13 @@ fuzz-short:
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZTIME_SHORT)
 
 ## lint: gofmt, go vet and staticcheck over the whole module
-lint: $(BIN)/staticcheck
+lint: $(BIN)/staticcheck $(BIN)/controller-gen
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi
 	go vet ./...
 	$(BIN)/staticcheck ./...
+	@$(MAKE) --no-print-directory generate >/dev/null
+	@git diff --quiet -- pkg/apis deploy/hub/crds && test -z "$$(git status --porcelain -- pkg/apis deploy/hub/crds)" \
+		|| { echo "generated files are stale: run make generate and commit"; git status --short -- pkg/apis deploy/hub/crds; exit 1; }
 
 # staticcheck is pinned in its own module (test/tools/staticcheck) like the
 # kube binaries, so it stays out of Backhaul's go.mod and is rebuilt only

@@ -5,8 +5,6 @@ import (
 	"net/http/pprof"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-
-	"backhaul.io/backhaul/pkg/kubestatus"
 )
 
 // adminHandler serves /healthz (the process), /readyz (listeners up and
@@ -28,34 +26,16 @@ func (s *Server) adminHandler() http.Handler {
 	return admin
 }
 
+// readyz is ready while this replica serves: listening and not draining.
+// Every replica serves; which one does singleton work does not matter
+// here.
 func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
-	if !s.ready.Load() {
+	switch {
+	case s.draining.Load():
+		http.Error(w, "not ready: draining, agents are moving to other replicas", http.StatusServiceUnavailable)
+	case !s.ready.Load():
 		http.Error(w, "not ready: listeners are not serving", http.StatusServiceUnavailable)
-		return
+	default:
+		_, _ = w.Write([]byte("ok"))
 	}
-	if s.standby() {
-		http.Error(w, "not ready: standing by, another hub replica leads", http.StatusServiceUnavailable)
-		return
-	}
-	_, _ = w.Write([]byte("ok"))
-}
-
-func (s *Server) standby() bool { return s.leadership != nil && s.leadership.Standby() }
-
-// refuseOnStandby answers 503 to everything but probes and metrics while
-// another replica leads, so an agent or caller that reaches a standby
-// directly retries rather than registering where nobody looks.
-func (s *Server) refuseOnStandby(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if s.standby() {
-			switch r.URL.Path {
-			case "/healthz", "/readyz", "/metrics":
-			default:
-				w.Header().Set("Retry-After", "5")
-				kubestatus.Write(w, http.StatusServiceUnavailable, "this hub replica is a standby; another replica leads")
-				return
-			}
-		}
-		next.ServeHTTP(w, r)
-	})
 }

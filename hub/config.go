@@ -11,6 +11,7 @@ import (
 	"backhaul.io/backhaul/hub/auth"
 	"backhaul.io/backhaul/hub/enrollment"
 	"backhaul.io/backhaul/hub/fleet"
+	"backhaul.io/backhaul/hub/frontend"
 	"backhaul.io/backhaul/hub/propagation"
 	"backhaul.io/backhaul/hub/session"
 	"backhaul.io/backhaul/tunnel"
@@ -52,9 +53,20 @@ type Config struct {
 	// clusters' sessions, writes Cluster status and runs its controllers.
 	Host *HostConfig
 
-	Tunnel          *tunnel.Config
-	DialTimeout     time.Duration
-	ShutdownTimeout time.Duration
+	// Replica names this replica to agents, peers and in status.
+	Replica string
+	// MaxHandshakes bounds agent upgrades in progress (reconnect storms).
+	MaxHandshakes int
+	// ProbeInterval is how often each held cluster is probed in the
+	// background (round trip, /readyz).
+	ProbeInterval time.Duration
+
+	Tunnel      *tunnel.Config
+	DialTimeout time.Duration
+	// ShutdownGrace is the most, and ShutdownDelay the least, this replica
+	// keeps serving after it is told to stop, while its agents move away.
+	ShutdownGrace time.Duration
+	ShutdownDelay time.Duration
 
 	Log     hclog.Logger
 	Metrics *prometheus.Registry
@@ -66,18 +78,40 @@ type HostConfig struct {
 	Clusters          *fleet.Clusters
 	CA                *enrollment.CA
 	AgentCertValidity time.Duration
-	StatusInterval    time.Duration
 	Heartbeat         time.Duration
-	ReplicaName       string
-	// PodName, when the hub runs in a Pod, is labelled while it leads.
-	PodName string
+	// LeaderElect makes replicas elect the one that does singleton work;
+	// without it this replica does it.
+	LeaderElect bool
+	// PeerListen, when set, is where other replicas connect to forward
+	// streams; PeersService names the headless Service that lists them.
+	PeerListen   string
+	PeersService string
 	// Propagation, when set, runs the Propagation controller.
 	Propagation *propagation.Options
+}
+
+// DefaultConfig is a Config with every setting that has a sensible
+// default filled in; listeners, TLS, authentication, Log and Metrics are
+// the caller's.
+func DefaultConfig() Config {
+	return Config{
+		ClusterSuffix: frontend.DefaultClusterSuffix,
+		Replica:       hostname(),
+		MaxHandshakes: 128,
+		ProbeInterval: 15 * time.Second,
+		Tunnel:        tunnel.DefaultConfig(),
+		DialTimeout:   10 * time.Second,
+		ShutdownGrace: 20 * time.Second,
+		ShutdownDelay: 3 * time.Second,
+	}
 }
 
 func (c *Config) validate() error {
 	if c.TLS == nil || c.AgentAuth == nil || c.Clusters == nil || c.Authn == nil || c.Authz == nil || c.Log == nil || c.Metrics == nil || c.Tunnel == nil {
 		return errors.New("hub config: TLS, AgentAuth, Clusters, Authn, Authz, Tunnel, Log and Metrics are required")
+	}
+	if c.Replica == "" || c.MaxHandshakes < 1 || c.ProbeInterval <= 0 || c.ShutdownGrace <= 0 {
+		return errors.New("hub config: Replica, MaxHandshakes, ProbeInterval and ShutdownGrace are required")
 	}
 	if h := c.Host; h != nil && (h.Host == nil || h.Clusters == nil || h.CA == nil) {
 		return errors.New("hub config: Host needs the host connection, Clusters and CA")

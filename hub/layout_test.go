@@ -22,6 +22,7 @@ var hubPackages = map[string][]string{
 	"frontend":    {"auth", "session"},
 	"enrollment":  {"auth", "session"},
 	"fleet":       nil,
+	"peer":        {"session"},
 	"propagation": nil,
 	"ctl":         nil,
 }

@@ -1,6 +1,8 @@
 package hub
 
 import (
+	"context"
+
 	"k8s.io/client-go/rest"
 
 	"backhaul.io/backhaul/hub/auth"
@@ -8,12 +10,14 @@ import (
 	"backhaul.io/backhaul/hub/session"
 )
 
-// members are the tunnels as the hub's own controllers see them: a client
-// configuration per cluster, from the member dialer, acting as the hub's
-// identity (auth.Hub), and the registry's connection state.
+// members are the tunnels as the hub's own controllers see them during one
+// leadership term: a client configuration per cluster, from the member
+// dialer, acting as the hub's identity (auth.Hub) and reaching clusters
+// held here or on a peer, and connection changes until the term ends.
 type members struct {
-	dialer   *session.Dialer
-	sessions *session.Registry
+	ctx    context.Context
+	dialer *session.Dialer
+	events *events
 }
 
 var _ propagation.Members = members{}
@@ -24,7 +28,7 @@ func (m members) Config(cluster string) *rest.Config {
 }
 
 // Connected implements propagation.Members.
-func (m members) Connected(cluster string) bool { return m.sessions.Connected(cluster) }
+func (m members) Connected(cluster string) bool { return m.dialer.Connected(cluster) }
 
 // Watch implements propagation.Members.
-func (m members) Watch(fn func(cluster string)) { m.sessions.Watch(fn) }
+func (m members) Watch(fn func(cluster string)) { m.events.watch(m.ctx, fn) }

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"os"
 	"strings"
 
 	"github.com/hashicorp/go-hclog"
@@ -34,7 +33,8 @@ func (o *Options) Config(ctx context.Context, log hclog.Logger) (Config, error) 
 		Listen: o.Listen, AdminListen: o.AdminListen, Profiling: o.Profiling,
 		ConnectListen: o.ConnectListen, ConnectTLS: o.ConnectTLS, ConnectUDS: o.ConnectUDS,
 		ConnectUDSUser: o.ConnectUDSUser, ClusterSuffix: o.ClusterSuffix,
-		DialTimeout: o.DialTimeout, ShutdownTimeout: o.ShutdownTimeout,
+		DialTimeout: o.DialTimeout, ShutdownGrace: o.ShutdownGrace, ShutdownDelay: o.ShutdownDelay,
+		Replica: o.ReplicaName, MaxHandshakes: o.MaxHandshakes, ProbeInterval: o.StatusInterval,
 		Authz: auth.AllowAuthenticated{}, Tunnel: o.tunnelConfig(), Log: log, Metrics: prometheus.NewRegistry(),
 	}
 	cfg.Metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -172,13 +172,13 @@ func (o *Options) host(ctx context.Context, log hclog.Logger, tlsCfg *tls.Config
 	if err != nil {
 		return nil, err
 	}
-	h, err := fleet.NewHost(rc, o.Namespace, o.LeaderElect, log)
+	h, err := fleet.NewHost(rc, o.Namespace, o.PeersService, log)
 	if err != nil {
 		return nil, err
 	}
 	hc := &HostConfig{
-		Host: h, AgentCertValidity: o.AgentCertValidity, StatusInterval: o.StatusInterval,
-		Heartbeat: o.Heartbeat, ReplicaName: o.ReplicaName, PodName: os.Getenv("POD_NAME"),
+		Host: h, AgentCertValidity: o.AgentCertValidity, Heartbeat: o.Heartbeat,
+		LeaderElect: o.LeaderElect, PeerListen: o.PeerListen, PeersService: o.PeersService,
 	}
 	if o.Propagation {
 		hc.Propagation = &propagation.Options{Log: log.Named(logging.Propagation), Workers: o.PropagationWorkers, Resync: o.PropagationResync}

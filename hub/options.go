@@ -13,25 +13,27 @@ import (
 
 // Options are backhaul-hub's command-line settings.
 type Options struct {
-	Listen          string
-	AdminListen     string
-	Profiling       bool
-	ConnectListen   string
-	ConnectTLS      bool
-	ConnectUDS      string
-	ConnectUDSUser  string
-	ClusterSuffix   string
-	TLSCertFile     string
-	TLSKeyFile      string
-	ClientCAFile    string
-	TokenAuthFile   string
-	AgentTokenFile  string
-	AgentTokenDir   string
-	DialTimeout     time.Duration
-	KeepAlive       time.Duration
-	KeepAliveWait   time.Duration
-	ShutdownTimeout time.Duration
-	Log             logging.Options
+	Listen         string
+	AdminListen    string
+	Profiling      bool
+	ConnectListen  string
+	ConnectTLS     bool
+	ConnectUDS     string
+	ConnectUDSUser string
+	ClusterSuffix  string
+	TLSCertFile    string
+	TLSKeyFile     string
+	ClientCAFile   string
+	TokenAuthFile  string
+	AgentTokenFile string
+	AgentTokenDir  string
+	DialTimeout    time.Duration
+	KeepAlive      time.Duration
+	KeepAliveWait  time.Duration
+	ShutdownGrace  time.Duration
+	ShutdownDelay  time.Duration
+	MaxHandshakes  int
+	Log            logging.Options
 
 	// Host-cluster registry (--registry=kube).
 	Registry          string
@@ -49,7 +51,9 @@ type Options struct {
 	Heartbeat         time.Duration
 	ReplicaName       string
 	LeaderElect       bool
-	// Propagation controller (--registry=kube); wired by main.
+	PeerListen        string
+	PeersService      string
+	// Propagation controller (--registry=kube).
 	Propagation        bool
 	PropagationWorkers int
 	PropagationResync  time.Duration
@@ -68,14 +72,16 @@ const (
 func NewOptions() *Options {
 	t := tunnel.DefaultConfig()
 	return &Options{
-		Listen:          ":8443",
-		DialTimeout:     10 * time.Second,
-		KeepAlive:       t.KeepAliveInterval,
-		KeepAliveWait:   t.KeepAliveTimeout,
-		ShutdownTimeout: 10 * time.Second,
-		ConnectUDSUser:  "system:backhaul:uds",
-		ClusterSuffix:   frontend.DefaultClusterSuffix,
-		Log:             logging.Options{Name: "backhaul-hub", Format: "text", Level: "info"},
+		Listen:         ":8443",
+		DialTimeout:    10 * time.Second,
+		KeepAlive:      t.KeepAliveInterval,
+		KeepAliveWait:  t.KeepAliveTimeout,
+		ShutdownGrace:  20 * time.Second,
+		ShutdownDelay:  3 * time.Second,
+		MaxHandshakes:  128,
+		ConnectUDSUser: "system:backhaul:uds",
+		ClusterSuffix:  frontend.DefaultClusterSuffix,
+		Log:            logging.Options{Name: "backhaul-hub", Format: "text", Level: "info"},
 
 		Registry:          RegistryStatic,
 		Namespace:         identity.DefaultNamespace,
@@ -85,6 +91,7 @@ func NewOptions() *Options {
 		StatusInterval:    15 * time.Second,
 		Heartbeat:         time.Minute,
 		ReplicaName:       hostname(),
+		PeersService:      "backhaul-hub-peers",
 
 		LeaderElect:        true,
 		Propagation:        true,
@@ -120,7 +127,9 @@ func (o *Options) Flags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.DialTimeout, "dial-timeout", o.DialTimeout, "how long an agent may take to reach its API server for one stream")
 	fs.DurationVar(&o.KeepAlive, "keepalive-interval", o.KeepAlive, "tunnel ping interval; keep below load-balancer idle timeouts")
 	fs.DurationVar(&o.KeepAliveWait, "keepalive-timeout", o.KeepAliveWait, "how long a ping may go unanswered before the session is dropped")
-	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", o.ShutdownTimeout, "how long to drain requests on SIGTERM")
+	fs.DurationVar(&o.ShutdownGrace, "shutdown-grace", o.ShutdownGrace, "on SIGTERM, the most this replica keeps serving while its agents move to other replicas and requests finish; then watches end cleanly and it exits")
+	fs.DurationVar(&o.ShutdownDelay, "shutdown-delay", o.ShutdownDelay, "on SIGTERM, the least this replica keeps serving (not ready), so load balancers stop sending it connections first")
+	fs.IntVar(&o.MaxHandshakes, "max-handshakes", o.MaxHandshakes, "agent upgrades authenticated and set up at once; past it agents are answered 503 with Retry-After (reconnect storms)")
 	fs.StringVar(&o.Registry, "registry", o.Registry, "where clusters are registered: static (--agent-token-file/--agent-token-dir) or kube (Cluster objects in the host cluster, with enrollment, agent certificates and Cluster status)")
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "kubeconfig of the host cluster for --registry=kube (empty: in-cluster service account)")
 	fs.StringVar(&o.Namespace, "namespace", o.Namespace, "host-cluster namespace of the hub's Secrets (CA, serving certificate, bootstrap tokens) and ConfigMaps")
@@ -135,7 +144,9 @@ func (o *Options) Flags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.StatusInterval, "cluster-status-interval", o.StatusInterval, "how often the hub probes each connected member's /readyz through the tunnel")
 	fs.DurationVar(&o.Heartbeat, "cluster-heartbeat-interval", o.Heartbeat, "how often Cluster status is written when nothing changed")
 	fs.StringVar(&o.ReplicaName, "replica-name", o.ReplicaName, "this hub replica's name in Cluster status (default: $POD_NAME or the host name)")
-	fs.BoolVar(&o.LeaderElect, "leader-elect", o.LeaderElect, "with --registry=kube, replicas compete for Lease backhaul-hub in --namespace: the leader serves, the others stand by (not ready) and take over when it goes")
+	fs.BoolVar(&o.LeaderElect, "leader-elect", o.LeaderElect, "with --registry=kube, replicas compete for Lease backhaul-hub in --namespace to do the singleton work (Cluster status, Propagation controller, token clean-up); every replica serves either way")
+	fs.StringVar(&o.PeerListen, "peer-listen", o.PeerListen, "with --registry=kube, TLS address where other hub replicas connect to forward streams (empty: this replica serves only the agents connected to it)")
+	fs.StringVar(&o.PeersService, "peers-service", o.PeersService, "headless Service in --namespace whose EndpointSlices (port \"peer\") list the hub replicas")
 	fs.BoolVar(&o.Propagation, "propagation", o.Propagation, "with --registry=kube, run the Propagation controller, which pushes objects to members through their tunnels")
 	fs.IntVar(&o.PropagationWorkers, "propagation-workers", o.PropagationWorkers, "Propagations reconciled at once")
 	fs.DurationVar(&o.PropagationResync, "propagation-resync", o.PropagationResync, "how often every Propagation is re-applied, reverting drift in members")

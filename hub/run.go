@@ -9,68 +9,92 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
 	"backhaul.io/backhaul/hub/auth"
+	"backhaul.io/backhaul/hub/peer"
 	"backhaul.io/backhaul/pkg/logging"
 )
 
-// Run serves until ctx ends, then drains for up to ShutdownTimeout:
-// start the host cluster's manager (if any), listen, serve, drain.
+// Run serves until ctx ends, then drains (see drain) and returns. Its
+// steps: start the background work (host cluster, directory, peers,
+// probes), listen, serve, drain, stop the background work.
 func (s *Server) Run(ctx context.Context) error {
+	// Background work outlives ctx by the drain: forwarding to peers and
+	// the directory must keep working while agents move away.
+	bg, stopBg := context.WithCancel(context.WithoutCancel(ctx))
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer stopBg()
 	if s.cfg.Host != nil {
-		stop, err := s.startHost(ctx)
+		stop, err := s.startHost(bg, &wg)
 		if err != nil {
 			return err
 		}
 		defer stop()
+	}
+	wg.Go(func() { _ = s.prober.Run(bg) })
+	if s.peers != nil {
+		wg.Go(func() { _ = s.peers.Run(bg) })
+		wg.Go(func() { _ = s.identity.Run(bg) })
 	}
 	ls, err := s.listen()
 	if err != nil {
 		return err
 	}
 	errc := make(chan error, len(ls))
-	var wg sync.WaitGroup
+	var serving sync.WaitGroup
 	for _, l := range ls {
-		wg.Go(func() {
+		serving.Go(func() {
 			if err := l.srv.Serve(l.ln); !errors.Is(err, http.ErrServerClosed) {
 				errc <- err
 			}
 		})
 	}
 	s.ready.Store(true)
-	s.cfg.Log.Info("hub serving", "listen", s.Addr().String(), "admin", s.cfg.AdminListen,
-		"connect", s.cfg.ConnectListen, "connect_uds", s.cfg.ConnectUDS)
+	s.cfg.Log.Info("hub serving", "replica", s.cfg.Replica, "listen", s.Addr().String(), "admin", s.cfg.AdminListen,
+		"connect", s.cfg.ConnectListen, "connect_uds", s.cfg.ConnectUDS, "peer", s.peerListen())
 	select {
 	case <-ctx.Done():
+		s.drain(bg)
 	case err = <-errc:
 	}
-	s.drain(ctx, ls)
-	wg.Wait()
+	s.stop(ls)
+	serving.Wait()
 	return err
 }
 
-// startHost starts the host manager (informers, leader election,
-// controllers) and leadership, and waits for the caches: agents are only
-// admitted once the Cluster informer has synced. stop ends both; the
-// manager lives exactly as long as the listeners.
-func (s *Server) startHost(ctx context.Context) (stop func(), err error) {
+// startHost starts the host manager (informers, the session directory) and
+// the singleton campaign, and waits for the caches: agents are only
+// admitted once the Cluster informer has synced. stop ends the manager,
+// withdrawing this replica from the directory.
+func (s *Server) startHost(ctx context.Context, wg *sync.WaitGroup) (stop func(), err error) {
 	mgr := s.cfg.Host.Manager
 	mctx, cancel := context.WithCancel(ctx)
 	mgrDone := make(chan error, 1)
 	go func() { mgrDone <- mgr.Start(mctx) }()
 	if !mgr.GetCache().WaitForCacheSync(mctx) {
 		cancel()
-		return nil, fmt.Errorf("host cluster: caches did not sync (is the Cluster CRD installed?): %v", <-mgrDone)
+		return nil, fmt.Errorf("host cluster: caches did not sync (are the CRDs installed?): %v", <-mgrDone)
 	}
-	leadDone := make(chan struct{})
-	go func() {
-		defer close(leadDone)
-		s.leadership.Run(mctx)
-	}()
-	return func() { cancel(); <-leadDone; <-mgrDone }, nil
+	if s.singleton != nil {
+		wg.Go(func() { _ = s.singleton.Run(mctx) })
+	} else {
+		wg.Go(func() {
+			if err := s.singletonWork(mctx); err != nil && mctx.Err() == nil {
+				s.cfg.Log.Error("singleton work stopped", "error", err)
+			}
+		})
+	}
+	return func() {
+		cancel()
+		if err := <-mgrDone; err != nil {
+			s.cfg.Log.Warn("host manager stopped", "error", err)
+		}
+	}, nil
 }
 
 // served is one listener and the server on it.
@@ -88,23 +112,31 @@ func (s *Server) listen() (ls []served, err error) {
 			}
 		}
 	}()
-	ln, err := net.Listen("tcp", s.cfg.Listen)
-	if err != nil {
-		return ls, fmt.Errorf("listen %s: %w", s.cfg.Listen, err)
+	open := func(network, addr string, store *atomic.Value) (net.Listener, error) {
+		ln, err := net.Listen(network, addr)
+		if err != nil {
+			return nil, fmt.Errorf("listen %s: %w", addr, err)
+		}
+		if store != nil {
+			store.Store(ln.Addr())
+		}
+		return ln, nil
 	}
-	s.addr.Store(ln.Addr())
-	ls = append(ls, served{s.mainServer(), tls.NewListener(ln, s.cfg.TLS)})
+	ln, err := open("tcp", s.cfg.Listen, &s.addr)
+	if err != nil {
+		return ls, err
+	}
+	ls = append(ls, served{s.mainServer(s.handler, s.cfg.TLS), tls.NewListener(ln, s.cfg.TLS)})
 	if a := s.cfg.AdminListen; a != "" {
-		if ln, err = net.Listen("tcp", a); err != nil {
-			return ls, fmt.Errorf("listen %s: %w", a, err)
+		if ln, err = open("tcp", a, nil); err != nil {
+			return ls, err
 		}
 		ls = append(ls, served{&http.Server{Handler: s.admin, ReadHeaderTimeout: 10 * time.Second}, ln})
 	}
 	if a := s.cfg.ConnectListen; a != "" {
-		if ln, err = net.Listen("tcp", a); err != nil {
-			return ls, fmt.Errorf("listen %s: %w", a, err)
+		if ln, err = open("tcp", a, &s.connectAddr); err != nil {
+			return ls, err
 		}
-		s.connectAddr.Store(ln.Addr())
 		if s.cfg.ConnectTLS {
 			ln = tls.NewListener(ln, s.cfg.TLS)
 		}
@@ -112,18 +144,34 @@ func (s *Server) listen() (ls []served, err error) {
 	}
 	if p := s.cfg.ConnectUDS; p != "" {
 		_ = os.Remove(p)
-		if ln, err = net.Listen("unix", p); err != nil {
-			return ls, fmt.Errorf("listen %s: %w", p, err)
+		if ln, err = open("unix", p, nil); err != nil {
+			return ls, err
 		}
 		ls = append(ls, served{s.connectServer(s.connect.ForSocket(&auth.User{Name: s.cfg.ConnectUDSUser})), ln})
+	}
+	if a := s.peerListen(); a != "" {
+		if ln, err = open("tcp", a, &s.peerAddr); err != nil {
+			return ls, err
+		}
+		mux := http.NewServeMux()
+		mux.Handle(peer.Path, s.peers)
+		ptls := s.identity.ServerTLS()
+		ls = append(ls, served{s.mainServer(mux, ptls), tls.NewListener(ln, ptls)})
 	}
 	return ls, nil
 }
 
-func (s *Server) mainServer() *http.Server {
+func (s *Server) peerListen() string {
+	if s.peers == nil {
+		return ""
+	}
+	return s.cfg.Host.PeerListen
+}
+
+func (s *Server) mainServer(h http.Handler, tlsCfg *tls.Config) *http.Server {
 	return &http.Server{
-		Handler:           s.handler,
-		TLSConfig:         s.cfg.TLS,
+		Handler:           h,
+		TLSConfig:         tlsCfg,
 		ReadHeaderTimeout: 10 * time.Second,
 		// No read or write timeout: watches and tunnels live for hours.
 		IdleTimeout:    2 * time.Minute,
@@ -138,18 +186,5 @@ func (s *Server) connectServer(h http.Handler) *http.Server {
 		ReadHeaderTimeout: 10 * time.Second,
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          s.cfg.Log.Named(logging.Connect).StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
-	}
-}
-
-// drain stops taking work: not ready, every tunnel session closed (their
-// hijacked connections are not Shutdown's to track) and refused from now
-// on, then requests in flight get up to ShutdownTimeout.
-func (s *Server) drain(ctx context.Context, ls []served) {
-	s.ready.Store(false)
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
-	defer cancel()
-	s.sessions.CloseAll()
-	for _, l := range ls {
-		_ = l.srv.Shutdown(sctx)
 	}
 }

@@ -4,32 +4,44 @@ import (
 	"net"
 	"net/http"
 	"sync/atomic"
-	"time"
 
 	"backhaul.io/backhaul/hub/auth"
-	"backhaul.io/backhaul/hub/enrollment"
 	"backhaul.io/backhaul/hub/fleet"
 	"backhaul.io/backhaul/hub/frontend"
-	"backhaul.io/backhaul/hub/propagation"
+	"backhaul.io/backhaul/hub/peer"
 	"backhaul.io/backhaul/hub/session"
 	"backhaul.io/backhaul/pkg/logging"
 	"backhaul.io/backhaul/tunnel"
 )
 
-// Server is a hub: the packages below wired together, and the listeners
-// that serve them.
+// Server is a hub replica: the packages below wired together, and the
+// listeners that serve them. Every replica serves every cluster: what it
+// does not hold a session of, it forwards to a peer that does.
 type Server struct {
 	cfg      Config
 	sessions *session.Registry
+	dialer   *session.Dialer
+	prober   *session.Prober
+	endpoint *session.Endpoint
+	gateway  *frontend.Gateway
+	connect  *frontend.Connect
+	events   *events
 	handler  http.Handler // the TLS listener's
 	admin    http.Handler // the admin listener's
-	connect  *frontend.Connect
-	// leadership is set with a host cluster: a standby refuses agents and
-	// callers until it leads.
-	leadership  *fleet.Leadership
+
+	// With a host cluster: the session directory, the peers it feeds, and
+	// the singleton work (nil without leader election: this replica does
+	// it).
+	directory *fleet.Directory
+	peers     *peer.Manager
+	identity  *peer.Identity
+	singleton *fleet.Singleton
+
 	ready       atomic.Bool
+	draining    atomic.Bool
 	addr        atomic.Value // net.Addr of the TLS listener
 	connectAddr atomic.Value // net.Addr of the CONNECT TCP listener
+	peerAddr    atomic.Value // net.Addr of the peer listener
 }
 
 // New assembles the hub from cfg. Nothing runs until Run.
@@ -41,17 +53,29 @@ func New(cfg Config) (*Server, error) {
 		cfg.ClusterSuffix = frontend.DefaultClusterSuffix
 	}
 	tm := session.NewMetrics(cfg.Metrics)
-	s := &Server{cfg: cfg, sessions: session.NewRegistry(cfg.Log.Named(logging.Registry), tm)}
-	dialer := session.NewDialer(s.sessions, tm, cfg.DialTimeout)
+	s := &Server{cfg: cfg, sessions: session.NewRegistry(cfg.Log.Named(logging.Registry), tm), events: newEvents()}
+	s.sessions.Watch(s.events.fire)
+	var peers session.Peers = session.NoPeers{}
+	if h := cfg.Host; h != nil && h.PeerListen != "" {
+		if err := s.newPeers(); err != nil {
+			return nil, err
+		}
+		peers = s.peers
+	}
+	s.dialer = session.NewDialer(s.sessions, peers, tm, cfg.DialTimeout)
+	s.prober = session.NewProber(s.dialer, session.ProberConfig{
+		Interval: cfg.ProbeInterval, VersionEvery: 10 * cfg.ProbeInterval, Timeout: cfg.ProbeInterval / 2,
+		Identity: hubIdentity(), OnChange: s.holdingsChanged, Log: cfg.Log.Named(logging.Status),
+	})
 	mux := http.NewServeMux()
-	if err := s.mountFrontEnds(mux, dialer, frontend.NewMetrics(cfg.Metrics, tm)); err != nil {
+	if err := s.mountFrontEnds(mux, frontend.NewMetrics(cfg.Metrics, tm)); err != nil {
 		return nil, err
 	}
 	if err := s.mountEndpoint(mux, tm); err != nil {
 		return nil, err
 	}
 	if cfg.Host != nil {
-		if err := s.wireHost(mux, dialer); err != nil {
+		if err := s.wireHost(mux); err != nil {
 			return nil, err
 		}
 	}
@@ -59,17 +83,18 @@ func New(cfg Config) (*Server, error) {
 	for _, p := range []string{"GET /healthz", "GET /readyz", "GET /metrics"} {
 		mux.Handle(p, s.admin)
 	}
-	s.handler = s.refuseOnStandby(mux)
+	s.handler = mux
 	return s, nil
 }
 
 // mountFrontEnds builds the gateway, the status page and the CONNECT
 // proxy, all admitting callers through one admission check.
-func (s *Server) mountFrontEnds(mux *http.ServeMux, dialer *session.Dialer, m *frontend.Metrics) error {
+func (s *Server) mountFrontEnds(mux *http.ServeMux, m *frontend.Metrics) error {
 	cfg := s.cfg
-	admission := auth.NewAdmission(cfg.Authz, cfg.Clusters, s.sessions)
-	gw, err := frontend.NewGateway(frontend.GatewayConfig{
-		Authn: cfg.Authn, Admission: admission, Dialer: dialer, Metrics: m, Log: cfg.Log.Named(logging.Gateway),
+	admission := auth.NewAdmission(cfg.Authz, cfg.Clusters, s.dialer)
+	var err error
+	s.gateway, err = frontend.NewGateway(frontend.GatewayConfig{
+		Authn: cfg.Authn, Admission: admission, Dialer: s.dialer, Metrics: m, Log: cfg.Log.Named(logging.Gateway),
 	})
 	if err != nil {
 		return err
@@ -79,14 +104,14 @@ func (s *Server) mountFrontEnds(mux *http.ServeMux, dialer *session.Dialer, m *f
 		return err
 	}
 	s.connect, err = frontend.NewConnect(frontend.ConnectConfig{
-		Authn: cfg.Authn, Admission: admission, Sessions: s.sessions, Dialer: dialer,
+		Authn: cfg.Authn, Admission: admission, Dialer: s.dialer,
 		Suffix: cfg.ClusterSuffix, Metrics: m, Log: cfg.Log.Named(logging.Connect),
 	})
 	if err != nil {
 		return err
 	}
-	mux.Handle("/clusters/{name}/{path...}", gw)
-	mux.Handle("/clusters/{name}", gw)
+	mux.Handle("/clusters/{name}/{path...}", s.gateway)
+	mux.Handle("/clusters/{name}", s.gateway)
 	mux.Handle("GET /status", status)
 	return nil
 }
@@ -98,72 +123,40 @@ func (s *Server) mountEndpoint(mux *http.ServeMux, m *session.Metrics) error {
 	// Agents open no streams to the hub, so a deep accept queue per idle
 	// session would only cost memory.
 	tcfg.AcceptBacklog = min(tcfg.AcceptBacklog, 16)
-	ecfg := session.EndpointConfig{Auth: s.cfg.AgentAuth, Tunnel: &tcfg, Log: tcfg.Logger}
+	ecfg := session.EndpointConfig{
+		Auth: s.cfg.AgentAuth, Tunnel: &tcfg, Log: tcfg.Logger,
+		Replica: s.cfg.Replica, Replicas: s.dialer.Replicas, MaxHandshakes: s.cfg.MaxHandshakes,
+	}
 	if s.cfg.Host != nil {
 		ecfg.NodeCIDRs = s.cfg.Host.Clusters.NodeCIDRs
 	}
-	ep, err := session.NewEndpoint(s.sessions, m, ecfg)
-	if err != nil {
+	var err error
+	if s.endpoint, err = session.NewEndpoint(s.sessions, m, ecfg); err != nil {
 		return err
 	}
-	mux.Handle(tunnel.Path, ep)
-	return nil
-}
-
-// wireHost adds what a host cluster brings: enrollment, revocation of
-// removed clusters, Cluster status, the token janitor, the Propagation
-// controller and leadership.
-func (s *Server) wireHost(mux *http.ServeMux, dialer *session.Dialer) error {
-	h, log := s.cfg.Host, s.cfg.Log.Named(logging.Enroll)
-	tokens := &enrollment.BootstrapTokens{Reader: h.Direct, Writer: h.Direct, Namespace: h.Namespace}
-	enroller, err := enrollment.New(enrollment.Config{
-		Tokens: tokens, CA: h.CA, Clusters: h.Clusters, Sessions: s.sessions,
-		Validity: h.AgentCertValidity, Log: log, Metrics: enrollment.NewMetrics(s.cfg.Metrics),
-	})
-	if err != nil {
-		return err
-	}
-	enroller.Register(mux)
-	h.Clusters.OnGone(func(c string) {
-		if n := s.sessions.Close(c); n > 0 {
-			log.Info("closed sessions of a removed cluster", "cluster", c, "sessions", n)
-		}
-	})
-	m := members{dialer: dialer, sessions: s.sessions}
-	status := fleet.NewStatusUpdater(fleet.StatusConfig{
-		Client: h.Manager.GetClient(), Clusters: h.Clusters, Sessions: s.sessions, Member: m.Config,
-		Interval: h.StatusInterval, Heartbeat: h.Heartbeat, ProbeTimeout: 5 * time.Second,
-		Replica: h.ReplicaName, Log: s.cfg.Log.Named(logging.Status),
-	})
-	if err := h.Manager.Add(status); err != nil {
-		return err
-	}
-	if err := h.Manager.Add(enrollment.NewJanitor(tokens, 10*time.Minute, log)); err != nil {
-		return err
-	}
-	if h.Propagation != nil {
-		if err := propagation.Setup(h.Manager, m, *h.Propagation); err != nil {
-			return err
-		}
-	}
-	s.leadership = fleet.NewLeadership(h.Host, h.PodName, h.ReplicaName, s.cfg.Log)
+	mux.Handle(tunnel.Path, s.endpoint)
 	return nil
 }
 
 // Sessions is the registry of agent sessions (status, tests).
 func (s *Server) Sessions() *session.Registry { return s.sessions }
 
+// Dialer is the member dialer (tests, benches).
+func (s *Server) Dialer() *session.Dialer { return s.dialer }
+
 // Handler is the TLS listener's handler.
 func (s *Server) Handler() http.Handler { return s.handler }
 
 // Addr is the bound TLS address once Run is listening.
-func (s *Server) Addr() net.Addr {
-	a, _ := s.addr.Load().(net.Addr)
-	return a
-}
+func (s *Server) Addr() net.Addr { return loadAddr(&s.addr) }
 
 // ConnectAddr is the bound CONNECT TCP address once Run is listening.
-func (s *Server) ConnectAddr() net.Addr {
-	a, _ := s.connectAddr.Load().(net.Addr)
+func (s *Server) ConnectAddr() net.Addr { return loadAddr(&s.connectAddr) }
+
+// PeerAddr is the bound peer listener address once Run is listening.
+func (s *Server) PeerAddr() net.Addr { return loadAddr(&s.peerAddr) }
+
+func loadAddr(v *atomic.Value) net.Addr {
+	a, _ := v.Load().(net.Addr)
 	return a
 }

@@ -244,11 +244,11 @@ func TestServerListenError(t *testing.T) {
 	require.NoError(t, err)
 	defer ln.Close()
 	ca := hubtest.NewCA(t, "ca")
-	srv, err := New(Config{
-		Listen: ln.Addr().String(), TLS: &tls.Config{Certificates: []tls.Certificate{ca.ServerCert(t)}, MinVersion: tls.VersionTLS12},
-		AgentAuth: staticAgents{}, Clusters: noClusters{}, Authn: auth.Union{}, Authz: auth.AllowAuthenticated{},
-		Tunnel: tunnel.DefaultConfig(), Log: testutil.Logger(t), Metrics: prometheus.NewRegistry(),
-	})
+	cfg := DefaultConfig()
+	cfg.Listen, cfg.TLS = ln.Addr().String(), &tls.Config{Certificates: []tls.Certificate{ca.ServerCert(t)}, MinVersion: tls.VersionTLS12}
+	cfg.AgentAuth, cfg.Clusters, cfg.Authn, cfg.Authz = staticAgents{}, noClusters{}, auth.Union{}, auth.AllowAuthenticated{}
+	cfg.Log, cfg.Metrics = testutil.Logger(t), prometheus.NewRegistry()
+	srv, err := New(cfg)
 	require.NoError(t, err)
 	require.Error(t, srv.Run(context.Background()))
 }

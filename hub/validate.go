@@ -46,8 +46,14 @@ func (o *Options) Validate() error {
 			errs = append(errs, fmt.Errorf("--advertise-url %q: want wss://host[:port]", o.AdvertiseURL))
 		}
 	}
-	if o.DialTimeout <= 0 || o.KeepAlive <= 0 || o.KeepAliveWait <= 0 {
-		errs = append(errs, errors.New("timeouts must be positive"))
+	if o.DialTimeout <= 0 || o.KeepAlive <= 0 || o.KeepAliveWait <= 0 || o.ShutdownGrace <= 0 || o.ShutdownDelay < 0 || o.ShutdownDelay > o.ShutdownGrace {
+		errs = append(errs, errors.New("timeouts must be positive, and --shutdown-delay at most --shutdown-grace"))
+	}
+	if o.MaxHandshakes < 1 {
+		errs = append(errs, errors.New("--max-handshakes must be at least 1"))
+	}
+	if o.PeerListen != "" && (!kube || o.PeersService == "") {
+		errs = append(errs, errors.New("--peer-listen needs --registry=kube and --peers-service (the directory lives in the host cluster)"))
 	}
 	if !strings.HasPrefix(o.ClusterSuffix, ".") || len(o.ClusterSuffix) < 2 {
 		errs = append(errs, fmt.Errorf("--cluster-suffix %q must start with a dot", o.ClusterSuffix))

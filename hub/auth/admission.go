@@ -30,36 +30,41 @@ func refuse(code int, reason, format string, args ...any) *Refusal {
 	return &Refusal{Code: code, Reason: reason, Message: fmt.Sprintf(format, args...)}
 }
 
+// Routes finds how a cluster is reached now (session.Dialer).
+type Routes interface {
+	Route(cluster string) (*session.Route, error)
+}
+
 // Admission is the one check every front end makes before a stream is
 // opened: the caller may reach the cluster, the cluster is registered, and
-// an agent of it is connected. It returns the session it found, so the
-// front end opens the stream on exactly that one.
+// an agent of it is connected to this replica or to a peer. It returns the
+// route it found, so the front end opens the stream along exactly that one.
 type Admission struct {
 	authz    Authorizer
 	clusters Clusters
-	sessions *session.Registry
+	routes   Routes
 }
 
-// NewAdmission checks callers with authz against clusters and sessions.
-func NewAdmission(authz Authorizer, clusters Clusters, sessions *session.Registry) *Admission {
-	return &Admission{authz: authz, clusters: clusters, sessions: sessions}
+// NewAdmission checks callers with authz against clusters and routes.
+func NewAdmission(authz Authorizer, clusters Clusters, routes Routes) *Admission {
+	return &Admission{authz: authz, clusters: clusters, routes: routes}
 }
 
-// Admit returns the session that carries u's stream to cluster: the
-// cluster's newest.
-func (a *Admission) Admit(ctx context.Context, u *User, cluster string) (*session.Session, *Refusal) {
+// Admit returns the route that carries u's stream to cluster.
+func (a *Admission) Admit(ctx context.Context, u *User, cluster string) (*session.Route, *Refusal) {
 	if ref := a.check(ctx, u, cluster); ref != nil {
 		return nil, ref
 	}
-	s, err := a.sessions.Get(cluster)
+	r, err := a.routes.Route(cluster)
 	if err != nil {
 		return nil, refuse(http.StatusServiceUnavailable, session.ReasonNotConnected, "cluster %s is not connected", cluster)
 	}
-	return s, nil
+	return r, nil
 }
 
-// AdmitRoute admits u's stream on routed, the session a node route chose.
-func (a *Admission) AdmitRoute(ctx context.Context, u *User, routed *session.Session) (*session.Session, *Refusal) {
+// AdmitRoute admits u's stream along routed, the route a node address
+// chose.
+func (a *Admission) AdmitRoute(ctx context.Context, u *User, routed *session.Route) (*session.Route, *Refusal) {
 	if ref := a.check(ctx, u, routed.Cluster()); ref != nil {
 		return nil, ref
 	}

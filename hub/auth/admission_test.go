@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -60,11 +61,11 @@ func TestAdmission(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			a := NewAdmission(tc.authz, clusterSet{"alpha": true, "beta": true}, reg)
+			a := NewAdmission(tc.authz, clusterSet{"alpha": true, "beta": true}, session.NewDialer(reg, nil, session.NewMetrics(prometheus.NewRegistry()), hubtest.WaitBound))
 			s, ref := a.Admit(t.Context(), alice, tc.cluster)
 			if tc.wantCode == 0 {
 				require.Nil(t, ref)
-				assert.Same(t, connected, s)
+				assert.Same(t, connected, s.Local())
 				return
 			}
 			require.NotNil(t, ref)
@@ -80,20 +81,24 @@ func TestAdmissionRoute(t *testing.T) {
 	reg := session.NewRegistry(testutil.Logger(t), session.NewMetrics(prometheus.NewRegistry()))
 	older, _ := hubtest.PipeSessions(t)
 	newer, _ := hubtest.PipeSessions(t)
-	routed, rm1, err := reg.Add("edge", older, session.Agent{})
+	routed, rm1, err := reg.Add("edge", older, session.Agent{Addresses: []netip.Addr{netip.MustParseAddr("10.0.0.7")}})
 	require.NoError(t, err)
 	t.Cleanup(rm1)
 	_, rm2, err := reg.Add("edge", newer, session.Agent{})
 	require.NoError(t, err)
 	t.Cleanup(rm2)
 
-	a := NewAdmission(fakeAuthz{allowed: true}, clusterSet{"edge": true}, reg)
-	s, ref := a.AdmitRoute(t.Context(), &User{Name: "alice"}, routed)
+	dialer := session.NewDialer(reg, nil, session.NewMetrics(prometheus.NewRegistry()), hubtest.WaitBound)
+	route, err := dialer.NodeRoute(netip.MustParseAddr("10.0.0.7"))
+	require.NoError(t, err)
+	require.Same(t, routed, route.Local())
+	a := NewAdmission(fakeAuthz{allowed: true}, clusterSet{"edge": true}, dialer)
+	r, ref := a.AdmitRoute(t.Context(), &User{Name: "alice"}, route)
 	require.Nil(t, ref)
-	assert.Same(t, routed, s, "the stream goes where the route points, not to the cluster's newest session")
+	assert.Same(t, routed, r.Local(), "the stream goes where the route points, not to the cluster's newest session")
 
-	a = NewAdmission(fakeAuthz{reason: "no"}, clusterSet{"edge": true}, reg)
-	_, ref = a.AdmitRoute(t.Context(), &User{Name: "alice"}, routed)
+	a = NewAdmission(fakeAuthz{reason: "no"}, clusterSet{"edge": true}, dialer)
+	_, ref = a.AdmitRoute(t.Context(), &User{Name: "alice"}, route)
 	require.NotNil(t, ref)
 	assert.Equal(t, http.StatusForbidden, ref.Code)
 	assert.False(t, a.Allowed(t.Context(), &User{Name: "alice"}, "edge"))

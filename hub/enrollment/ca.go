@@ -142,3 +142,15 @@ func (ca *CA) sign(tmpl *x509.Certificate, pub crypto.PublicKey, validity time.D
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), nil
 }
+
+// SignReplica issues hub replica name's certificate, for client and server
+// auth on the connections replicas keep with each other, to key.
+func (ca *CA) SignReplica(pub crypto.PublicKey, name string, validity time.Duration) ([]byte, error) {
+	tmpl := &x509.Certificate{
+		Subject:     pkix.Name{CommonName: identity.ReplicaCNPrefix + name},
+		URIs:        []*url.URL{identity.ReplicaURI(name)},
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth},
+	}
+	return ca.sign(tmpl, pub, validity)
+}

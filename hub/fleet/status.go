@@ -3,6 +3,9 @@ package fleet
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -11,84 +14,72 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/discovery"
-	"k8s.io/client-go/rest"
 	"k8s.io/client-go/util/workqueue"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/manager"
 
 	"backhaul.io/backhaul/pkg/apis/backhaul/v1alpha1"
 )
 
-// Sessions is what the status updater reads of the session registry.
-type Sessions interface {
-	// Watch calls fn (must not block) when a cluster gains or loses a
-	// session.
-	Watch(fn func(cluster string))
-	// Agents counts a cluster's sessions and names the newest agent's
-	// version.
-	Agents(cluster string) (n int, newestVersion string)
-}
-
 // StatusConfig is what the status updater needs.
 type StatusConfig struct {
-	Client   client.Client
+	Client client.Client
+	// Clusters lists the registered clusters.
 	Clusters *Clusters
-	Sessions Sessions
-	// Member reaches a member's API server through its tunnel.
-	Member func(cluster string) *rest.Config
-	// Interval between probes of each connected cluster.
-	Interval time.Duration
+	// Replicas is the session directory's view: every live replica (this
+	// one included) with what it holds and measured.
+	Replicas func() []Replica
+	// Resync is how often the directory is looked at for changes.
+	Resync time.Duration
 	// Heartbeat: status is written at least this often while connected,
 	// and at once on any change.
 	Heartbeat time.Duration
-	// ProbeTimeout bounds one /readyz or /version call.
-	ProbeTimeout time.Duration
-	// Replica names this hub replica in status.hubReplicas.
-	Replica string
-	Log     hclog.Logger
+	Log       hclog.Logger
 }
 
-// StatusUpdater keeps each Cluster's status true to what this hub sees
-// through the tunnel: TunnelConnected from the session registry, Ready
-// from the member's /readyz, the agent's and the member's versions, and a
-// heartbeat. A lost tunnel makes a cluster not Ready; it never removes it.
-// It is a controller-runtime runnable that runs on the leader only.
+// StatusUpdater keeps each Cluster's status true to what the replicas
+// publish in the session directory: TunnelConnected when any replica holds
+// a session, Ready from the member's /readyz as the replicas probed it in
+// the background, the agent's and the member's versions, which replicas
+// hold it, and a heartbeat. It sends nothing through the tunnels itself,
+// so its cost does not grow with the fleet's round trips. A lost tunnel
+// makes a cluster not Ready; it never removes it. Only the leader runs it.
 type StatusUpdater struct {
 	cfg StatusConfig
 
-	mu      sync.Mutex
-	clients map[string]discovery.DiscoveryInterface
+	mu   sync.Mutex
+	seen map[string]observation
 }
 
-var _ manager.LeaderElectionRunnable = (*StatusUpdater)(nil)
-
-// NewStatusUpdater returns the updater; the manager starts it.
+// NewStatusUpdater returns the updater; the singleton term starts it.
 func NewStatusUpdater(cfg StatusConfig) *StatusUpdater {
-	return &StatusUpdater{cfg: cfg, clients: map[string]discovery.DiscoveryInterface{}}
+	return &StatusUpdater{cfg: cfg, seen: map[string]observation{}}
 }
 
-// NeedLeaderElection: only the leader writes status.
-func (u *StatusUpdater) NeedLeaderElection() bool { return true }
+// observation is what the directory says of one cluster.
+type observation struct {
+	replicas          []string
+	sessions          int
+	agentVersion      string
+	ready             bool
+	readyMsg          string
+	kubeVersion       string
+	heartbeat         time.Time
+	connectedReplicas string // for the condition message
+}
 
-// statusWorkers bounds concurrent probes, so 1,000 clusters cost the hub a
-// handful of goroutines.
-const statusWorkers = 8
+func (o observation) equal(p observation) bool {
+	return slices.Equal(o.replicas, p.replicas) && o.sessions == p.sessions && o.agentVersion == p.agentVersion &&
+		o.ready == p.ready && o.readyMsg == p.readyMsg && o.kubeVersion == p.kubeVersion
+}
 
-// Start probes until ctx ends. Connection changes are reported at once.
+// Start writes status until ctx ends.
 func (u *StatusUpdater) Start(ctx context.Context) error {
-	// The workqueue folds repeated events for one cluster into one probe.
+	// The workqueue folds repeated events for one cluster into one write.
 	queue := workqueue.NewTyped[string]()
 	context.AfterFunc(ctx, queue.ShutDown)
-	u.cfg.Sessions.Watch(func(c string) {
-		u.forget(c)
-		queue.Add(c)
-	})
 	var wg sync.WaitGroup
 	for range statusWorkers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			for {
 				name, shutdown := queue.Get()
 				if shutdown {
@@ -99,77 +90,84 @@ func (u *StatusUpdater) Start(ctx context.Context) error {
 				}
 				queue.Done(name)
 			}
-		}()
+		})
 	}
-	t := time.NewTicker(u.cfg.Interval)
-	defer t.Stop()
+	defer wg.Wait()
+	resync := time.NewTicker(u.cfg.Resync)
+	defer resync.Stop()
+	heartbeat := time.NewTicker(u.cfg.Heartbeat)
+	defer heartbeat.Stop()
+	all := true
 	for {
-		for _, n := range u.cfg.Clusters.Names() {
-			queue.Add(n)
+		for _, c := range u.changed(all) {
+			queue.Add(c)
 		}
 		select {
 		case <-ctx.Done():
-			wg.Wait()
 			return nil
-		case <-t.C:
+		case <-resync.C:
+			all = false
+		case <-heartbeat.C:
+			all = true
 		}
 	}
 }
 
-func (u *StatusUpdater) forget(cluster string) {
-	u.mu.Lock()
-	delete(u.clients, cluster)
-	u.mu.Unlock()
-}
+// statusWorkers bounds concurrent status writes.
+const statusWorkers = 8
 
-func (u *StatusUpdater) discovery(cluster string) (discovery.DiscoveryInterface, error) {
+// changed reads the directory and returns the clusters whose observation
+// changed (all registered clusters when all).
+func (u *StatusUpdater) changed(all bool) []string {
+	obs := observe(u.cfg.Replicas())
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if d, ok := u.clients[cluster]; ok {
-		return d, nil
+	var out []string
+	for _, name := range u.cfg.Clusters.Names() {
+		prev, had := u.seen[name]
+		if all || !had || !prev.equal(obs[name]) {
+			out = append(out, name)
+		}
 	}
-	cfg := u.cfg.Member(cluster)
-	cfg.Timeout = u.cfg.ProbeTimeout
-	d, err := discovery.NewDiscoveryClientForConfig(cfg)
-	if err != nil {
-		return nil, err
-	}
-	u.clients[cluster] = d
-	return d, nil
+	u.seen = obs
+	return out
 }
 
-// observation is what one probe saw.
-type observation struct {
-	agents                int
-	agentVersion          string
-	ready                 bool
-	readyMsg, kubeVersion string
+// observe folds the replicas' entries into one observation per cluster.
+func observe(replicas []Replica) map[string]observation {
+	out := map[string]observation{}
+	for _, r := range replicas {
+		for _, name := range slices.Sorted(maps.Keys(r.Clusters)) {
+			h := r.Clusters[name]
+			o := out[name]
+			o.replicas = append(o.replicas, r.Name)
+			o.sessions += int(h.Sessions)
+			if o.agentVersion == "" {
+				o.agentVersion = h.AgentVersion
+			}
+			if h.KubernetesVersion != "" {
+				o.kubeVersion = h.KubernetesVersion
+			}
+			// Ready when any replica reached the member.
+			if h.Ready && !o.ready {
+				o.ready, o.readyMsg, o.heartbeat = true, h.ReadyMessage, r.Renewed
+			} else if !o.ready && o.readyMsg == "" {
+				o.readyMsg = h.ReadyMessage
+			}
+			out[name] = o
+		}
+	}
+	for name, o := range out {
+		o.connectedReplicas = strings.Join(o.replicas, ", ")
+		out[name] = o
+	}
+	return out
 }
 
-func (u *StatusUpdater) observe(ctx context.Context, cluster string) observation {
-	var o observation
-	o.agents, o.agentVersion = u.cfg.Sessions.Agents(cluster)
-	if o.agents == 0 {
-		o.readyMsg = "no agent is connected to the hub"
-		return o
-	}
-	d, err := u.discovery(cluster)
-	if err != nil {
-		o.readyMsg = err.Error()
-		return o
-	}
-	pctx, cancel := context.WithTimeout(ctx, u.cfg.ProbeTimeout)
-	defer cancel()
-	body, err := d.RESTClient().Get().AbsPath("/readyz").DoRaw(pctx)
-	if err != nil {
-		o.readyMsg = fmt.Sprintf("/readyz through the tunnel: %v", err)
-		return o
-	}
-	o.ready, o.readyMsg = true, string(body)
-	if v, err := d.ServerVersion(); err == nil {
-		o.kubeVersion = v.GitVersion
-	}
-	return o
+func (u *StatusUpdater) observation(cluster string) observation {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.seen[cluster]
 }
 
 func (u *StatusUpdater) update(ctx context.Context, name string) error {
@@ -177,25 +175,28 @@ func (u *StatusUpdater) update(ctx context.Context, name string) error {
 	if err := u.cfg.Client.Get(ctx, types.NamespacedName{Name: name}, &c); err != nil {
 		return client.IgnoreNotFound(err)
 	}
-	o := u.observe(ctx, name)
+	o := u.observation(name)
 	orig := c.DeepCopy()
 	st := &c.Status
 	now := metav1.Now()
-	conn := metav1.Condition{Type: v1alpha1.ClusterTunnelConnected, Status: metav1.ConditionFalse, Reason: "NoAgent", Message: "no agent is connected to the hub", ObservedGeneration: c.Generation}
-	ready := metav1.Condition{Type: v1alpha1.ClusterReady, Status: metav1.ConditionFalse, Reason: "TunnelDown", Message: o.readyMsg, ObservedGeneration: c.Generation}
-	st.Agents = int32(o.agents)
-	st.HubReplicas = nil
-	if o.agents > 0 {
-		conn.Status, conn.Reason, conn.Message = metav1.ConditionTrue, "AgentConnected", fmt.Sprintf("%d agent session(s) on hub replica %s", o.agents, u.cfg.Replica)
-		st.HubReplicas = []string{u.cfg.Replica}
+	conn := metav1.Condition{Type: v1alpha1.ClusterTunnelConnected, Status: metav1.ConditionFalse, Reason: "NoAgent", Message: "no agent is connected to any hub replica", ObservedGeneration: c.Generation}
+	ready := metav1.Condition{Type: v1alpha1.ClusterReady, Status: metav1.ConditionFalse, Reason: "TunnelDown", Message: "no agent is connected to any hub replica", ObservedGeneration: c.Generation}
+	st.Agents = int32(o.sessions)
+	st.HubReplicas = o.replicas
+	if len(o.replicas) > 0 {
+		conn.Status, conn.Reason, conn.Message = metav1.ConditionTrue, "AgentConnected", fmt.Sprintf("%d agent session(s) on hub replica(s) %s", o.sessions, o.connectedReplicas)
 		st.AgentVersion = o.agentVersion
-		ready.Reason = "ReadyzFailed"
+		ready.Reason, ready.Message = "ReadyzFailed", o.readyMsg
+		if o.readyMsg == "" {
+			ready.Reason, ready.Message = "NotProbedYet", "the member has not been probed through the tunnel yet"
+		}
 		if o.ready {
 			ready.Status, ready.Reason, ready.Message = metav1.ConditionTrue, "ReadyzOK", "the member's /readyz answered ok through the tunnel"
-			st.LastHeartbeatTime = &now
-			if o.kubeVersion != "" {
-				st.KubernetesVersion = o.kubeVersion
-			}
+			hb := metav1.NewTime(o.heartbeat)
+			st.LastHeartbeatTime = &hb
+		}
+		if o.kubeVersion != "" {
+			st.KubernetesVersion = o.kubeVersion
 		}
 	}
 	meta.SetStatusCondition(&st.Conditions, conn)

@@ -1,81 +1,45 @@
 package fleet
 
 import (
-	"io"
-	"net/http"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
-	"backhaul.io/backhaul/hub/internal/hubtest"
-	"backhaul.io/backhaul/hub/session"
 	"backhaul.io/backhaul/pkg/apis/backhaul/v1alpha1"
 	apischeme "backhaul.io/backhaul/pkg/apis/scheme"
 	"backhaul.io/backhaul/pkg/testutil"
 )
 
-// member answers /readyz with readyz's code and /version with v1.36.3.
-func member(readyz int) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch r.URL.Path {
-		case "/readyz":
-			w.WriteHeader(readyz)
-			_, _ = io.WriteString(w, "ok")
-		case "/version":
-			w.Header().Set("Content-Type", "application/json")
-			_, _ = io.WriteString(w, `{"major":"1","minor":"36","gitVersion":"v1.36.3"}`)
-		default:
-			http.NotFound(w, r)
-		}
-	})
-}
-
 type statusEnv struct {
 	updater  *StatusUpdater
 	host     client.Client
-	sessions *session.Registry
+	replicas []Replica
 }
 
 func newStatusEnv(t *testing.T) *statusEnv {
 	scheme, err := apischeme.New()
 	require.NoError(t, err)
-	host := fake.NewClientBuilder().WithScheme(scheme).WithObjects(cluster("edge", "uid-1")).
-		WithStatusSubresource(&v1alpha1.Cluster{}).Build()
-	tm := session.NewMetrics(prometheus.NewRegistry())
-	sessions := session.NewRegistry(testutil.Logger(t), tm)
-	dialer := session.NewDialer(sessions, tm, 5*time.Second)
-	u := NewStatusUpdater(StatusConfig{
-		Client: host, Sessions: sessions,
-		Member: func(c string) *rest.Config {
-			return dialer.Config(c, rest.ImpersonationConfig{UserName: "backhaul:hub"})
-		},
-		Interval: time.Minute, Heartbeat: time.Minute, ProbeTimeout: 5 * time.Second,
-		Replica: "hub-0", Log: testutil.Logger(t),
+	e := &statusEnv{host: fake.NewClientBuilder().WithScheme(scheme).WithObjects(cluster("edge", "uid-1")).
+		WithStatusSubresource(&v1alpha1.Cluster{}).Build()}
+	clusters := &Clusters{log: testutil.Logger(t), uids: map[string]types.UID{}, cidrs: map[string][]string{}}
+	clusters.set(cluster("edge", "uid-1"))
+	e.updater = NewStatusUpdater(StatusConfig{
+		Client: e.host, Clusters: clusters, Replicas: func() []Replica { return e.replicas },
+		Resync: time.Second, Heartbeat: time.Minute, Log: testutil.Logger(t),
 	})
-	return &statusEnv{updater: u, host: host, sessions: sessions}
-}
-
-// connect registers an agent of edge whose member serves h.
-func (e *statusEnv) connect(t *testing.T, h http.Handler) func() {
-	hubSide, agentSide := hubtest.PipeSessions(t)
-	hubtest.ServeAgent(t, agentSide, hubtest.HTTPAgent(t, h))
-	_, remove, err := e.sessions.Add("edge", hubSide, session.Agent{Version: "v9"})
-	require.NoError(t, err)
-	e.updater.forget("edge") // what the registry watch does
-	return remove
+	return e
 }
 
 func (e *statusEnv) status(t *testing.T) v1alpha1.ClusterStatus {
 	t.Helper()
+	assert.Contains(t, e.updater.changed(true), "edge")
 	require.NoError(t, e.updater.update(t.Context(), "edge"))
 	var c v1alpha1.Cluster
 	require.NoError(t, e.host.Get(t.Context(), types.NamespacedName{Name: "edge"}, &c))
@@ -89,32 +53,52 @@ func condition(st v1alpha1.ClusterStatus, typ string) metav1.Condition {
 	return metav1.Condition{}
 }
 
-func TestStatusFollowsTheTunnel(t *testing.T) {
+func held(name string, ready bool) map[string]v1alpha1.HeldCluster {
+	h := v1alpha1.HeldCluster{Name: name, Sessions: 1, AgentVersion: "v9", Ready: ready, KubernetesVersion: "v1.36.3", ReadyMessage: "ok"}
+	if !ready {
+		h.ReadyMessage, h.KubernetesVersion = "/readyz through the tunnel: 500", ""
+	}
+	return map[string]v1alpha1.HeldCluster{name: h}
+}
+
+func TestStatusFollowsTheDirectory(t *testing.T) {
 	e := newStatusEnv(t)
 	st := e.status(t)
 	assert.Equal(t, metav1.ConditionFalse, condition(st, v1alpha1.ClusterTunnelConnected).Status)
 	assert.Equal(t, "TunnelDown", condition(st, v1alpha1.ClusterReady).Reason)
 	assert.Nil(t, st.LastHeartbeatTime)
 
-	remove := e.connect(t, member(http.StatusOK))
+	now := time.Now()
+	e.replicas = []Replica{{Name: "hub-a", Renewed: now, Clusters: held("edge", true)}, {Name: "hub-b", Renewed: now, Clusters: held("edge", false)}}
 	st = e.status(t)
 	assert.Equal(t, metav1.ConditionTrue, condition(st, v1alpha1.ClusterTunnelConnected).Status)
-	assert.Equal(t, metav1.ConditionTrue, condition(st, v1alpha1.ClusterReady).Status, condition(st, v1alpha1.ClusterReady).Message)
+	assert.Contains(t, condition(st, v1alpha1.ClusterTunnelConnected).Message, "hub-a, hub-b")
+	assert.Equal(t, metav1.ConditionTrue, condition(st, v1alpha1.ClusterReady).Status, "ready when any replica reached it")
 	assert.Equal(t, "v9", st.AgentVersion)
 	assert.Equal(t, "v1.36.3", st.KubernetesVersion)
-	assert.EqualValues(t, 1, st.Agents)
-	assert.Equal(t, []string{"hub-0"}, st.HubReplicas)
+	assert.EqualValues(t, 2, st.Agents)
+	assert.Equal(t, []string{"hub-a", "hub-b"}, st.HubReplicas)
 	require.NotNil(t, st.LastHeartbeatTime)
 
-	remove()
+	e.replicas = []Replica{{Name: "hub-b", Renewed: now, Clusters: held("edge", false)}}
+	st = e.status(t)
+	assert.Equal(t, metav1.ConditionTrue, condition(st, v1alpha1.ClusterTunnelConnected).Status)
+	assert.Equal(t, "ReadyzFailed", condition(st, v1alpha1.ClusterReady).Reason)
+	assert.Equal(t, []string{"hub-b"}, st.HubReplicas)
+
+	e.replicas = nil
 	st = e.status(t)
 	assert.Equal(t, metav1.ConditionFalse, condition(st, v1alpha1.ClusterTunnelConnected).Status)
 	assert.Equal(t, metav1.ConditionFalse, condition(st, v1alpha1.ClusterReady).Status)
 	assert.Empty(t, st.HubReplicas)
 	assert.Equal(t, "v1.36.3", st.KubernetesVersion, "what was last seen stays")
+}
 
-	e.connect(t, member(http.StatusInternalServerError))
-	st = e.status(t)
-	assert.Equal(t, metav1.ConditionTrue, condition(st, v1alpha1.ClusterTunnelConnected).Status)
-	assert.Equal(t, "ReadyzFailed", condition(st, v1alpha1.ClusterReady).Reason)
+func TestStatusChangedOnlyWhatChanged(t *testing.T) {
+	e := newStatusEnv(t)
+	e.replicas = []Replica{{Name: "hub-a", Clusters: held("edge", true)}}
+	assert.Equal(t, []string{"edge"}, e.updater.changed(false))
+	assert.Empty(t, e.updater.changed(false), "nothing changed: nothing to write")
+	e.replicas = []Replica{{Name: "hub-a", Clusters: held("edge", false)}}
+	assert.Equal(t, []string{"edge"}, e.updater.changed(false))
 }

@@ -26,9 +26,8 @@ const DefaultClusterSuffix = ".cluster.backhaul"
 type ConnectConfig struct {
 	Authn     auth.Authenticator
 	Admission *auth.Admission
-	// Sessions resolves node routes (CONNECT IP:PORT).
-	Sessions *session.Registry
-	Dialer   *session.Dialer
+	// Dialer opens the streams and resolves node routes (CONNECT IP:PORT).
+	Dialer *session.Dialer
 	// Suffix marks cluster targets: NAME+Suffix:port.
 	Suffix  string
 	Metrics *Metrics
@@ -48,8 +47,8 @@ type Connect struct {
 // certificate or Proxy-Authorization. [Connect.ForSocket] serves a Unix
 // socket whose callers the socket's permissions vouch for.
 func NewConnect(cfg ConnectConfig) (*Connect, error) {
-	if cfg.Authn == nil || cfg.Admission == nil || cfg.Sessions == nil || cfg.Dialer == nil || cfg.Metrics == nil || cfg.Log == nil {
-		return nil, errors.New("connect: Authn, Admission, Sessions, Dialer, Metrics and Log are required")
+	if cfg.Authn == nil || cfg.Admission == nil || cfg.Dialer == nil || cfg.Metrics == nil || cfg.Log == nil {
+		return nil, errors.New("connect: Authn, Admission, Dialer, Metrics and Log are required")
 	}
 	if !strings.HasPrefix(cfg.Suffix, ".") || len(cfg.Suffix) < 2 {
 		return nil, fmt.Errorf("connect: cluster suffix %q must start with a dot", cfg.Suffix)
@@ -97,38 +96,38 @@ func (p *Connect) serve(w http.ResponseWriter, r *http.Request, user *auth.User)
 		refuseConnect(w, http.StatusBadRequest, fmt.Sprintf("CONNECT target %q is not host:port", r.Host))
 		return
 	}
-	sess, req, ref := p.admit(r.Context(), user, host, r.Host)
+	route, req, ref := p.admit(r.Context(), user, host, r.Host)
 	if ref != nil {
 		p.refuse(w, ref.Code, ref.Reason, ref.Message)
 		return
 	}
 	req.RequestID = newRequestID()
-	stream, err := p.cfg.Dialer.Open(r.Context(), sess, req)
+	stream, err := p.cfg.Dialer.Open(r.Context(), route, req)
 	if err != nil {
-		code, reason, msg := classify(sess.Cluster(), err)
-		p.cfg.Log.Info("CONNECT failed", "cluster", sess.Cluster(), "target", r.Host, "user", user.Name, "request_id", req.RequestID, "code", code, "error", err)
+		code, reason, msg := classify(route.Cluster(), err)
+		p.cfg.Log.Info("CONNECT failed", "cluster", route.Cluster(), "target", r.Host, "user", user.Name, "request_id", req.RequestID, "code", code, "error", err)
 		p.refuse(w, code, reason, msg)
 		return
 	}
-	p.cfg.Log.Debug("CONNECT established", "cluster", sess.Cluster(), "user", user.Name, "request_id", req.RequestID)
+	p.cfg.Log.Debug("CONNECT established", "cluster", route.Cluster(), "via", route.Via(), "user", user.Name, "request_id", req.RequestID)
 	splice(w, r, stream)
 }
 
 // admit resolves a CONNECT host and admits user to it: CLUSTER+Suffix
 // names a cluster's API server; an IP address goes to the node-mode agent
 // that advertised it.
-func (p *Connect) admit(ctx context.Context, user *auth.User, host, hostport string) (*session.Session, tunnel.Request, *auth.Refusal) {
+func (p *Connect) admit(ctx context.Context, user *auth.User, host, hostport string) (*session.Route, tunnel.Request, *auth.Refusal) {
 	if ip, err := netip.ParseAddr(host); err == nil {
 		req := tunnel.Request{Kind: tunnel.KindTCP, Address: hostport}
 		if why := session.Unroutable(ip); why != "" {
 			return nil, req, &auth.Refusal{Code: http.StatusForbidden, Reason: session.ReasonForbidden, Message: fmt.Sprintf("%s is %s and is never routed", ip, why)}
 		}
-		routed, err := p.cfg.Sessions.Route(ip)
+		routed, err := p.cfg.Dialer.NodeRoute(ip)
 		if err != nil {
 			return nil, req, &auth.Refusal{Code: http.StatusNotFound, Reason: session.ReasonNoRoute, Message: fmt.Sprintf("no route to %s: %v", hostport, err)}
 		}
-		sess, ref := p.cfg.Admission.AdmitRoute(ctx, user, routed)
-		return sess, req, ref
+		route, ref := p.cfg.Admission.AdmitRoute(ctx, user, routed)
+		return route, req, ref
 	}
 	req := tunnel.Request{Kind: tunnel.KindAPIServerTCP}
 	name, ok := strings.CutSuffix(strings.ToLower(host), p.cfg.Suffix)
@@ -136,8 +135,8 @@ func (p *Connect) admit(ctx context.Context, user *auth.User, host, hostport str
 		return nil, req, &auth.Refusal{Code: http.StatusNotFound, Reason: session.ReasonUnknownCluster,
 			Message: fmt.Sprintf("no route to %s: targets are CLUSTER%s:PORT or a node IP:PORT", hostport, p.cfg.Suffix)}
 	}
-	sess, ref := p.cfg.Admission.Admit(ctx, user, name)
-	return sess, req, ref
+	route, ref := p.cfg.Admission.Admit(ctx, user, name)
+	return route, req, ref
 }
 
 // refuseAuth answers a caller without valid credentials: 407, or 503 when

@@ -29,7 +29,13 @@ type GatewayConfig struct {
 type Gateway struct {
 	cfg      GatewayConfig
 	errorLog *log.Logger
+	watches  watches
 }
+
+// Drain ends every watch the gateway carries, now or later, cleanly at
+// its next event boundary (the replica is going away; clients re-watch
+// through another).
+func (g *Gateway) Drain() { g.watches.drain() }
 
 // NewGateway returns the gateway; mount it at "/clusters/{name}" and
 // "/clusters/{name}/{path...}".
@@ -59,27 +65,31 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		g.unauthenticated(rec, err)
 		return
 	}
-	sess, ref := g.cfg.Admission.Admit(r.Context(), user, name)
+	route, ref := g.cfg.Admission.Admit(r.Context(), user, name)
 	if ref != nil {
 		g.refuse(rec, ref.Code, ref.Reason, ref.Message)
 		return
 	}
 	id := newRequestID()
 	rec.Header().Set("Backhaul-Request-Id", id)
-	g.proxy(name, sess, user, id).ServeHTTP(rec, r.WithContext(session.WithRequestID(r.Context(), id)))
+	g.proxy(name, route, user, id).ServeHTTP(rec, r.WithContext(session.WithRequestID(r.Context(), id)))
 }
 
-// proxy is the reverse proxy for one request: to cluster over sess, as u.
-// (One per request: it is a few words, and it keeps the request's session
+// proxy is the reverse proxy for one request: to cluster along route, as
+// u. (One per request: it is a few words, and it keeps the request's route
 // and identity out of the context.)
-func (g *Gateway) proxy(cluster string, sess *session.Session, u *auth.User, id string) *httputil.ReverseProxy {
+func (g *Gateway) proxy(cluster string, route *session.Route, u *auth.User, id string) *httputil.ReverseProxy {
 	return &httputil.ReverseProxy{
 		Rewrite:   func(pr *httputil.ProxyRequest) { rewrite(pr, cluster, u, id) },
-		Transport: g.cfg.Dialer.HTTP(sess),
+		Transport: g.cfg.Dialer.HTTP(route),
 		// 0, not -1: ReverseProxy flushes responses of unknown length
 		// (watches, chunked lists) on every write anyway, and a small
 		// response then goes out in one write instead of several.
 		FlushInterval: 0,
+		ModifyResponse: func(resp *http.Response) error {
+			g.watches.wrap(resp.Request, resp)
+			return nil
+		},
 		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
 			code, reason, msg := classify(cluster, err)
 			g.cfg.Log.Warn("gateway request failed", "cluster", cluster, "request_id", id, "code", code, "error", err)

@@ -2,9 +2,11 @@ package session
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/http"
-	"sync/atomic"
+	"net/netip"
+	"sync"
 	"time"
 
 	"k8s.io/client-go/rest"
@@ -14,33 +16,122 @@ import (
 
 // Dialer is the member dialer: the one way the hub opens a stream to a
 // member, whether for a gateway request, a CONNECT tunnel, or one of the
-// hub's own controllers. It times each stream's set-up and counts its
+// hub's own controllers, and whether the cluster's agent is connected to
+// this replica or to a peer. It times each stream's set-up and counts its
 // bytes.
 type Dialer struct {
 	registry *Registry
+	peers    Peers
 	metrics  *Metrics
 	// timeout is what the agent gets to reach its destination.
 	timeout time.Duration
+
+	mu    sync.Mutex
+	pools map[remoteKey]*http.Transport
 }
 
-// NewDialer returns the dialer over reg's sessions; each stream gives its
-// agent timeout to reach the destination.
-func NewDialer(reg *Registry, m *Metrics, timeout time.Duration) *Dialer {
-	return &Dialer{registry: reg, metrics: m, timeout: timeout}
+// remoteKey names the HTTP pool of one cluster through one peer
+// connection.
+type remoteKey struct {
+	peer    Peer
+	cluster string
 }
 
-// Open opens a stream for req on s, the session admission chose. Errors
-// are *ClusterError, wrapping the tunnel's *tunnel.DialError when the
-// agent refused.
-func (d *Dialer) Open(ctx context.Context, s *Session, req tunnel.Request) (net.Conn, error) {
+// NewDialer returns the dialer over reg's sessions and, for clusters whose
+// agents are connected elsewhere, peers'. Each stream gives its agent
+// timeout to reach the destination.
+func NewDialer(reg *Registry, peers Peers, m *Metrics, timeout time.Duration) *Dialer {
+	if peers == nil {
+		peers = NoPeers{}
+	}
+	return &Dialer{registry: reg, peers: peers, metrics: m, timeout: timeout, pools: map[remoteKey]*http.Transport{}}
+}
+
+// Route finds how to reach cluster now: this replica's newest session of
+// it, else the peers that hold one. It fails with a *ClusterError wrapping
+// ErrNotConnected when no replica holds one.
+func (d *Dialer) Route(cluster string) (*Route, error) {
+	s, err := d.registry.Get(cluster)
+	// A replica that drains sends new streams to where its agents are
+	// moving, so they can let go of this one sooner.
+	if err != nil || d.registry.draining.Load() {
+		if peers := d.peers.Holders(cluster); len(peers) > 0 {
+			return &Route{cluster: cluster, peers: peers}, nil
+		}
+	}
+	if err != nil {
+		return nil, &ClusterError{Cluster: cluster, Err: ErrNotConnected}
+	}
+	return &Route{cluster: cluster, local: s}, nil
+}
+
+// NodeRoute finds the session whose agent advertised node address addr:
+// here, else on a peer. It fails with ErrNoRoute.
+func (d *Dialer) NodeRoute(addr netip.Addr) (*Route, error) {
+	if s, err := d.registry.Route(addr); err == nil {
+		return &Route{cluster: s.Cluster(), local: s}, nil
+	}
+	if cluster, peers := d.peers.NodeHolder(addr.Unmap().String()); len(peers) > 0 {
+		return &Route{cluster: cluster, peers: peers}, nil
+	}
+	return nil, ErrNoRoute
+}
+
+// Connected says whether any replica holds a session of cluster.
+func (d *Dialer) Connected(cluster string) bool {
+	return d.registry.Connected(cluster) || len(d.peers.Holders(cluster)) > 0
+}
+
+// Replicas is how many replicas serve, this one included.
+func (d *Dialer) Replicas() int { return d.peers.Replicas() }
+
+// Open opens a stream for req along r: on the local session, or through
+// the first peer that still holds one. Errors are *ClusterError, wrapping
+// the *tunnel.DialError of an agent or peer that refused.
+func (d *Dialer) Open(ctx context.Context, r *Route, req tunnel.Request) (net.Conn, error) {
+	if r.local != nil {
+		c, err := d.open(ctx, r.cluster, req, func(req tunnel.Request) (net.Conn, error) { return r.local.tunnel.Open(ctx, req) })
+		if !errors.Is(err, tunnel.ErrSessionClosed) {
+			return c, err
+		}
+		// The session ended under us (an agent that moved away): go along
+		// whatever route serves the cluster now, once.
+		again, rerr := d.Route(r.cluster)
+		if rerr != nil || again.local == r.local {
+			return nil, err
+		}
+		return d.Open(ctx, again, req)
+	}
+	var err error
+	for _, p := range r.peers {
+		var c net.Conn
+		if c, err = d.openVia(ctx, p, r.cluster, req); !stale(err) {
+			return c, err
+		}
+	}
+	return nil, err
+}
+
+func (d *Dialer) openVia(ctx context.Context, p Peer, cluster string, req tunnel.Request) (net.Conn, error) {
+	return d.open(ctx, cluster, req, func(req tunnel.Request) (net.Conn, error) { return p.Open(ctx, cluster, req) })
+}
+
+func (d *Dialer) open(_ context.Context, cluster string, req tunnel.Request, open func(tunnel.Request) (net.Conn, error)) (net.Conn, error) {
 	req.Timeout = d.timeout
 	start := time.Now()
-	c, err := s.tunnel.Open(ctx, req)
+	c, err := open(req)
 	if err != nil {
-		return nil, &ClusterError{Cluster: s.Cluster(), Err: err}
+		return nil, &ClusterError{Cluster: cluster, Err: err}
 	}
 	d.metrics.streamOpened(req.Kind.String(), time.Since(start).Seconds())
 	return &countedConn{Conn: c, m: d.metrics}, nil
+}
+
+// stale says a peer no longer holds the cluster (the directory was behind
+// it), or its connection is gone: the next holder may do.
+func stale(err error) bool {
+	var de *tunnel.DialError
+	return errors.As(err, &de) && de.Code == tunnel.CodeUnavailable || errors.Is(err, tunnel.ErrSessionClosed)
 }
 
 type requestIDKey struct{}
@@ -51,32 +142,108 @@ func WithRequestID(ctx context.Context, id string) context.Context {
 	return context.WithValue(ctx, requestIDKey{}, id)
 }
 
-// HTTP carries HTTP/1.1 to the member's API server over streams of s. Its
-// connections are pooled with the session and go when it goes; the
-// request's URL host is not used for dialing.
-func (d *Dialer) HTTP(s *Session) http.RoundTripper {
-	return s.transport(func() *http.Transport {
-		return &http.Transport{
-			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				id, _ := ctx.Value(requestIDKey{}).(string)
-				return d.Open(ctx, s, tunnel.Request{Kind: tunnel.KindAPIServer, RequestID: id})
-			},
-			MaxIdleConnsPerHost: 256,
-			IdleConnTimeout:     90 * time.Second,
-			DisableCompression:  true,
-			ForceAttemptHTTP2:   false,
+func requestID(ctx context.Context) string {
+	id, _ := ctx.Value(requestIDKey{}).(string)
+	return id
+}
+
+// HTTP carries HTTP/1.1 to the member's API server along r. Connections
+// are pooled with the local session, or per peer connection and cluster,
+// and go when those go; the request's URL host is not used for dialing.
+func (d *Dialer) HTTP(r *Route) http.RoundTripper {
+	if r.local != nil {
+		return r.local.transport(func() *http.Transport {
+			return newTransport(func(ctx context.Context) (net.Conn, error) {
+				return d.Open(ctx, r, tunnel.Request{Kind: tunnel.KindAPIServer, RequestID: requestID(ctx)})
+			})
+		})
+	}
+	return remoteTransport{d: d, r: r}
+}
+
+func newTransport(dial func(ctx context.Context) (net.Conn, error)) *http.Transport {
+	return &http.Transport{
+		DialContext:         func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true,
+		ForceAttemptHTTP2:   false,
+	}
+}
+
+// remoteTransport tries the route's peers in order while a peer turns out
+// not to hold the cluster any more and the request can be sent again.
+type remoteTransport struct {
+	d *Dialer
+	r *Route
+}
+
+func (t remoteTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	var err error
+	for i, p := range t.r.peers {
+		if i > 0 {
+			if req, err = rewound(req); err != nil {
+				return nil, err
+			}
 		}
+		var resp *http.Response
+		if resp, err = t.d.pool(p, t.r.cluster).RoundTrip(req); !stale(err) {
+			return resp, err
+		}
+	}
+	return nil, err
+}
+
+// rewound is req ready to be sent again, if its body allows.
+func rewound(req *http.Request) (*http.Request, error) {
+	if req.Body == nil || req.Body == http.NoBody {
+		return req, nil
+	}
+	if req.GetBody == nil {
+		return nil, errors.New("the peer no longer holds the cluster and the request body cannot be sent again")
+	}
+	body, err := req.GetBody()
+	if err != nil {
+		return nil, err
+	}
+	r2 := req.Clone(req.Context())
+	r2.Body = body
+	return r2, nil
+}
+
+// pool is the HTTP pool of cluster through p's current connection; it is
+// dropped when that connection ends.
+func (d *Dialer) pool(p Peer, cluster string) *http.Transport {
+	k := remoteKey{peer: p, cluster: cluster}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if t := d.pools[k]; t != nil {
+		return t
+	}
+	t := newTransport(func(ctx context.Context) (net.Conn, error) {
+		return d.openVia(ctx, p, cluster, tunnel.Request{Kind: tunnel.KindAPIServer, RequestID: requestID(ctx)})
 	})
+	d.pools[k] = t
+	// The pool lives as long as the peer connection (its streams die with
+	// it); this goroutine ends with it too.
+	go func() {
+		<-p.Done()
+		d.mu.Lock()
+		delete(d.pools, k)
+		d.mu.Unlock()
+		t.CloseIdleConnections()
+	}()
+	return t
 }
 
 // Config returns a client configuration that reaches cluster's API server
-// through whichever session serves the cluster at each request, acting as
-// the given identity. Calls fail with a *ClusterError wrapping
-// ErrNotConnected while no agent is connected, and work again as soon as
-// one is: a client built once stays usable.
+// along whichever route serves the cluster at each request, acting as the
+// given identity. Calls fail with a *ClusterError wrapping ErrNotConnected
+// while no replica holds a session, and work again as soon as one does: a
+// client built once stays usable.
 func (d *Dialer) Config(cluster string, as rest.ImpersonationConfig) *rest.Config {
 	return &rest.Config{
-		// Only error messages show the host: the transport picks the session.
+		// Only error messages show the host: the transport picks the route.
 		Host:        "http://" + cluster,
 		Transport:   clusterTransport{d: d, cluster: cluster},
 		UserAgent:   "backhaul-hub",
@@ -85,7 +252,7 @@ func (d *Dialer) Config(cluster string, as rest.ImpersonationConfig) *rest.Confi
 	}
 }
 
-// clusterTransport sends each request over the session that serves the
+// clusterTransport sends each request along the route that serves the
 // cluster when the request is made.
 type clusterTransport struct {
 	d       *Dialer
@@ -93,42 +260,12 @@ type clusterTransport struct {
 }
 
 func (t clusterTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	s, err := t.d.registry.Get(t.cluster)
+	route, err := t.d.Route(t.cluster)
 	if err != nil {
 		if r.Body != nil {
 			_ = r.Body.Close() // a RoundTripper always closes the body
 		}
 		return nil, err
 	}
-	return t.d.HTTP(s).RoundTrip(r)
-}
-
-// countedConn counts payload bytes and open streams.
-type countedConn struct {
-	net.Conn
-	m      *Metrics
-	closed atomic.Bool
-}
-
-func (c *countedConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	if n > 0 {
-		c.m.bytesRx.Add(float64(n))
-	}
-	return n, err
-}
-
-func (c *countedConn) Write(p []byte) (int, error) {
-	n, err := c.Conn.Write(p)
-	if n > 0 {
-		c.m.bytesTx.Add(float64(n))
-	}
-	return n, err
-}
-
-func (c *countedConn) Close() error {
-	if c.closed.CompareAndSwap(false, true) {
-		c.m.streamsActive.Dec()
-	}
-	return c.Conn.Close()
+	return t.d.HTTP(route).RoundTrip(r)
 }

@@ -33,7 +33,7 @@ func echoHeaders(seen chan<- http.Header) http.Handler {
 
 func TestDialerConfigFollowsSessions(t *testing.T) {
 	r, m, reg := newTestRegistry(t)
-	d := NewDialer(r, m, time.Second)
+	d := NewDialer(r, nil, m, time.Second)
 	cfg := d.Config("edge", rest.ImpersonationConfig{UserName: "backhaul:hub", Groups: []string{"backhaul:propagators"}})
 	hc, err := rest.HTTPClientFor(cfg)
 	require.NoError(t, err)
@@ -74,7 +74,7 @@ func TestDialerConfigFollowsSessions(t *testing.T) {
 
 func TestDialerHTTPCarriesRequestID(t *testing.T) {
 	r, m, _ := newTestRegistry(t)
-	d := NewDialer(r, m, time.Second)
+	d := NewDialer(r, nil, m, time.Second)
 	seen := make(chan http.Header, 1)
 	ids := make(chan string, 1)
 	serve := hubtest.HTTPAgent(t, echoHeaders(seen))
@@ -85,20 +85,20 @@ func TestDialerHTTPCarriesRequestID(t *testing.T) {
 
 	req, err := http.NewRequestWithContext(WithRequestID(t.Context(), "req-7"), http.MethodGet, "http://ignored/api", nil)
 	require.NoError(t, err)
-	resp, err := d.HTTP(s).RoundTrip(req)
+	resp, err := d.HTTP(&Route{cluster: "edge", local: s}).RoundTrip(req)
 	require.NoError(t, err)
 	_, _ = io.Copy(io.Discard, resp.Body)
 	_ = resp.Body.Close()
 	<-seen
 	assert.Equal(t, "req-7", <-ids, "the stream header names the request it was opened for")
-	assert.Same(t, d.HTTP(s), d.HTTP(s), "one pool per session")
+	assert.Same(t, d.HTTP(&Route{cluster: "edge", local: s}), d.HTTP(&Route{cluster: "edge", local: s}), "one pool per session")
 }
 
 func TestDialerOpenRefused(t *testing.T) {
 	r, m, reg := newTestRegistry(t)
-	d := NewDialer(r, m, time.Second)
+	d := NewDialer(r, nil, m, time.Second)
 	s, _ := connectAgent(t, r, "edge", hubtest.Rejecting(tunnel.CodeNotAllowed))
-	_, err := d.Open(context.Background(), s, tunnel.Request{Kind: tunnel.KindTCP, Address: "10.0.0.1:22"})
+	_, err := d.Open(context.Background(), &Route{cluster: "edge", local: s}, tunnel.Request{Kind: tunnel.KindTCP, Address: "10.0.0.1:22"})
 	var ce *ClusterError
 	require.ErrorAs(t, err, &ce)
 	assert.Equal(t, "edge", ce.Cluster)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strconv"
+	"sync/atomic"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -24,15 +26,25 @@ type EndpointConfig struct {
 	// NodeCIDRs, when set, bounds the node addresses an agent of cluster
 	// may advertise (nil result: any routable address).
 	NodeCIDRs func(cluster string) []string
-	Log       hclog.Logger
+	// Replica names this hub replica to agents on the upgrade; Replicas,
+	// when set, says how many serve (agents connect to that many at most).
+	Replica  string
+	Replicas func() int
+	// MaxHandshakes bounds upgrades being authenticated and set up at
+	// once; past it agents are told 503 and when to come back, so a
+	// reconnect storm queues at the agents instead of in the hub's memory.
+	MaxHandshakes int
+	Log           hclog.Logger
 }
 
 // Endpoint serves /v1/tunnel: it authenticates an agent, upgrades, and
 // keeps the session registered for as long as it lives.
 type Endpoint struct {
-	cfg      EndpointConfig
-	registry *Registry
-	metrics  *Metrics
+	cfg        EndpointConfig
+	registry   *Registry
+	metrics    *Metrics
+	handshakes chan struct{}
+	draining   atomic.Bool
 }
 
 // NewEndpoint returns the endpoint that registers sessions in reg.
@@ -40,7 +52,23 @@ func NewEndpoint(reg *Registry, m *Metrics, cfg EndpointConfig) (*Endpoint, erro
 	if cfg.Auth == nil || cfg.Tunnel == nil || cfg.Log == nil {
 		return nil, errors.New("tunnel endpoint: Auth, Tunnel and Log are required")
 	}
-	return &Endpoint{cfg: cfg, registry: reg, metrics: m}, nil
+	if cfg.MaxHandshakes <= 0 {
+		return nil, errors.New("tunnel endpoint: MaxHandshakes must be positive")
+	}
+	if cfg.Replicas == nil {
+		cfg.Replicas = func() int { return 1 }
+	}
+	return &Endpoint{cfg: cfg, registry: reg, metrics: m, handshakes: make(chan struct{}, cfg.MaxHandshakes)}, nil
+}
+
+// Drain refuses new sessions from now on: agents are told to come back
+// later, which through a load balancer means to another replica.
+func (e *Endpoint) Drain() { e.draining.Store(true) }
+
+// retryAfter answers 503 with a Retry-After agents add jitter to.
+func retryAfter(w http.ResponseWriter, seconds int, msg string) {
+	w.Header().Set("Retry-After", strconv.Itoa(seconds))
+	http.Error(w, msg, http.StatusServiceUnavailable)
 }
 
 func (e *Endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -48,6 +76,27 @@ func (e *Endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		kubestatus.Write(w, http.StatusMethodNotAllowed, "the tunnel endpoint takes GET with a websocket upgrade")
 		return
 	}
+	if e.draining.Load() {
+		e.metrics.connect("draining")
+		retryAfter(w, 1, "this hub replica is draining; connect to another")
+		return
+	}
+	select {
+	case e.handshakes <- struct{}{}:
+	default:
+		e.metrics.connect("busy")
+		retryAfter(w, 5, "too many agents connecting at once; retry later")
+		return
+	}
+	cluster, ts, a, ok := e.handshake(w, r)
+	<-e.handshakes
+	if ok {
+		e.serve(r, cluster, ts, a)
+	}
+}
+
+// handshake authenticates and upgrades, within the handshake bound.
+func (e *Endpoint) handshake(w http.ResponseWriter, r *http.Request) (string, *tunnel.Session, Agent, bool) {
 	cluster, err := e.cfg.Auth.AuthenticateAgent(r)
 	if err != nil {
 		e.metrics.connect("unauthenticated")
@@ -60,15 +109,17 @@ func (e *Endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="backhaul"`)
 		}
 		http.Error(w, err.Error(), code)
-		return
+		return "", nil, Agent{}, false
 	}
 	agent, err := e.agent(r, cluster)
 	if err != nil {
 		e.metrics.connect("bad_request")
 		e.cfg.Log.Warn("refused agent", "cluster", cluster, "remote", r.RemoteAddr, "error", err)
 		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
+		return "", nil, Agent{}, false
 	}
+	w.Header().Set(tunnel.HeaderHubReplica, e.cfg.Replica)
+	w.Header().Set(tunnel.HeaderHubReplicas, strconv.Itoa(max(e.cfg.Replicas(), 1)))
 	ts, err := tunnel.Accept(w, r, e.cfg.Tunnel)
 	if err != nil {
 		if errors.Is(err, tunnel.ErrVersion) {
@@ -76,10 +127,10 @@ func (e *Endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		e.metrics.connect("upgrade_failed")
 		e.cfg.Log.Warn("agent upgrade failed", "cluster", cluster, "remote", r.RemoteAddr, "error", err)
-		return
+		return "", nil, Agent{}, false
 	}
 	e.metrics.connect("ok")
-	e.serve(r, cluster, ts, agent)
+	return cluster, ts, agent, true
 }
 
 // agent reads what the upgrade says about the agent, checking node

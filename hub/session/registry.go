@@ -2,9 +2,11 @@ package session
 
 import (
 	"cmp"
+	"context"
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -28,6 +30,8 @@ type Registry struct {
 	nextID uint64
 	// closed is set by CloseAll: a hub that is stopping takes no sessions.
 	closed bool
+	// draining is set by DrainAll: new streams go to peers where they can.
+	draining atomic.Bool
 	// watchers run, outside the lock, whenever a cluster gains or loses a
 	// session.
 	watchers []func(cluster string)
@@ -194,4 +198,67 @@ func (r *Registry) CloseAll() {
 	for _, s := range all {
 		_ = s.tunnel.Close()
 	}
+}
+
+// Holding is one cluster this replica holds sessions of, for the session
+// directory.
+type Holding struct {
+	Cluster      string
+	Sessions     int
+	AgentVersion string // the newest session's
+	Nodes        []netip.Addr
+}
+
+// Holdings lists the clusters this replica holds sessions of.
+func (r *Registry) Holdings() []Holding {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := make([]Holding, 0, len(r.sessions))
+	for c, list := range r.sessions {
+		h := Holding{Cluster: c, Sessions: len(list), AgentVersion: list[len(list)-1].info.AgentVersion}
+		for _, s := range list {
+			h.Nodes = append(h.Nodes, s.info.Addresses...)
+		}
+		out = append(out, h)
+	}
+	return out
+}
+
+// DrainAll tells every agent connected here to move to another replica
+// within grace (tunnel.KindDrain), a few at a time. Agents too old to
+// know the message answer it with an error, which is only logged: their
+// sessions end when the hub closes them.
+func (r *Registry) DrainAll(ctx context.Context, grace time.Duration) {
+	r.draining.Store(true)
+	r.mu.RLock()
+	var all []*Session
+	for _, list := range r.sessions {
+		all = append(all, list...)
+	}
+	r.mu.RUnlock()
+	sem := make(chan struct{}, 64)
+	var wg sync.WaitGroup
+	for _, s := range all {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := s.tunnel.Drain(ctx, grace); err != nil {
+				r.log.Debug("agent did not take the drain message", "cluster", s.Cluster(), "session", s.info.ID, "error", err)
+			}
+			// Idle pooled streams would keep the agent waiting for them.
+			s.closeIdle()
+		})
+	}
+	wg.Wait()
+}
+
+// Len is how many sessions are registered.
+func (r *Registry) Len() int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	n := 0
+	for _, list := range r.sessions {
+		n += len(list)
+	}
+	return n
 }

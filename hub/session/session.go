@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"backhaul.io/backhaul/tunnel"
@@ -25,6 +26,8 @@ type Info struct {
 	AgentVersion string    `json:"agentVersion"`
 	Since        time.Time `json:"since"`
 	Streams      int       `json:"streams"`
+	// RTT is the round trip the prober last measured, in the background.
+	RTT time.Duration `json:"-"`
 	// Node and Addresses are set for agents in node mode.
 	Node      string       `json:"node,omitempty"`
 	Addresses []netip.Addr `json:"addresses,omitempty"`
@@ -37,6 +40,7 @@ type Info struct {
 type Session struct {
 	info   Info
 	tunnel *tunnel.Session
+	rtt    atomic.Int64 // nanoseconds, from the prober
 
 	mu   sync.Mutex
 	http *http.Transport // built on first use by Dialer.HTTP
@@ -49,6 +53,7 @@ func (s *Session) Cluster() string { return s.info.Cluster }
 func (s *Session) Info() Info {
 	info := s.info
 	info.Streams = s.tunnel.NumStreams()
+	info.RTT = time.Duration(s.rtt.Load())
 	return info
 }
 

@@ -124,20 +124,13 @@ func (r *connectRig) startHub(ctx context.Context, dir, agentToken string) (stri
 	if err != nil {
 		return "", nil, err
 	}
-	srv, err := hub.New(hub.Config{
-		Listen:          "127.0.0.1:0",
-		TLS:             tlsCfg,
-		ConnectListen:   "127.0.0.1:0",
-		AgentAuth:       agents,
-		Clusters:        agents,
-		Authn:           callers,
-		Authz:           auth.AllowAuthenticated{},
-		Tunnel:          tunnel.DefaultConfig(),
-		DialTimeout:     10 * time.Second,
-		ShutdownTimeout: 5 * time.Second,
-		Log:             hclog.New(&hclog.LoggerOptions{Name: "bench-hub", Level: hclog.Warn, Output: os.Stderr}),
-		Metrics:         prometheus.NewRegistry(),
-	})
+	cfg := hub.DefaultConfig()
+	cfg.Listen, cfg.TLS, cfg.ConnectListen = "127.0.0.1:0", tlsCfg, "127.0.0.1:0"
+	cfg.AgentAuth, cfg.Clusters, cfg.Authn, cfg.Authz = agents, agents, callers, auth.AllowAuthenticated{}
+	cfg.ShutdownGrace, cfg.ShutdownDelay = 5*time.Second, 0
+	cfg.Log = hclog.New(&hclog.LoggerOptions{Name: "bench-hub", Level: hclog.Warn, Output: os.Stderr})
+	cfg.Metrics = prometheus.NewRegistry()
+	srv, err := hub.New(cfg)
 	if err != nil {
 		return "", nil, err
 	}

@@ -165,7 +165,7 @@ func (h *Hub) Start(ctx context.Context) error {
 		"--client-ca-file", h.CA.CertFile,
 		"--token-auth-file", h.tokenFile,
 		"--agent-token-file", h.agentFile,
-		"--shutdown-timeout", "2s",
+		"--shutdown-grace", "2s", "--shutdown-delay", "0s",
 		"--connect-listen", h.ConnectAddr,
 		"--connect-uds", h.ConnectUDS,
 	}, h.cfg.Args...)

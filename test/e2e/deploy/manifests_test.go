@@ -206,6 +206,7 @@ func TestManifests(t *testing.T) {
 			"Namespace/backhaul-system",
 			"CustomResourceDefinition/clusters.backhaul.io",
 			"CustomResourceDefinition/propagations.backhaul.io",
+			"CustomResourceDefinition/hubreplicas.backhaul.io",
 			"backhaul-system/ServiceAccount/backhaul-hub",
 			"ClusterRole/backhaul-hub", "ClusterRoleBinding/backhaul-hub",
 			"backhaul-system/Role/backhaul-hub", "backhaul-system/RoleBinding/backhaul-hub",
@@ -213,6 +214,7 @@ func TestManifests(t *testing.T) {
 			"backhaul-system/Deployment/backhaul-hub",
 			"backhaul-system/PodDisruptionBudget/backhaul-hub",
 			"backhaul-system/Service/backhaul-hub",
+			"backhaul-system/Service/backhaul-hub-peers",
 		} {
 			if !slices.Contains(r.names(), want) {
 				t.Errorf("missing %s in %s: %v", want, hubBase, r.names())
@@ -222,8 +224,8 @@ func TestManifests(t *testing.T) {
 			t.Fatalf("%d deployments", len(r.deployments))
 		}
 		d := r.deployments[0]
-		if d.Spec.Replicas == nil || *d.Spec.Replicas != 2 {
-			t.Errorf("hub replicas %v, want 2", d.Spec.Replicas)
+		if d.Spec.Replicas == nil || *d.Spec.Replicas != 3 {
+			t.Errorf("hub replicas %v, want 3", d.Spec.Replicas)
 		}
 		spec := d.Spec.Template.Spec
 		checkPod(t, "hub", spec, "backhaul-hub:latest", "backhaul-hub", 8080)
@@ -234,7 +236,8 @@ func TestManifests(t *testing.T) {
 		}
 		c := spec.Containers[0]
 		for _, a := range []string{"--registry=kube", "--namespace=$(POD_NAMESPACE)", "--listen=:8443", "--connect-listen=:8444",
-			"--connect-tls", "--admin-listen=:8080", "--advertise-url=$(ADVERTISE_URL)", "--log-format=json"} {
+			"--connect-tls", "--admin-listen=:8080", "--advertise-url=$(ADVERTISE_URL)", "--log-format=json",
+			"--peer-listen=:8445", "--peers-service=backhaul-hub-peers"} {
 			if !slices.Contains(c.Args, a) {
 				t.Errorf("hub args %q lack %s", c.Args, a)
 			}
@@ -246,19 +249,12 @@ func TestManifests(t *testing.T) {
 		if v := envFrom(c, "POD_NAMESPACE"); v == nil || v.FieldRef == nil || v.FieldRef.FieldPath != "metadata.namespace" {
 			t.Errorf("hub: POD_NAMESPACE must come from the downward API, got %+v", v)
 		}
-		if len(r.pdbs) != 1 || r.pdbs[0].Spec.MinAvailable == nil || r.pdbs[0].Spec.MinAvailable.IntValue() != 1 {
-			t.Errorf("hub: want a PodDisruptionBudget with minAvailable 1, got %+v", r.pdbs)
+		// Rollouts and drains proceed: every replica serves, so readiness
+		// is "this replica serves" and one may always be away.
+		if len(r.pdbs) != 1 || r.pdbs[0].Spec.MaxUnavailable == nil || r.pdbs[0].Spec.MaxUnavailable.IntValue() != 1 {
+			t.Errorf("hub: want a PodDisruptionBudget with maxUnavailable 1, got %+v", r.pdbs)
 		}
-		if len(r.services) != 1 {
-			t.Fatalf("%d services", len(r.services))
-		}
-		ports := map[string]int32{}
-		for _, p := range r.services[0].Spec.Ports {
-			ports[p.Name] = p.Port
-		}
-		if want := map[string]int32{"tunnel": 8443, "connect": 8444, "metrics": 8080}; !reflect.DeepEqual(ports, want) {
-			t.Errorf("hub service ports %v, want %v", ports, want)
-		}
+		checkHubServices(t, r)
 	})
 
 	for _, tc := range []struct {
@@ -414,4 +410,32 @@ func resourceVersions(t *testing.T, ctx context.Context, m interface {
 		t.Fatalf("no objects from %s", path)
 	}
 	return rv
+}
+
+// checkHubServices: the client Service selects every replica (no leader
+// label), and the headless peer Service lists them on port "peer".
+func checkHubServices(t *testing.T, r *rendered) {
+	t.Helper()
+	if len(r.services) != 2 {
+		t.Fatalf("%d services, want the hub's and its peers'", len(r.services))
+	}
+	for _, svc := range r.services {
+		ports := map[string]int32{}
+		for _, p := range svc.Spec.Ports {
+			ports[p.Name] = p.Port
+		}
+		want := map[string]int32{"tunnel": 8443, "connect": 8444, "metrics": 8080}
+		if svc.Name == "backhaul-hub-peers" {
+			want = map[string]int32{"peer": 8445}
+			if svc.Spec.ClusterIP != "None" {
+				t.Errorf("peer service must be headless, clusterIP %q", svc.Spec.ClusterIP)
+			}
+		}
+		if !reflect.DeepEqual(ports, want) {
+			t.Errorf("%s ports %v, want %v", svc.Name, ports, want)
+		}
+		if want := map[string]string{"app.kubernetes.io/name": "backhaul-hub"}; !reflect.DeepEqual(svc.Spec.Selector, want) {
+			t.Errorf("%s selects %v, want every hub replica %v", svc.Name, svc.Spec.Selector, want)
+		}
+	}
 }

@@ -16,7 +16,7 @@ import (
 )
 
 // standbyHub starts a second hub replica against the same host cluster, on
-// its own ports, as Pod pod. It returns the process and its admin URL.
+// its own ports, named pod. It returns the process and its admin URL.
 func (e *environment) standbyHub(t *testing.T, ctx context.Context, pod string) (*harness.Process, string) {
 	t.Helper()
 	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", e.hub.Process().PID()))
@@ -53,64 +53,63 @@ func readyz(url string) int {
 	return resp.StatusCode
 }
 
-// TestFailover: a second replica stands by (not serving) while the first
-// leads, takes over when the leader stops, and labels its Pod so the
-// Service routes to it; agents come back to whichever replica leads.
-func TestFailover(t *testing.T) {
+// TestSingletonFailover: a second replica is ready at once (every replica
+// serves; none stands by), does no singleton work while the first holds
+// the Lease, and takes over Cluster status writing when the first stops.
+func TestSingletonFailover(t *testing.T) {
 	e := requireEnv(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	pod := `apiVersion: v1
-kind: Pod
-metadata: {name: hub-b, namespace: ` + ns + `}
-spec: {serviceAccountName: backhaul-hub, automountServiceAccountToken: false, containers: [{name: hub, image: backhaul-hub:latest}]}
-`
-	out, err := e.hostKubectl(ctx, pod, "apply", "-f", "-")
-	require.NoError(t, err, out)
-	t.Cleanup(func() {
-		_, _ = e.hostKubectl(context.Background(), "", "-n", ns, "delete", "pod", "hub-b", "--grace-period=0", "--force")
-	})
-	leaderLabel := func() string {
-		out, _ := e.hostKubectl(ctx, "", "-n", ns, "get", "pod", "hub-b", "-o", `jsonpath={.metadata.labels.backhaul\.io/leader}`)
+	holder := func() string {
+		out, _ := e.hostKubectl(ctx, "", "-n", ns, "get", "lease", "backhaul-hub", "-o", "jsonpath={.spec.holderIdentity}")
 		return out
 	}
+	first := holder()
+	require.NotEmpty(t, first, "the first replica holds the Lease")
 
-	standby, adminB := e.standbyHub(t, ctx, "hub-b")
+	second, adminB := e.standbyHub(t, ctx, "hub-b")
 	require.NoError(t, harness.WaitFor(ctx, 30*time.Second, 200*time.Millisecond, func() error {
-		if c := readyz(adminB); c != http.StatusServiceUnavailable {
-			return fmt.Errorf("standby /readyz = %d, want 503", c)
+		if c := readyz(adminB); c != http.StatusOK {
+			return fmt.Errorf("second replica /readyz = %d, want 200: every replica serves", c)
 		}
 		return nil
 	}))
-	require.Equal(t, http.StatusOK, readyz(e.hub.AdminURL), "the first hub still leads")
-	require.Empty(t, leaderLabel())
+	require.Equal(t, http.StatusOK, readyz(e.hub.AdminURL))
+	require.Equal(t, first, holder(), "the Lease stays where it is")
 
+	// The agents dial the first replica only; when it stops, the second
+	// takes the Lease (released on shutdown) and writes what it sees: no
+	// agent connected.
 	e.hub.Stop()
 	require.NoError(t, harness.WaitFor(ctx, 60*time.Second, 250*time.Millisecond, func() error {
-		if c := readyz(adminB); c != http.StatusOK {
-			return fmt.Errorf("standby /readyz = %d after the leader stopped", c)
+		if h := holder(); h != "hub-b" {
+			return fmt.Errorf("lease holder %q", h)
 		}
-		if l := leaderLabel(); l != "true" {
-			return fmt.Errorf("pod hub-b leader label %q", l)
+		if c := e.clusterCondition(ctx, "f1", "TunnelConnected"); c != "False" {
+			return fmt.Errorf("f1 TunnelConnected %q, want False written by hub-b", c)
 		}
 		return nil
-	}), "the standby takes over\n%s", standby.Tail(20))
+	}), "the second replica takes over singleton work\n%s", second.Tail(20))
 
-	// Hand back: the original replica leads again and the agents return.
-	standby.Stop()
-	require.NoError(t, harness.WaitFor(ctx, 10*time.Second, 250*time.Millisecond, func() error {
-		if l := leaderLabel(); l != "" {
-			return fmt.Errorf("a stopped leader keeps its label %q", l)
-		}
-		return nil
-	}))
+	// The first replica returns; the agents with it, and hub-b reports
+	// them through the session directory.
 	require.NoError(t, e.hub.Start(ctx))
 	require.NoError(t, harness.WaitFor(ctx, 60*time.Second, 500*time.Millisecond, func() error {
 		for _, c := range memberNames {
 			if code, body := e.gatewayDo(t, http.MethodGet, "/clusters/"+c+"/readyz", e.tokens["fleet-admin"], nil, ""); code != http.StatusOK {
 				return fmt.Errorf("%s: %d %s", c, code, body)
 			}
+			if s := e.clusterCondition(ctx, c, "TunnelConnected"); s != "True" {
+				return fmt.Errorf("%s TunnelConnected %q", c, s)
+			}
 		}
 		return nil
 	}))
+	second.Stop()
+}
+
+// clusterCondition is the status of condition typ of Cluster name.
+func (e *environment) clusterCondition(ctx context.Context, name, typ string) string {
+	out, _ := e.hostKubectl(ctx, "", "get", "cluster", name, "-o", `jsonpath={.status.conditions[?(@.type=="`+typ+`")].status}`)
+	return out
 }

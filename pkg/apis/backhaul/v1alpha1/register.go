@@ -23,6 +23,7 @@ var (
 const (
 	ResourceClusters     = "clusters"
 	ResourcePropagations = "propagations"
+	ResourceHubReplicas  = "hubreplicas"
 	// SubresourceProxy is what a caller needs "get" on to reach a cluster
 	// through the hub's gateway or CONNECT front end.
 	SubresourceProxy = "proxy"
@@ -32,6 +33,7 @@ func addKnownTypes(s *runtime.Scheme) error {
 	s.AddKnownTypes(SchemeGroupVersion,
 		&Cluster{}, &ClusterList{},
 		&Propagation{}, &PropagationList{},
+		&HubReplica{}, &HubReplicaList{},
 	)
 	metav1.AddToGroupVersion(s, SchemeGroupVersion)
 	return nil

@@ -1,0 +1,68 @@
+package fleet
+
+import (
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"backhaul.io/backhaul/pkg/apis/backhaul/v1alpha1"
+)
+
+func entry(name string, renewed time.Time, clusters ...string) v1alpha1.HubReplica {
+	r := v1alpha1.HubReplica{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	t := metav1.NewMicroTime(renewed)
+	r.Status = v1alpha1.HubReplicaStatus{RenewTime: &t, LeaseDurationSeconds: 15}
+	for _, c := range clusters {
+		r.Status.Clusters = append(r.Status.Clusters, v1alpha1.HeldCluster{Name: c, Sessions: 1})
+	}
+	return r
+}
+
+func slice(port int32, eps ...discoveryv1.Endpoint) discoveryv1.EndpointSlice {
+	name := PeerPortName
+	return discoveryv1.EndpointSlice{Ports: []discoveryv1.EndpointPort{{Name: &name, Port: &port}}, Endpoints: eps}
+}
+
+func endpoint(pod, ip string, ready bool) discoveryv1.Endpoint {
+	return discoveryv1.Endpoint{Addresses: []string{ip}, TargetRef: &corev1.ObjectReference{Kind: "Pod", Name: pod},
+		Conditions: discoveryv1.EndpointConditions{Ready: &ready}}
+}
+
+func TestLiveReplicas(t *testing.T) {
+	now := time.Now()
+	entries := []v1alpha1.HubReplica{
+		entry("hub-c", now.Add(-time.Second), "edge"),
+		entry("hub-a", now.Add(-time.Hour)), // this replica: always live
+		entry("hub-b", now.Add(-time.Second), "edge", "core"),
+		entry("hub-d", now.Add(-20*time.Second), "edge"), // its lease ran out
+	}
+	eps := []discoveryv1.EndpointSlice{
+		slice(8445, endpoint("hub-b", "10.0.0.2", true), endpoint("hub-c", "10.0.0.3", false)),
+		slice(9999), // a slice without the peer port names nobody
+	}
+	live := liveReplicas("hub-a", entries, eps, now)
+	names := []string{}
+	for _, r := range live {
+		names = append(names, r.Name)
+	}
+	assert.Equal(t, []string{"hub-a", "hub-b", "hub-c"}, names, "sorted; the expired entry dropped")
+	assert.Equal(t, "", live[0].Address, "no endpoint names this replica: it counts, but nobody dials it")
+	assert.Equal(t, "10.0.0.2:8445", live[1].Address)
+	assert.True(t, live[1].Ready)
+	assert.Equal(t, []string{"core", "edge"}, sortedKeys(live[1].Clusters))
+	assert.False(t, live[2].Ready, "not ready, still a member: it serves while it starts or drains")
+}
+
+func sortedKeys(m map[string]v1alpha1.HeldCluster) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}

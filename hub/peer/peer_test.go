@@ -1,0 +1,157 @@
+package peer
+
+import (
+	"crypto"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"backhaul.io/backhaul/hub/internal/hubtest"
+	"backhaul.io/backhaul/hub/session"
+	"backhaul.io/backhaul/pkg/identity"
+	"backhaul.io/backhaul/pkg/testutil"
+	"backhaul.io/backhaul/tunnel"
+)
+
+// signer issues replica certificates (or, with agent set, a certificate
+// that names something else) from ca.
+func signer(ca *hubtest.CA, name string) Sign {
+	return func(pub crypto.PublicKey, validity time.Duration) ([]byte, error) {
+		serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
+		tmpl := &x509.Certificate{
+			SerialNumber: serial, NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(validity),
+			Subject:     pkix.Name{CommonName: identity.ReplicaCNPrefix + name},
+			URIs:        []*url.URL{identity.ReplicaURI(name)},
+			KeyUsage:    x509.KeyUsageDigitalSignature,
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth},
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, pub, ca.Key)
+		return hubtest.CertPEM(der), err
+	}
+}
+
+// replica is one hub replica's session side: registry, dialer, peers.
+type replica struct {
+	name     string
+	sessions *session.Registry
+	dialer   *session.Dialer
+	peers    *Manager
+	metrics  *prometheus.Registry
+	addr     string
+}
+
+func newReplica(t *testing.T, ca *hubtest.CA, name string) *replica {
+	log := testutil.Logger(t).Named(name)
+	reg := prometheus.NewRegistry()
+	tm := session.NewMetrics(reg)
+	r := &replica{name: name, metrics: reg, sessions: session.NewRegistry(log, tm)}
+	id, err := NewIdentity(name, ca.Pool, signer(ca, name), time.Hour, log)
+	require.NoError(t, err)
+	r.peers, err = NewManager(Config{Self: name, Identity: id, Sessions: r.sessions, Tunnel: tunnel.DefaultConfig(), Log: log})
+	require.NoError(t, err)
+	r.dialer = session.NewDialer(r.sessions, r.peers, tm, hubtest.WaitBound)
+	mux := http.NewServeMux()
+	mux.Handle(Path, r.peers)
+	// Not httptest's StartTLS: it would put its own certificate first.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	srv := &http.Server{Handler: mux, ErrorLog: log.StandardLogger(nil)}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.Serve(tls.NewListener(ln, id.ServerTLS()))
+	}()
+	t.Cleanup(func() {
+		r.peers.CloseAll()
+		_ = srv.Close()
+		<-done
+	})
+	r.addr = ln.Addr().String()
+	testutil.Background(t, name+" peers", hubtest.WaitBound, r.peers.Run)
+	return r
+}
+
+// agent connects an agent of cluster to r whose member answers with its
+// replica's name.
+func (r *replica) agent(t *testing.T, cluster string) {
+	hubSide, agentSide := hubtest.PipeSessions(t)
+	hubtest.ServeAgent(t, agentSide, hubtest.HTTPAgent(t, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		_, _ = io.WriteString(w, cluster+" via agent on "+r.name+" as "+req.Header.Get("Impersonate-User"))
+	})))
+	_, remove, err := r.sessions.Add(cluster, hubSide, session.Agent{})
+	require.NoError(t, err)
+	t.Cleanup(remove)
+}
+
+func get(t *testing.T, d *session.Dialer, cluster string) (string, error) {
+	route, err := d.Route(cluster)
+	if err != nil {
+		return "", err
+	}
+	req, _ := http.NewRequest(http.MethodGet, "http://"+cluster+"/api", nil)
+	req.Header.Set("Impersonate-User", "alice")
+	resp, err := d.HTTP(route).RoundTrip(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
+func TestForwardToTheReplicaThatHoldsTheCluster(t *testing.T) {
+	ca := hubtest.NewCA(t, "hub CA")
+	a, b := newReplica(t, ca, "hub-a"), newReplica(t, ca, "hub-b")
+	b.agent(t, "edge")
+	members := []Member{{Name: "hub-a", Address: a.addr}, {Name: "hub-b", Address: b.addr, Clusters: []string{"edge", "gone"}}}
+	a.peers.Update(members)
+	b.peers.Update(members)
+	require.Eventually(t, func() bool { return len(a.peers.Connected()) == 1 && len(b.peers.Connected()) == 1 },
+		hubtest.WaitBound, 10*time.Millisecond, "a dials b (its name sorts first)")
+	assert.Equal(t, 2, a.dialer.Replicas())
+	assert.True(t, a.dialer.Connected("edge"))
+
+	body, err := get(t, a.dialer, "edge")
+	require.NoError(t, err)
+	assert.Equal(t, "edge via agent on hub-b as alice", body, "the caller's identity travels unchanged")
+	body, err = get(t, a.dialer, "edge")
+	require.NoError(t, err, "a second request reuses the pooled forwarded stream")
+	assert.Contains(t, body, "hub-b")
+	assert.Equal(t, 1.0, hubtest.Counter(t, b.metrics, "backhaul_hub_streams_opened_total", map[string]string{"kind": "apiserver"}),
+		"one stream from b to the agent carried both requests")
+
+	// The directory may be behind: b no longer holds "gone".
+	_, err = get(t, a.dialer, "gone")
+	var de *tunnel.DialError
+	require.ErrorAs(t, err, &de)
+	assert.Equal(t, tunnel.CodeUnavailable, de.Code)
+}
+
+func TestPeersTrustOnlyReplicaCertificates(t *testing.T) {
+	ca := hubtest.NewCA(t, "hub CA")
+	a := newReplica(t, ca, "hub-a")
+	for _, cert := range []tls.Certificate{ca.ClientCert(t, "mallory", "system:masters"), hubtest.NewCA(t, "other").ClientCert(t, "x")} {
+		tr := &http.Transport{TLSClientConfig: &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: ca.Pool, InsecureSkipVerify: true}}
+		resp, err := (&http.Client{Transport: tr}).Get("https://" + a.addr + Path)
+		if err == nil {
+			assert.Equal(t, http.StatusForbidden, resp.StatusCode)
+			_ = resp.Body.Close()
+		} else {
+			assert.True(t, strings.Contains(err.Error(), "certificate"), err.Error())
+		}
+		tr.CloseIdleConnections()
+	}
+}

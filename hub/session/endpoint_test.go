@@ -1,0 +1,95 @@
+package session
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"backhaul.io/backhaul/hub/internal/hubtest"
+	"backhaul.io/backhaul/pkg/testutil"
+	"backhaul.io/backhaul/tunnel"
+)
+
+// gate authenticates every agent as cluster edge, once let through.
+type gate struct{ open chan struct{} }
+
+func (g gate) AuthenticateAgent(r *http.Request) (string, error) {
+	select {
+	case <-g.open:
+		return "edge", nil
+	case <-r.Context().Done():
+		return "", errors.New("gave up")
+	}
+}
+
+func newTestEndpoint(t *testing.T, auth AgentAuthenticator, maxHandshakes int) (*Endpoint, *Registry, string) {
+	r, m, _ := newTestRegistry(t)
+	ep, err := NewEndpoint(r, m, EndpointConfig{
+		Auth: auth, Tunnel: tunnel.DefaultConfig(), Log: testutil.Logger(t),
+		Replica: "hub-b", Replicas: func() int { return 3 }, MaxHandshakes: maxHandshakes,
+	})
+	require.NoError(t, err)
+	srv := httptest.NewTLSServer(ep)
+	t.Cleanup(func() { r.CloseAll(); srv.Close() })
+	return ep, r, "wss://" + srv.Listener.Addr().String()
+}
+
+func dialAgent(url string) (*tunnel.Session, error) {
+	d := &tunnel.Dialer{URL: url, TLSConfig: &tls.Config{InsecureSkipVerify: true}, HandshakeTimeout: hubtest.WaitBound}
+	return d.Dial(context.Background())
+}
+
+func TestEndpointNamesItsReplica(t *testing.T) {
+	g := gate{open: make(chan struct{})}
+	close(g.open)
+	_, r, url := newTestEndpoint(t, g, 4)
+	s, err := dialAgent(url)
+	require.NoError(t, err)
+	defer s.Close()
+	assert.Equal(t, "hub-b", s.Replica())
+	assert.Equal(t, 3, s.Replicas())
+	require.Eventually(t, func() bool { return r.Connected("edge") }, hubtest.WaitBound, 5*time.Millisecond)
+}
+
+func TestEndpointBoundsHandshakes(t *testing.T) {
+	g := gate{open: make(chan struct{})}
+	ep, _, url := newTestEndpoint(t, g, 1)
+	first := make(chan error, 1)
+	go func() {
+		s, err := dialAgent(url)
+		if s != nil {
+			defer s.Close()
+		}
+		first <- err
+	}()
+	// While the first handshake waits on authentication, a second is told
+	// to come back later.
+	require.Eventually(t, func() bool { return len(ep.handshakes) == 1 }, hubtest.WaitBound, 5*time.Millisecond)
+	_, err := dialAgent(url)
+	var he *tunnel.HandshakeError
+	require.ErrorAs(t, err, &he)
+	assert.Equal(t, http.StatusServiceUnavailable, he.StatusCode)
+	assert.Equal(t, 5*time.Second, he.RetryAfter)
+	close(g.open)
+	require.NoError(t, <-first, "the first handshake completes")
+}
+
+func TestEndpointRefusesWhileDraining(t *testing.T) {
+	g := gate{open: make(chan struct{})}
+	close(g.open)
+	ep, _, url := newTestEndpoint(t, g, 4)
+	ep.Drain()
+	_, err := dialAgent(url)
+	var he *tunnel.HandshakeError
+	require.ErrorAs(t, err, &he)
+	assert.Equal(t, http.StatusServiceUnavailable, he.StatusCode)
+	assert.Equal(t, time.Second, he.RetryAfter)
+	assert.False(t, tunnel.IsPermanent(err))
+}

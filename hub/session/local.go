@@ -1,0 +1,44 @@
+package session
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"time"
+
+	"backhaul.io/backhaul/tunnel"
+)
+
+// OpenLocal opens, on this replica's own session of cluster, a stream for
+// req: a stream another replica forwarded here. A node address goes to the
+// session that advertised it, and only within cluster. Without a local
+// session it answers as a peer would: a *tunnel.DialError with
+// CodeUnavailable, so the forwarding replica tries another. A forwarded
+// stream is never forwarded again.
+func (r *Registry) OpenLocal(ctx context.Context, cluster string, req tunnel.Request) (net.Conn, error) {
+	s, err := r.localFor(cluster, req)
+	if err != nil {
+		return nil, &tunnel.DialError{Code: tunnel.CodeUnavailable, Message: err.Error()}
+	}
+	start := time.Now()
+	c, err := s.tunnel.Open(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	r.metrics.streamOpened(req.Kind.String(), time.Since(start).Seconds())
+	return &countedConn{Conn: c, m: r.metrics}, nil
+}
+
+func (r *Registry) localFor(cluster string, req tunnel.Request) (*Session, error) {
+	if req.Kind == tunnel.KindTCP {
+		host, _, err := net.SplitHostPort(req.Address)
+		if ip, perr := netip.ParseAddr(host); err == nil && perr == nil {
+			s, err := r.Route(ip)
+			if err != nil || s.Cluster() != cluster {
+				return nil, &ClusterError{Cluster: cluster, Err: ErrNoRoute}
+			}
+			return s, nil
+		}
+	}
+	return r.Get(cluster)
+}
