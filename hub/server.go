@@ -2,8 +2,11 @@ package hub
 
 import (
 	"net"
+
 	"net/http"
 	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"backhaul.io/backhaul/hub/auth"
 	"backhaul.io/backhaul/hub/fleet"
@@ -79,6 +82,7 @@ func New(cfg Config) (*Server, error) {
 			return nil, err
 		}
 	}
+	s.registerGauges()
 	s.admin = s.adminHandler()
 	for _, p := range []string{"GET /healthz", "GET /readyz", "GET /metrics"} {
 		mux.Handle(p, s.admin)
@@ -159,4 +163,42 @@ func (s *Server) PeerAddr() net.Addr { return loadAddr(&s.peerAddr) }
 func loadAddr(v *atomic.Value) net.Addr {
 	a, _ := v.Load().(net.Addr)
 	return a
+}
+
+// registerGauges exports what an operator of several replicas watches:
+// how many replicas serve, which peers this one is connected to, and
+// whether it does the singleton work.
+func (s *Server) registerGauges() {
+	s.cfg.Metrics.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "backhaul_hub_replicas", Help: "Hub replicas serving, this one included, per the session directory.",
+		}, func() float64 { return float64(s.dialer.Replicas()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "backhaul_hub_peer_connections", Help: "Other hub replicas this one has a peer connection with.",
+		}, func() float64 {
+			if s.peers == nil {
+				return 0
+			}
+			return float64(len(s.peers.Connected()))
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "backhaul_hub_singleton_leading", Help: "1 while this replica holds the Lease and does the singleton work (Cluster status, Propagation).",
+		}, func() float64 {
+			switch {
+			case s.cfg.Host == nil:
+				return 0 // no host cluster: no singleton work
+			case s.singleton == nil || s.singleton.Leading():
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "backhaul_hub_draining", Help: "1 while this replica drains (SIGTERM): its agents are moving away.",
+		}, func() float64 {
+			if s.draining.Load() {
+				return 1
+			}
+			return 0
+		}),
+	)
 }
