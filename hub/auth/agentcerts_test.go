@@ -59,6 +59,11 @@ func TestAgentCerts(t *testing.T) {
 		{name: "removed cluster", r: presenting(agentCert(t, ca, identity.AgentIdentity{Cluster: "gone", UID: "uid-9"}), ""), forbidden: true},
 		{name: "another CA", r: presenting(agentCert(t, other, identity.AgentIdentity{Cluster: "edge", UID: "uid-2"}), "")},
 		{name: "a caller certificate of the same CA", r: presenting(ca.ClientCert(t, "alice"), "")},
+		{name: "a hub replica's certificate", r: presenting(ca.Issue(t, &x509.Certificate{
+			Subject:     pkix.Name{CommonName: identity.ReplicaCNPrefix + "hub-0"},
+			URIs:        []*url.URL{identity.ReplicaURI("hub-0")},
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth},
+		}), "edge")},
 		{name: "no certificate", r: func() *http.Request { r := presenting(current, ""); r.TLS = nil; return r }()},
 	}
 	for _, tc := range tests {
