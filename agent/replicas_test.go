@@ -16,50 +16,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"backhaul.io/backhaul/pkg/testutil"
 	"backhaul.io/backhaul/tunnel"
 )
-
-// fakeClock hands every wait the agent's supervisor asks for to the test,
-// which fires it (or not): nothing here sleeps on wall time.
-type fakeClock struct {
-	mu    sync.Mutex
-	now   time.Time
-	waits chan fakeWait
-}
-
-type fakeWait struct {
-	d    time.Duration
-	fire chan time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC), waits: make(chan fakeWait, 64)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) After(d time.Duration) <-chan time.Time {
-	w := fakeWait{d: d, fire: make(chan time.Time, 1)}
-	c.waits <- w
-	return w.fire
-}
-
-func (c *fakeClock) next(t *testing.T) fakeWait {
-	t.Helper()
-	select {
-	case w := <-c.waits:
-		return w
-	case <-time.After(waitBound):
-		t.Fatal("the agent asked for no wait")
-		return fakeWait{}
-	}
-}
-
-var _ tunnel.Clock = (*fakeClock)(nil)
 
 // hubAnswer is how the replicated hub meets one upgrade: accepted by
 // replica, announcing replicas, or refused with status and Retry-After.
@@ -160,7 +119,7 @@ func (h *replicatedHub) dialer(t *testing.T) *tunnel.Dialer {
 
 // startAgent runs an agent with connections sessions against hub, its
 // backoff on clock; stop ends it and checks Run returned nil.
-func startAgent(t *testing.T, hub *replicatedHub, clock *fakeClock, connections int) (a *Agent, stop func()) {
+func startAgent(t *testing.T, hub *replicatedHub, clock *testutil.FakeClock, connections int) (a *Agent, stop func()) {
 	a, err := New(Config{
 		Dialer:         hub.dialer(t),
 		Backoff:        &tunnel.Backoff{Base: 10 * time.Millisecond, Max: 100 * time.Millisecond, ResetAfter: time.Minute, Clock: clock},
@@ -228,7 +187,7 @@ func TestAgentHubConnections(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			hub := newReplicatedHub(t, roundRobin(tc.replicas))
-			clock := newFakeClock()
+			clock := testutil.NewFakeClock()
 			a, stop := startAgent(t, hub, clock, tc.connections)
 
 			var got []string
@@ -253,7 +212,7 @@ func TestAgentHubConnections(t *testing.T) {
 // one, and closes it after its last stream finished.
 func TestAgentDrain(t *testing.T) {
 	hub := newReplicatedHub(t, roundRobin(3))
-	clock := newFakeClock()
+	clock := testutil.NewFakeClock()
 	a, _ := startAgent(t, hub, clock, 2)
 	drained, kept := hub.next(t), hub.next(t)
 	require.Eventually(t, func() bool { return a.Sessions() == 2 }, waitBound, time.Millisecond)
@@ -275,7 +234,7 @@ func TestAgentDrain(t *testing.T) {
 
 	// The open stream holds the drained session through a few polls.
 	for range 3 {
-		clock.next(t).fire <- clock.Now()
+		clock.Next(t, waitBound).Fire <- clock.Now()
 	}
 	select {
 	case <-drained.Done():
@@ -287,8 +246,8 @@ func TestAgentDrain(t *testing.T) {
 		select {
 		case <-drained.Done():
 			closed = true
-		case w := <-clock.waits:
-			w.fire <- clock.Now()
+		case w := <-clock.Waits():
+			w.Fire <- clock.Now()
 		case <-time.After(waitBound):
 			t.Fatal("the drained session did not close after its last stream")
 		}
@@ -309,17 +268,17 @@ func TestAgentRetryAfter(t *testing.T) {
 		}
 		return hubAnswer{replica: "hub-1", replicas: 1}
 	})
-	clock := newFakeClock()
+	clock := testutil.NewFakeClock()
 	a, _ := startAgent(t, hub, clock, 2)
 
-	w := clock.next(t)
-	assert.GreaterOrEqual(t, w.d, 5*time.Second, "at least Retry-After, not the 10 ms backoff")
-	assert.LessOrEqual(t, w.d, 7500*time.Millisecond, "at most half of it again")
+	w := clock.Next(t, waitBound)
+	assert.GreaterOrEqual(t, w.D, 5*time.Second, "at least Retry-After, not the 10 ms backoff")
+	assert.LessOrEqual(t, w.D, 7500*time.Millisecond, "at most half of it again")
 	assert.Equal(t, 1, hub.attemptCount(), "nothing dials before the wait")
 	assert.Equal(t, http.StatusServiceUnavailable, readyz(a))
 	assert.Equal(t, float64(1), promtest.ToFloat64(a.metrics.reconnects))
 
-	w.fire <- clock.Now()
+	w.Fire <- clock.Now()
 	s := hub.next(t)
 	_ = get(t, s.Session).Close()
 	require.Eventually(t, func() bool { return a.Sessions() == 1 }, waitBound, time.Millisecond)

@@ -2,62 +2,13 @@ package tunnel
 
 import (
 	"context"
-	"sync"
 	"testing"
 	"time"
 
+	"backhaul.io/backhaul/pkg/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
-
-// fakeClock never sleeps: After hands each wait to the test, which fires it
-// (or not) through the returned channel.
-type fakeClock struct {
-	mu    sync.Mutex
-	now   time.Time
-	waits chan fakeWait
-}
-
-type fakeWait struct {
-	d    time.Duration
-	fire chan time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC), waits: make(chan fakeWait, 64)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
-
-func (c *fakeClock) After(d time.Duration) <-chan time.Time {
-	w := fakeWait{d: d, fire: make(chan time.Time, 1)}
-	c.waits <- w
-	return w.fire
-}
-
-// next returns the next wait asked for, failing if none comes.
-func (c *fakeClock) next(t *testing.T) fakeWait {
-	t.Helper()
-	select {
-	case w := <-c.waits:
-		return w
-	case <-time.After(waitBound):
-		t.Fatal("no wait was asked for")
-		return fakeWait{}
-	}
-}
-
-var _ Clock = (*fakeClock)(nil)
 
 // ceilingJitter returns the ceiling itself, making Next report it.
 func ceilingJitter(n int64) int64 { return n }
@@ -93,7 +44,7 @@ func TestBackoffCeiling(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			var seen []int64
-			b := &Backoff{Base: tc.base, Max: tc.max, ResetAfter: time.Hour, Clock: newFakeClock(), Jitter: func(n int64) int64 {
+			b := &Backoff{Base: tc.base, Max: tc.max, ResetAfter: time.Hour, Clock: testutil.NewFakeClock(), Jitter: func(n int64) int64 {
 				seen = append(seen, n)
 				return n
 			}}
@@ -159,7 +110,7 @@ func TestBackoffConnectedResets(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			clock := newFakeClock()
+			clock := testutil.NewFakeClock()
 			b := &Backoff{Base: time.Second, Max: time.Minute, ResetAfter: 2 * time.Minute, Clock: clock, Jitter: ceilingJitter}
 			for range 3 { // 1s, 2s, 4s
 				b.Next()
@@ -233,13 +184,13 @@ func TestBackoffRetryAfter(t *testing.T) {
 
 func TestBackoffSleep(t *testing.T) {
 	t.Run("waits on the clock", func(t *testing.T) {
-		clock := newFakeClock()
+		clock := testutil.NewFakeClock()
 		b := &Backoff{Clock: clock}
 		done := make(chan error, 1)
 		go func() { done <- b.Sleep(context.Background(), 5*time.Second) }()
-		w := clock.next(t)
-		assert.Equal(t, 5*time.Second, w.d)
-		w.fire <- clock.Now()
+		w := clock.Next(t, waitBound)
+		assert.Equal(t, 5*time.Second, w.D)
+		w.Fire <- clock.Now()
 		select {
 		case err := <-done:
 			assert.NoError(t, err)
@@ -248,12 +199,12 @@ func TestBackoffSleep(t *testing.T) {
 		}
 	})
 	t.Run("ends with the context", func(t *testing.T) {
-		clock := newFakeClock()
+		clock := testutil.NewFakeClock()
 		b := &Backoff{Clock: clock}
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		go func() { done <- b.Sleep(ctx, time.Hour) }()
-		clock.next(t) // asked for, never fired
+		clock.Next(t, waitBound) // asked for, never fired
 		cancel()
 		select {
 		case err := <-done:

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"backhaul.io/backhaul/pkg/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -131,7 +132,7 @@ func (c sessionCounts) until(t *testing.T, n int) {
 	}
 }
 
-func poolSupervisor(t *testing.T, hub *replicaHub, clock *fakeClock, connections int) (*Supervisor, sessionCounts) {
+func poolSupervisor(t *testing.T, hub *replicaHub, clock *testutil.FakeClock, connections int) (*Supervisor, sessionCounts) {
 	counts := make(sessionCounts, 64)
 	return &Supervisor{
 		Dialer:          testDialer(t, hub.srv, nil),
@@ -177,7 +178,7 @@ func TestSupervisorSessionsOnDistinctReplicas(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			hub := newReplicaHub(t, tc.script)
-			clock := newFakeClock()
+			clock := testutil.NewFakeClock()
 			sup, counts := poolSupervisor(t, hub, clock, tc.connections)
 			cancel, wait := runSupervisor(t, sup)
 
@@ -190,13 +191,13 @@ func TestSupervisorSessionsOnDistinctReplicas(t *testing.T) {
 			assert.Equal(t, tc.want, got)
 			counts.until(t, len(tc.want))
 			if tc.wantRefresh {
-				w := clock.next(t)
-				assert.Equal(t, sup.RefreshReplicas, w.d)
+				w := clock.Next(t, waitBound)
+				assert.Equal(t, sup.RefreshReplicas, w.D)
 			}
 			cancel()
 			require.ErrorIs(t, wait(), context.Canceled)
 			assert.Equal(t, len(tc.want), hub.attemptCount(), "no dial beyond the sessions wanted")
-			assert.Empty(t, clock.waits, "no wait beyond the refresh")
+			assert.Empty(t, clock.Waits(), "no wait beyond the refresh")
 		})
 	}
 }
@@ -215,7 +216,7 @@ func TestSupervisorRefreshReplicas(t *testing.T) {
 			return answer{replica: "hub-1", replicas: "2"}
 		}
 	})
-	clock := newFakeClock()
+	clock := testutil.NewFakeClock()
 	sup, counts := poolSupervisor(t, hub, clock, 2)
 	runSupervisor(t, sup)
 
@@ -224,22 +225,22 @@ func TestSupervisorRefreshReplicas(t *testing.T) {
 
 	// Still one replica: the probe's session is closed and nothing else
 	// happens until the next refresh.
-	w := clock.next(t)
-	require.Equal(t, sup.RefreshReplicas, w.d)
-	w.fire <- clock.Now()
+	w := clock.Next(t, waitBound)
+	require.Equal(t, sup.RefreshReplicas, w.D)
+	w.Fire <- clock.Now()
 	probe := hub.next(t)
 	waitClosed(t, probe.Done(), "the probe's session on a replica already held to close")
-	w = clock.next(t)
-	require.Equal(t, sup.RefreshReplicas, w.d)
+	w = clock.Next(t, waitBound)
+	require.Equal(t, sup.RefreshReplicas, w.D)
 
 	// Two replicas now: the probe lands on the known one again, so the
 	// supervisor tries once more shortly and keeps what it finds.
-	w.fire <- clock.Now()
+	w.Fire <- clock.Now()
 	probe = hub.next(t)
 	waitClosed(t, probe.Done(), "the second probe's session to close")
-	w = clock.next(t)
-	require.Equal(t, sup.DuplicateWait, w.d)
-	w.fire <- clock.Now()
+	w = clock.Next(t, waitBound)
+	require.Equal(t, sup.DuplicateWait, w.D)
+	w.Fire <- clock.Now()
 	second := hub.next(t)
 	assert.Equal(t, "hub-1", second.replica)
 	counts.until(t, 2)
@@ -256,7 +257,7 @@ func TestSupervisorDuplicateReplicas(t *testing.T) {
 		}
 		return answer{replica: "hub-1", replicas: "2"}
 	})
-	clock := newFakeClock()
+	clock := testutil.NewFakeClock()
 	sup, counts := poolSupervisor(t, hub, clock, 2)
 	runSupervisor(t, sup)
 
@@ -266,16 +267,16 @@ func TestSupervisorDuplicateReplicas(t *testing.T) {
 		dup := hub.next(t)
 		assert.Equal(t, "hub-0", dup.replica)
 		waitClosed(t, dup.Done(), "the duplicate session to close")
-		w := clock.next(t)
+		w := clock.Next(t, waitBound)
 		if i <= maxDuplicates {
-			assert.Equal(t, sup.DuplicateWait, w.d, "duplicate %d: a short wait", i)
+			assert.Equal(t, sup.DuplicateWait, w.D, "duplicate %d: a short wait", i)
 		} else {
 			// The normal backoff: Base, then doubling (ceilingJitter).
 			want := sup.Backoff.Base << (i - maxDuplicates - 1)
-			assert.Equal(t, want, w.d, "duplicate %d: the normal backoff", i)
+			assert.Equal(t, want, w.D, "duplicate %d: the normal backoff", i)
 		}
 		assert.Equal(t, i+1, hub.attemptCount(), "nothing dials while the supervisor waits")
-		w.fire <- clock.Now()
+		w.Fire <- clock.Now()
 	}
 	second := hub.next(t)
 	assert.Equal(t, "hub-1", second.replica)
@@ -325,7 +326,7 @@ func TestSupervisorRetryAfter(t *testing.T) {
 				}
 				return answer{replica: "hub-1", replicas: "1"}
 			})
-			clock := newFakeClock()
+			clock := testutil.NewFakeClock()
 			sup, counts := poolSupervisor(t, hub, clock, 1)
 			sup.Backoff.Base = time.Second // shorter than Retry-After
 			sup.Backoff.Jitter = tc.jitter
@@ -338,8 +339,8 @@ func TestSupervisorRetryAfter(t *testing.T) {
 			}
 			runSupervisor(t, sup)
 
-			w := clock.next(t)
-			tc.check(t, w.d)
+			w := clock.Next(t, waitBound)
+			tc.check(t, w.D)
 			assert.Equal(t, 1, hub.attemptCount(), "nothing dials before the wait")
 			mu.Lock()
 			require.Len(t, refused, 1)
@@ -348,7 +349,7 @@ func TestSupervisorRetryAfter(t *testing.T) {
 			assert.Equal(t, 5*time.Second, he.RetryAfter)
 			assert.False(t, IsPermanent(he), "a 503 is not permanent")
 			mu.Unlock()
-			w.fire <- clock.Now()
+			w.Fire <- clock.Now()
 			assert.Equal(t, "hub-1", hub.next(t).replica)
 			counts.until(t, 1)
 		})
@@ -360,7 +361,7 @@ func TestSupervisorRetryAfter(t *testing.T) {
 // it still serves what it carries meanwhile.
 func TestSupervisorDrain(t *testing.T) {
 	hub := newReplicaHub(t, roundRobin(3))
-	clock := newFakeClock()
+	clock := testutil.NewFakeClock()
 	sup, counts := poolSupervisor(t, hub, clock, 2)
 	drains := make(chan time.Duration, 4)
 	sup.OnDrain = func(_ *Session, grace time.Duration) { drains <- grace }
@@ -390,9 +391,9 @@ func TestSupervisorDrain(t *testing.T) {
 
 	// The open stream holds it: polls come and go.
 	for range 3 {
-		w := clock.next(t)
-		require.Equal(t, sup.DrainPoll, w.d)
-		w.fire <- clock.Now()
+		w := clock.Next(t, waitBound)
+		require.Equal(t, sup.DrainPoll, w.D)
+		w.Fire <- clock.Now()
 	}
 	select {
 	case <-draining.Done():
@@ -405,9 +406,9 @@ func TestSupervisorDrain(t *testing.T) {
 		select {
 		case <-draining.Done():
 			closed = true
-		case w := <-clock.waits:
-			require.Equal(t, sup.DrainPoll, w.d)
-			w.fire <- clock.Now()
+		case w := <-clock.Waits():
+			require.Equal(t, sup.DrainPoll, w.D)
+			w.Fire <- clock.Now()
 		case <-time.After(waitBound):
 			t.Fatal("the drained session did not close after its last stream ended")
 		}
@@ -444,7 +445,7 @@ func TestSupervisorDrainMakeBeforeBreak(t *testing.T) {
 					return answer{replica: "hub-1", replicas: "2"}
 				}
 			})
-			clock := newFakeClock()
+			clock := testutil.NewFakeClock()
 			sup, counts := poolSupervisor(t, hub, clock, 1)
 			agentSide := make(chan *Session, 4)
 			sup.OnConnect = func(s *Session) { agentSide <- s }
@@ -458,24 +459,24 @@ func TestSupervisorDrainMakeBeforeBreak(t *testing.T) {
 			require.NoError(t, only.Drain(ctx, grace))
 
 			// The refused replacement's wait and the drain poll, in any order.
-			var retry, poll fakeWait
+			var retry, poll testutil.FakeWait
 			for range 2 {
-				switch w := clock.next(t); w.d {
+				switch w := clock.Next(t, waitBound); w.D {
 				case sup.DrainPoll:
 					poll = w
 				default:
 					retry = w
 				}
 			}
-			require.NotNil(t, poll.fire)
-			require.NotNil(t, retry.fire)
-			assert.GreaterOrEqual(t, retry.d, 5*time.Second)
+			require.NotNil(t, poll.Fire)
+			require.NotNil(t, retry.Fire)
+			assert.GreaterOrEqual(t, retry.D, 5*time.Second)
 
 			// Idle, but alone: polls leave it open.
 			require.Eventually(t, func() bool { return onlyAgent.NumStreams() == 0 }, waitBound, time.Millisecond)
-			poll.fire <- clock.Now()
-			poll = clock.next(t)
-			require.Equal(t, sup.DrainPoll, poll.d)
+			poll.Fire <- clock.Now()
+			poll = clock.Next(t, waitBound)
+			require.Equal(t, sup.DrainPoll, poll.D)
 			select {
 			case <-only.Done():
 				t.Fatal("the only session closed before its replacement was up")
@@ -484,12 +485,12 @@ func TestSupervisorDrainMakeBeforeBreak(t *testing.T) {
 
 			if tc.graceRunsOut {
 				clock.Advance(grace)
-				poll.fire <- clock.Now()
+				poll.Fire <- clock.Now()
 				waitClosed(t, only.Done(), "the drained session to close when its grace ran out")
 				counts.until(t, 0)
 				return
 			}
-			retry.fire <- clock.Now()
+			retry.Fire <- clock.Now()
 			replacement := hub.next(t)
 			assert.Equal(t, "hub-1", replacement.replica)
 			// Closed as soon as the replacement is up, without a poll.

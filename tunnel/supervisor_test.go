@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"backhaul.io/backhaul/pkg/testutil"
 	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -114,7 +115,7 @@ func TestSupervisorRefusedUpgrade(t *testing.T) {
 				http.Error(w, "invalid token for cluster alpha", tc.status)
 			}))
 			t.Cleanup(srv.Close)
-			clock := newFakeClock()
+			clock := testutil.NewFakeClock()
 			sink := &recordingSink{}
 			var disconnects atomic.Int32
 			sup := &Supervisor{
@@ -136,12 +137,12 @@ func TestSupervisorRefusedUpgrade(t *testing.T) {
 
 			const rounds = 3
 			for i := 1; i <= rounds; i++ {
-				w := clock.next(t)
-				tc.checkWait(t, w.d)
+				w := clock.Next(t, waitBound)
+				tc.checkWait(t, w.D)
 				// Nothing dials while the supervisor waits.
 				assert.EqualValues(t, i, attempts.Load(), "attempts before wait %d", i)
 				if i < rounds {
-					w.fire <- clock.Now()
+					w.Fire <- clock.Now()
 				}
 			}
 			cancel()
@@ -180,7 +181,7 @@ func TestSupervisorReconnects(t *testing.T) {
 				}
 			}))
 			t.Cleanup(srv.Close)
-			clock := newFakeClock()
+			clock := testutil.NewFakeClock()
 			b := &Backoff{Base: time.Second, Max: time.Minute, ResetAfter: 2 * time.Minute, Clock: clock, Jitter: ceilingJitter}
 			b.attempt = 5 // as if five dials had failed before this one
 			connected := make(chan *Session, 4)
@@ -215,11 +216,11 @@ func TestSupervisorReconnects(t *testing.T) {
 			case <-time.After(waitBound):
 				t.Fatal("OnDisconnect was not called when the session ended")
 			}
-			w := clock.next(t)
-			assert.Equal(t, tc.want, w.d)
+			w := clock.Next(t, waitBound)
+			assert.Equal(t, tc.want, w.D)
 
 			// Firing the wait dials again.
-			w.fire <- clock.Now()
+			w.Fire <- clock.Now()
 			select {
 			case <-connected:
 			case <-time.After(waitBound):
@@ -240,11 +241,11 @@ func TestSupervisorContextAlreadyDone(t *testing.T) {
 		http.Error(w, "no", http.StatusUnauthorized)
 	}))
 	defer srv.Close()
-	clock := newFakeClock()
+	clock := testutil.NewFakeClock()
 	sup := &Supervisor{Dialer: testDialer(t, srv, nil), Backoff: &Backoff{Base: time.Second, Max: time.Minute, Clock: clock}}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	err := sup.Run(ctx)
 	require.True(t, errors.Is(err, context.Canceled), "got %v", err)
-	assert.Empty(t, clock.waits, "no wait after ctx ended")
+	assert.Empty(t, clock.Waits(), "no wait after ctx ended")
 }
