@@ -26,7 +26,8 @@ func (s *Server) adminHandler() http.Handler {
 	return admin
 }
 
-// readyz is ready while this replica serves: listening and not draining.
+// readyz is ready while this replica serves: listening, not draining, and
+// able to reach its host cluster.
 // Every replica serves; which one does singleton work does not matter
 // here.
 func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
@@ -35,6 +36,8 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 		http.Error(w, "not ready: draining, agents are moving to other replicas", http.StatusServiceUnavailable)
 	case !s.ready.Load():
 		http.Error(w, "not ready: listeners are not serving", http.StatusServiceUnavailable)
+	case s.directory != nil && !s.directory.HostReachable():
+		http.Error(w, "not ready: the host cluster has not been reachable for a directory lease; callers cannot be authenticated", http.StatusServiceUnavailable)
 	default:
 		_, _ = w.Write([]byte("ok"))
 	}

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -77,6 +78,8 @@ type Directory struct {
 	draining bool
 	mu       sync.Mutex
 	live     []Replica
+	// published is when this replica last wrote its entry (unix nanos).
+	published atomic.Int64
 }
 
 // NewDirectory returns the directory; the host manager runs it.
@@ -184,9 +187,22 @@ func (d *Directory) publish(ctx context.Context) {
 		RenewTime: &now, LeaseDurationSeconds: int32(d.cfg.LeaseDuration / time.Second),
 		Draining: draining, ClusterCount: int32(len(held)), Clusters: held,
 	}
-	if err := d.write(ctx, st); err != nil && ctx.Err() == nil {
-		d.cfg.Log.Warn("cannot publish this replica's sessions", "error", err)
+	if err := d.write(ctx, st); err != nil {
+		if ctx.Err() == nil {
+			d.cfg.Log.Warn("cannot publish this replica's sessions", "error", err)
+		}
+		return
 	}
+	d.published.Store(time.Now().UnixNano())
+}
+
+// HostReachable says whether this replica wrote its entry within the
+// lease: a replica that cannot reach its host cluster cannot authenticate
+// callers, see revocations or know its peers, and should not be sent
+// traffic. Before the first write it is reachable (the caches synced).
+func (d *Directory) HostReachable() bool {
+	p := d.published.Load()
+	return p == 0 || time.Since(time.Unix(0, p)) < d.cfg.LeaseDuration
 }
 
 func (d *Directory) write(ctx context.Context, st v1alpha1.HubReplicaStatus) error {

@@ -2,10 +2,13 @@ package fleet
 
 import (
 	"context"
+
 	"errors"
 	"fmt"
 	"sync/atomic"
 	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/hashicorp/go-hclog"
 	"k8s.io/client-go/tools/leaderelection"
@@ -97,8 +100,12 @@ func (s *Singleton) term(ctx context.Context) error {
 	le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
 		Lock:          s.cfg.Lock,
 		LeaseDuration: s.cfg.LeaseDuration, RenewDeadline: s.cfg.RenewDeadline, RetryPeriod: s.cfg.RetryPeriod,
-		// A replica that shuts down hands over at once.
-		ReleaseOnCancel: true,
+		// Not client-go's release: it runs before the work's context ends,
+		// and against a host that cannot be reached it retries for many
+		// seconds, during which another replica could take over while this
+		// one still works. This replica releases itself, on shutdown only,
+		// after its work has stopped.
+		ReleaseOnCancel: false,
 		Name:            s.cfg.Lock.Describe(),
 		Callbacks: leaderelection.LeaderCallbacks{
 			OnStartedLeading: func(lctx context.Context) {
@@ -122,10 +129,30 @@ func (s *Singleton) term(ctx context.Context) error {
 	if started.Load() {
 		<-stopped
 		s.leading.Store(false)
-		if ctx.Err() == nil {
-			s.lost.Add(1)
-			s.cfg.Log.Warn("stopped singleton work: the lease was lost or the work ended; campaigning again", "lease", s.cfg.Lock.Describe())
+		if ctx.Err() != nil {
+			s.release()
+			return nil
 		}
+		s.lost.Add(1)
+		s.cfg.Log.Warn("stopped singleton work: the lease was lost or the work ended; campaigning again", "lease", s.cfg.Lock.Describe())
 	}
 	return nil
+}
+
+// release hands the Lease over at shutdown, once the work has stopped, so
+// the next replica need not wait for it to expire (client-go's release,
+// with a short bound).
+func (s *Singleton) release() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	rec, _, err := s.cfg.Lock.Get(ctx)
+	if err != nil || rec.HolderIdentity != s.cfg.Lock.Identity() {
+		return
+	}
+	now := metav1.NewTime(time.Now())
+	if err := s.cfg.Lock.Update(ctx, resourcelock.LeaderElectionRecord{
+		LeaderTransitions: rec.LeaderTransitions, LeaseDurationSeconds: 1, RenewTime: now, AcquireTime: now,
+	}); err != nil {
+		s.cfg.Log.Warn("cannot release the lease; the next replica takes over when it expires", "error", err)
+	}
 }

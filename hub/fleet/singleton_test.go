@@ -3,10 +3,15 @@ package fleet
 import (
 	"context"
 	"errors"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -68,11 +73,37 @@ func newSingleton(t *testing.T, client *fake.Clientset, id string, w *workLog) *
 	return s
 }
 
+// optimisticLocking makes the fake clientset refuse a Lease update that
+// carries a stale resourceVersion, as the API server does; without it two
+// candidates could both "acquire" the Lease.
+func optimisticLocking(client *fake.Clientset) {
+	gvr := coordinationv1.SchemeGroupVersion.WithResource("leases")
+	client.PrependReactor("create", "leases", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		a.(k8stesting.CreateAction).GetObject().(*coordinationv1.Lease).ResourceVersion = "1"
+		return false, nil, nil
+	})
+	client.PrependReactor("update", "leases", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		l := a.(k8stesting.UpdateAction).GetObject().(*coordinationv1.Lease)
+		cur, err := client.Tracker().Get(gvr, l.Namespace, l.Name)
+		if err != nil {
+			return true, nil, err
+		}
+		rv := cur.(*coordinationv1.Lease).ResourceVersion
+		if l.ResourceVersion != rv {
+			return true, nil, apierrors.NewConflict(gvr.GroupResource(), l.Name, errors.New("the object has been modified"))
+		}
+		n, _ := strconv.Atoi(rv)
+		l.ResourceVersion = strconv.Itoa(n + 1)
+		return false, nil, nil
+	})
+}
+
 // A leader cut off from the host (its lease updates fail) stops its work
 // before the other replica starts it: never two writers. The cut-off
 // replica campaigns again and takes over once it can write again.
 func TestSingletonLosesTheLeaseOnPurpose(t *testing.T) {
 	client := fake.NewClientset()
+	optimisticLocking(client)
 	var cutOff atomic.Value // identity whose lease writes fail
 	cutOff.Store("")
 	client.PrependReactor("update", "leases", func(a k8stesting.Action) (bool, runtime.Object, error) {
@@ -116,4 +147,23 @@ func TestSingletonWorkFailureGivesUpTheLease(t *testing.T) {
 	require.NoError(t, err)
 	testutil.Background(t, "singleton", hubtest.WaitBound, s.Run)
 	require.Eventually(t, func() bool { return runs.Load() >= 2 }, hubtest.WaitBound, 10*time.Millisecond, "failed work is retried in a new term")
+}
+
+// A replica that shuts down hands the Lease over at once, after its work
+// stopped.
+func TestSingletonReleasesOnShutdown(t *testing.T) {
+	client := fake.NewClientset()
+	optimisticLocking(client)
+	w := &workLog{running: map[string]bool{}}
+	a := newSingleton(t, client, "hub-a", w)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	require.Eventually(t, a.Leading, hubtest.WaitBound, 10*time.Millisecond)
+	cancel()
+	require.NoError(t, <-done)
+	assert.Empty(t, w.runningNow())
+	l, err := client.CoordinationV1().Leases("backhaul-system").Get(context.Background(), "backhaul-hub", metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.Empty(t, l.Spec.HolderIdentity, "released")
 }
