@@ -11,12 +11,16 @@
 //   - exec and port-forward to a pod on a test kubelet in that member,
 //     through the hub and directly, and the gateway's small GET while four
 //     `logs -f` stream flat out through the same tunnel;
-//   - the resident memory a real backhaul-hub process spends per idle agent.
+//   - the resident memory a real backhaul-hub process spends per idle agent;
+//   - the active-active hub (docs/ha.md): a gateway GET forwarded from one
+//     replica to the one holding the agent's session against the same GET
+//     served locally.
 //
 // Targets are reported, never asserted: the exit status is non-zero only
 // when a figure could not be measured. Run it as `make bench` or
-// `go run ./test/bench [-quick] [-skip-connect] [-skip-kube] [-skip-streams]` from the
-// repository root, as root (the apiserver figure uses network namespaces).
+// `go run ./test/bench [-quick] [-skip-connect] [-skip-kube] [-skip-streams] [-skip-ha]`
+// from the repository root, as root (the apiserver and HA figures use network
+// namespaces).
 package main
 
 import (
@@ -44,6 +48,7 @@ type options struct {
 	skipKube    bool
 	skipStreams bool
 	skipMemory  bool
+	skipHA      bool
 	keep        bool
 	profileDir  string
 
@@ -59,6 +64,7 @@ type options struct {
 	execs           int           // sequential execs per side, exec figure
 	forwardBytes    int64         // bytes per port-forward run
 	loadRequests    int           // sequential GETs per side, GET-under-load figure
+	haSkipForward   bool
 
 	internalDirect  bool
 	internalStreams bool
@@ -77,6 +83,8 @@ func parseOptions(args []string) (*options, error) {
 	fs.BoolVar(&o.skipStreams, "skip-streams", false, "skip the exec, port-forward and GET-under-logs figures")
 	fs.BoolVar(&o.skipMemory, "skip-memory", false, "skip the hub memory figure")
 	fs.IntVar(&o.agents, "agents", 0, "idle agent sessions for the hub memory figure (default 1000, -quick 200)")
+	fs.BoolVar(&o.skipHA, "skip-ha", false, "skip the active-active hub figures (they need root)")
+	fs.BoolVar(&o.haSkipForward, "skip-ha-forward", false, "skip the HA forwarding figure")
 	fs.StringVar(&o.profileDir, "profile", "", "directory for CPU profiles of the tunnel throughput runs and a heap profile of the agent side of idle sessions")
 	fs.BoolVar(&o.keep, "keep", false, "keep the scratch directory with process logs")
 	fs.BoolVar(&o.internalDirect, "internal-direct", false, "internal: run one direct latency run from a spec on stdin")
@@ -157,7 +165,7 @@ func run() int {
 	if !o.skipConnect && ctx.Err() == nil {
 		benchConnect(ctx, o, dir, t)
 	}
-	if !o.skipKube || !o.skipMemory {
+	if !o.skipKube || !o.skipMemory || !o.skipHA {
 		progress("building backhaul-hub and backhaul-agent")
 		hubBin, agentBin, err := harness.BackhaulBinaries(ctx)
 		if err != nil {
@@ -175,6 +183,13 @@ func run() int {
 				t.add(row{Figure: "hub RSS per idle agent", Err: err})
 			} else {
 				benchHubMemory(ctx, o, hubBin, dir, t)
+			}
+		}
+		if !o.skipHA && ctx.Err() == nil {
+			if err != nil {
+				failHA(t, o, err)
+			} else {
+				benchHA(ctx, o, hubBin, agentBin, dir, t)
 			}
 		}
 	}
