@@ -78,8 +78,10 @@ type Directory struct {
 	draining bool
 	mu       sync.Mutex
 	live     []Replica
-	// published is when this replica last wrote its entry (unix nanos).
+	// published is when this replica last wrote its entry (unix nanos);
+	// failing, whether its latest attempt failed.
 	published atomic.Int64
+	failing   atomic.Bool
 }
 
 // NewDirectory returns the directory; the host manager runs it.
@@ -188,21 +190,25 @@ func (d *Directory) publish(ctx context.Context) {
 		Draining: draining, ClusterCount: int32(len(held)), Clusters: held,
 	}
 	if err := d.write(ctx, st); err != nil {
+		d.failing.Store(true)
 		if ctx.Err() == nil {
 			d.cfg.Log.Warn("cannot publish this replica's sessions", "error", err)
 		}
 		return
 	}
+	d.failing.Store(false)
 	d.published.Store(time.Now().UnixNano())
 }
 
-// HostReachable says whether this replica wrote its entry within the
-// lease: a replica that cannot reach its host cluster cannot authenticate
-// callers, see revocations or know its peers, and should not be sent
-// traffic. Before the first write it is reachable (the caches synced).
+// HostReachable says whether this replica can write to its host cluster:
+// its latest write succeeded, or one did within half a lease (a single
+// failed write is not an outage). A replica that cannot reach its host
+// cannot authenticate callers, see revocations or know its peers, and
+// should not be sent traffic. Before the first write it is reachable (the
+// caches synced).
 func (d *Directory) HostReachable() bool {
 	p := d.published.Load()
-	return p == 0 || time.Since(time.Unix(0, p)) < d.cfg.LeaseDuration
+	return p == 0 || !d.failing.Load() || time.Since(time.Unix(0, p)) < d.cfg.LeaseDuration/2
 }
 
 func (d *Directory) write(ctx context.Context, st v1alpha1.HubReplicaStatus) error {

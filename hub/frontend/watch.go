@@ -18,7 +18,8 @@ import (
 // application/json, or a 4-byte big-endian length and that many bytes for
 // the protobuf stream. watchBody passes bytes through as they come and
 // tracks where the current frame ends; once draining, it ends the body at
-// the next frame boundary (at once if it is at one).
+// the next frame boundary (at once if it is at one). An upstream that
+// breaks at a boundary ends the watch cleanly too.
 
 // framing says how a watch response's events are delimited.
 type framing int
@@ -126,7 +127,15 @@ func (w *watchBody) Read(p []byte) (int, error) {
 	}
 	w.pending = nil
 	w.ack <- struct{}{}
-	if c.err == nil && w.isDrained() && w.atBoundary() {
+	switch {
+	case c.err == nil && w.isDrained() && w.atBoundary():
+		return n, io.EOF
+	case c.err != nil && w.atBoundary():
+		// The stream broke between two events (the agent's session, or a
+		// peer replica carrying it, went away). An API server may end a
+		// watch at any time; ending it the same way lets the client resume
+		// from its last resourceVersion through another route instead of
+		// surfacing an error. Broken inside an event, it stays an error.
 		return n, io.EOF
 	}
 	return n, c.err

@@ -99,3 +99,36 @@ func TestOnlyWatchesAreWrapped(t *testing.T) {
 		_ = upstream.Close()
 	}
 }
+
+func TestWatchBrokenBetweenEventsEndsCleanly(t *testing.T) {
+	var ws watches
+	req, resp, upstream := watchResponse(t, "http://m/api/v1/pods?watch=true", "application/json")
+	ws.wrap(req, resp)
+	got := readAllErr(resp.Body)
+	_, _ = io.WriteString(upstream, `{"type":"ADDED","object":{}}`+"\n")
+	_ = upstream.CloseWithError(io.ErrUnexpectedEOF) // the route went away between events
+	r := <-got
+	require.NoError(t, r.err, "the client resumes from its last event instead of seeing an error")
+	assert.Equal(t, `{"type":"ADDED","object":{}}`+"\n", string(r.b))
+
+	req, resp, upstream = watchResponse(t, "http://m/api/v1/pods?watch=true", "application/json")
+	ws.wrap(req, resp)
+	got = readAllErr(resp.Body)
+	_, _ = io.WriteString(upstream, `{"type":"ADDED",`)
+	_ = upstream.CloseWithError(io.ErrUnexpectedEOF) // broken inside an event
+	require.ErrorIs(t, (<-got).err, io.ErrUnexpectedEOF)
+}
+
+type readResult struct {
+	b   []byte
+	err error
+}
+
+func readAllErr(body io.Reader) <-chan readResult {
+	out := make(chan readResult, 1)
+	go func() {
+		b, err := io.ReadAll(body)
+		out <- readResult{b, err}
+	}()
+	return out
+}
