@@ -88,6 +88,7 @@ type environment struct {
 	servingCert        string
 	servingKey         string
 	vip                *harness.VIP
+	endpoints          *endpoints // who is behind the VIP
 	replicas           []*replica
 	vipKubeconfig      string            // a context per member, through the VIP
 	replicaKubeconfigs map[string]string // per replica: contexts straight to it
@@ -221,6 +222,8 @@ func setup(ctx context.Context, cl *harness.Cleanups) (_ *environment, err error
 		return nil, err
 	}
 	cl.Add(func() { _ = e.vip.Close() })
+	e.endpoints = e.startEndpoints()
+	cl.Add(e.endpoints.stop)
 
 	for _, name := range replicaNames {
 		r, err := e.newReplica(name)
@@ -242,7 +245,7 @@ func setup(ctx context.Context, cl *harness.Cleanups) (_ *environment, err error
 		if err := e.waitServing(ctx, r); err != nil {
 			return nil, err
 		}
-		if err := e.vip.Add(r.backend()); err != nil {
+		if err := e.endpoints.admit(r, true, "started"); err != nil {
 			return nil, err
 		}
 	}

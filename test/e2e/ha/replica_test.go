@@ -383,7 +383,9 @@ func (e *environment) waitSpread(ctx context.Context, timeout time.Duration) err
 }
 
 // restore brings r back the way a new Pod comes up: the process, its
-// EndpointSlice, ready with its peers, then back behind the virtual IP.
+// EndpointSlice, ready with its peers, then back behind the virtual IP
+// (the tests wait for the peer connections before admitting it, so a
+// replica serves with its peers from its first request).
 func (e *environment) restore(ctx context.Context, r *replica) error {
 	if !r.running() {
 		if err := r.start(ctx); err != nil {
@@ -396,7 +398,7 @@ func (e *environment) restore(ctx context.Context, r *replica) error {
 	if err := e.waitServing(ctx, r); err != nil {
 		return err
 	}
-	return e.vip.Add(r.backend())
+	return e.endpoints.admit(r, true, "ready with its peers")
 }
 
 // restoreAll is a test's cleanup: every replica running, connected to

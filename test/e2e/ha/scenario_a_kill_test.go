@@ -54,7 +54,7 @@ func TestKillReplica(t *testing.T) {
 	killAt := time.Now()
 	victim.kill()
 	killed := time.Now()
-	require.NoError(t, e.vip.Remove(victim.backend()))
+	require.NoError(t, e.endpoints.admit(victim, false, "killed"))
 	removedAt := time.Now()
 	require.NoError(t, e.withdrawEndpoints(ctx, victim))
 

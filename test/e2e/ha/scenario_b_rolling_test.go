@@ -49,7 +49,7 @@ func TestRollingRestart(t *testing.T) {
 		placement, err := e.placement(ctx)
 		require.NoError(t, err)
 
-		require.NoError(t, e.vip.Remove(r.backend()))
+		require.NoError(t, e.endpoints.admit(r, false, "terminating"))
 		require.NoError(t, e.publishEndpoints(ctx, r, true))
 		termAt := time.Now()
 		watch := e.watchDrain(ctx, r)
@@ -61,7 +61,7 @@ func TestRollingRestart(t *testing.T) {
 		require.NoError(t, r.start(ctx))
 		require.NoError(t, e.publishEndpoints(ctx, r, false))
 		require.NoError(t, e.waitServing(ctx, r))
-		require.NoError(t, e.vip.Add(r.backend()))
+		require.NoError(t, e.endpoints.admit(r, true, "ready with its peers"))
 		servingAt := time.Now()
 		require.NoError(t, e.waitSpread(ctx, 2*time.Minute))
 		spreadAt := time.Now()

@@ -14,11 +14,13 @@ import (
 )
 
 // TestHostCutOff cuts the replica doing the singleton work off from the
-// host API server (its connections to it reset, new ones refused) while
-// it stays behind the virtual IP and connected to its agents and peers.
-// It must lose the Lease and stop the singleton work, exactly one other
-// replica must take it over (never two at once), and requests must keep
-// working throughout. Then the link comes back and the replica rejoins.
+// host API server (its connections to it reset, new ones refused); it
+// keeps its agents and its peer listener, and stays behind the virtual IP
+// for as long as its readiness probe (deploy/hub's: every 5 s, 3
+// failures) passes. It must lose the Lease and stop the singleton work,
+// exactly one other replica must take it over (never two at once), and
+// requests must keep working throughout. Then the link comes back and
+// the replica rejoins.
 func TestHostCutOff(t *testing.T) {
 	e := requireEnv(t)
 	const scenario = "c-cutoff"
@@ -80,14 +82,32 @@ func TestHostCutOff(t *testing.T) {
 	failed, _ := tr.reportTraffic(t, scenario, nil)
 	overlap, overlapSamples := leaders.overlap(cutAt)
 	byReplica := map[string]int{}
+	var firstFail, lastFail time.Time
 	for _, c := range failed {
 		byReplica[orUnknown(c.via)]++
+		if firstFail.IsZero() || c.start.Before(firstFail) {
+			firstFail = c.start
+		}
+		if c.end.After(lastFail) {
+			lastFail = c.end
+		}
+	}
+	out, outOK := e.endpoints.firstChange(victim, false, cutAt)
+	back, backOK := e.endpoints.firstChange(victim, true, restoredAt)
+	sinceCut := func(at time.Time, ok bool) any {
+		if !ok || at.IsZero() {
+			return "never"
+		}
+		return ms(at.Sub(cutAt))
 	}
 	haLine(t, scenario, "victim", victim.name, "stopped_leading_after_ms", ms(stoppedAt.Sub(cutAt)),
 		"other_leading_after_ms", ms(takenAt.Sub(cutAt)), "two_leading_ms", ms(overlap), "two_leading_samples", overlapSamples,
 		"new_leader", newLeader, "lease_holder_during_cut", holderDuring,
 		"leaderless_max_ms", ms(leaders.leaderless(cutAt)), "rejoined_after_restore_ms", ms(rejoinedAt.Sub(restoredAt)),
-		"failed", len(failed), "failed_by_replica", byReplica)
+		"failed", len(failed), "failed_by_replica", byReplica,
+		"first_failure_after_cut_ms", sinceCut(firstFail, true), "last_failure_after_cut_ms", sinceCut(lastFail, true),
+		"probe_took_it_out_after_cut_ms", sinceCut(out, outOK), "restored_after_cut_ms", ms(restoredAt.Sub(cutAt)),
+		"probe_put_it_back_after_cut_ms", sinceCut(back, backOK))
 	for _, r := range e.replicas {
 		haLine(t, scenario, "replica", r.name, "view_at_cut_45s", views[r.name])
 	}
