@@ -29,6 +29,7 @@ type Server struct {
 	gateway  *frontend.Gateway
 	connect  *frontend.Connect
 	events   *events
+	health   hostHealth
 	handler  http.Handler // the TLS listener's
 	admin    http.Handler // the admin listener's
 
@@ -95,6 +96,8 @@ func New(cfg Config) (*Server, error) {
 // proxy, all admitting callers through one admission check.
 func (s *Server) mountFrontEnds(mux *http.ServeMux, m *frontend.Metrics) error {
 	cfg := s.cfg
+	// Reviews the host could not answer make this replica not ready.
+	cfg.Authn, cfg.Authz = s.health.authn(cfg.Authn), s.health.authz(cfg.Authz)
 	admission := auth.NewAdmission(cfg.Authz, cfg.Clusters, s.dialer)
 	var err error
 	s.gateway, err = frontend.NewGateway(frontend.GatewayConfig{

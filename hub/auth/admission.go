@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 
 	"backhaul.io/backhaul/hub/session"
 )
@@ -22,6 +23,9 @@ type Refusal struct {
 	Code    int
 	Reason  string
 	Message string
+	// RetryAfter, when set, tells the caller to try again then (the host
+	// could not answer; another replica may).
+	RetryAfter time.Duration
 }
 
 func (r *Refusal) Error() string { return r.Message }
@@ -82,7 +86,9 @@ func (a *Admission) check(ctx context.Context, u *User, cluster string) *Refusal
 	allowed, why, err := a.authz.Authorize(ctx, u, cluster)
 	switch {
 	case errors.Is(err, ErrUnavailable):
-		return refuse(http.StatusServiceUnavailable, session.ReasonForbidden, "cannot authorize %q for cluster %s now: the hub's host cluster is unavailable", u.Name, cluster)
+		ref := refuse(http.StatusServiceUnavailable, session.ReasonForbidden, "cannot authorize %q for cluster %s now: the hub's host cluster is unavailable", u.Name, cluster)
+		ref.RetryAfter = time.Second
+		return ref
 	case err != nil:
 		return refuse(http.StatusInternalServerError, session.ReasonForbidden, "authorizing %q for cluster %s: %v", u.Name, cluster, err)
 	case !allowed:

@@ -98,6 +98,7 @@ func (p *Connect) serve(w http.ResponseWriter, r *http.Request, user *auth.User)
 	}
 	route, req, ref := p.admit(r.Context(), user, host, r.Host)
 	if ref != nil {
+		retryAfter(w, ref.RetryAfter)
 		p.refuse(w, ref.Code, ref.Reason, ref.Message)
 		return
 	}
@@ -143,6 +144,7 @@ func (p *Connect) admit(ctx context.Context, user *auth.User, host, hostport str
 // the host cluster could not say.
 func (p *Connect) refuseAuth(w http.ResponseWriter, err error) {
 	if errors.Is(err, auth.ErrUnavailable) {
+		retryAfter(w, time.Second)
 		p.cfg.Log.Warn("authentication unavailable", "error", err)
 		p.refuse(w, http.StatusServiceUnavailable, session.ReasonUnauthorized, "cannot authenticate now: the hub's host cluster is unavailable")
 		return

@@ -6,6 +6,7 @@ import (
 	"log"
 	"net/http"
 	"net/http/httputil"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -67,6 +68,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	route, ref := g.cfg.Admission.Admit(r.Context(), user, name)
 	if ref != nil {
+		retryAfter(rec, ref.RetryAfter)
 		g.refuse(rec, ref.Code, ref.Reason, ref.Message)
 		return
 	}
@@ -106,7 +108,7 @@ func (g *Gateway) unauthenticated(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, auth.ErrUnavailable):
 		code, msg = http.StatusServiceUnavailable, "cannot authenticate now: the hub's host cluster is unavailable"
-		w.Header().Set("Retry-After", "1")
+		retryAfter(w, time.Second)
 		g.cfg.Log.Warn("authentication unavailable", "error", err)
 	case err != nil:
 		msg = "Unauthorized: " + err.Error()

@@ -26,13 +26,14 @@ var gatewayRefusals = []struct {
 	wantReason metav1.StatusReason
 	wantMsg    string // a substring of the Status message
 	metric     string // errors_total reason that must count it
+	retry      string // Retry-After, when the caller should try again
 }{
 	{name: "invalid cluster name", path: "/clusters/Not_A_Name/api", token: "alice-token", wantCode: 404, wantReason: metav1.StatusReasonNotFound, metric: session.ReasonUnknownCluster},
 	{name: "no credentials", path: "/clusters/alpha/api", wantCode: 401, wantReason: metav1.StatusReasonUnauthorized, metric: session.ReasonUnauthorized},
 	{name: "bad token", path: "/clusters/alpha/api", token: "mallory-token", wantCode: 401, wantReason: metav1.StatusReasonUnauthorized, metric: session.ReasonUnauthorized},
 	{name: "not authorized", path: "/clusters/alpha/api", token: "alice-token", authz: fakeAuthz{reason: "not on the list"}, wantCode: 403, wantReason: metav1.StatusReasonForbidden, wantMsg: "not on the list", metric: session.ReasonForbidden},
 	{name: "authorizer fails", path: "/clusters/alpha/api", token: "alice-token", authz: fakeAuthz{err: errors.New("sar unavailable")}, wantCode: 500, metric: session.ReasonForbidden},
-	{name: "host unavailable", path: "/clusters/alpha/api", token: "alice-token", authz: fakeAuthz{err: fmt.Errorf("%w: sar", auth.ErrUnavailable)}, wantCode: 503, wantMsg: "host cluster is unavailable", metric: session.ReasonForbidden},
+	{name: "host unavailable", path: "/clusters/alpha/api", token: "alice-token", authz: fakeAuthz{err: fmt.Errorf("%w: sar", auth.ErrUnavailable)}, wantCode: 503, wantMsg: "host cluster is unavailable", metric: session.ReasonForbidden, retry: "1"},
 	{name: "unknown cluster", path: "/clusters/gamma/api", token: "alice-token", wantCode: 404, wantReason: metav1.StatusReasonNotFound, wantMsg: "gamma", metric: session.ReasonUnknownCluster},
 	{name: "not connected", path: "/clusters/beta/api", token: "alice-token", wantCode: 503, wantReason: metav1.StatusReasonServiceUnavailable, wantMsg: "cluster beta is not connected", metric: session.ReasonNotConnected},
 	{name: "agent refuses", path: "/clusters/refused/api", token: "alice-token", wantCode: 502, wantMsg: "agent says refused", metric: "refused"},
@@ -60,6 +61,7 @@ func TestGatewayRefusals(t *testing.T) {
 				assert.Equal(t, tc.wantReason, st.Reason)
 			}
 			assert.Contains(t, st.Message, tc.wantMsg)
+			assert.Equal(t, tc.retry, rec.Header().Get("Retry-After"))
 			assert.Equal(t, 1.0, f.errors(t, tc.metric))
 			assert.Equal(t, 1.0, hubtest.Counter(t, f.metrics, "backhaul_hub_gateway_requests_total", map[string]string{"code": fmt.Sprintf("%dxx", tc.wantCode/100)}))
 		})

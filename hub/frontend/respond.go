@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
+	"time"
 
 	"backhaul.io/backhaul/hub/session"
 	"backhaul.io/backhaul/tunnel"
@@ -66,4 +68,12 @@ func (s *statusRecorder) class() string {
 		return "none"
 	}
 	return fmt.Sprintf("%dxx", s.code/100)
+}
+
+// retryAfter tells the caller when to try again (whole seconds, at least
+// one); a zero d says nothing.
+func retryAfter(w http.ResponseWriter, d time.Duration) {
+	if d > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(max(1, int(d/time.Second))))
+	}
 }

@@ -65,6 +65,17 @@ func (d *Dialer) Route(cluster string) (*Route, error) {
 	return &Route{cluster: cluster, local: s}, nil
 }
 
+// routeExcept is Route without session s.
+func (d *Dialer) routeExcept(cluster string, s *Session) (*Route, error) {
+	if other := d.registry.newestExcept(cluster, s); other != nil {
+		return &Route{cluster: cluster, local: other}, nil
+	}
+	if peers := d.peers.Holders(cluster); len(peers) > 0 {
+		return &Route{cluster: cluster, peers: peers}, nil
+	}
+	return nil, &ClusterError{Cluster: cluster, Err: ErrNotConnected}
+}
+
 // NodeRoute finds the session whose agent advertised node address addr:
 // here, else on a peer. It fails with ErrNoRoute.
 func (d *Dialer) NodeRoute(addr netip.Addr) (*Route, error) {
@@ -91,13 +102,15 @@ func (d *Dialer) Replicas() int { return d.peers.Replicas() }
 func (d *Dialer) Open(ctx context.Context, r *Route, req tunnel.Request) (net.Conn, error) {
 	if r.local != nil {
 		c, err := d.open(ctx, r.cluster, req, func(req tunnel.Request) (net.Conn, error) { return r.local.tunnel.Open(ctx, req) })
-		if !errors.Is(err, tunnel.ErrSessionClosed) {
+		var de *tunnel.DialError
+		if err == nil || errors.As(err, &de) || ctx.Err() != nil {
 			return c, err
 		}
-		// The session ended under us (an agent that moved away): go along
-		// whatever route serves the cluster now, once.
-		again, rerr := d.Route(r.cluster)
-		if rerr != nil || again.local == r.local {
+		// The session failed under us rather than the agent refusing: an
+		// agent that moved away, or one closing a second session it did
+		// not want. Go along whatever else serves the cluster, once.
+		again, rerr := d.routeExcept(r.cluster, r.local)
+		if rerr != nil {
 			return nil, err
 		}
 		return d.Open(ctx, again, req)

@@ -108,3 +108,19 @@ func TestDialerOpenRefused(t *testing.T) {
 	assert.True(t, strings.HasPrefix(err.Error(), "cluster edge: "))
 	assert.Equal(t, 0.0, hubtest.Counter(t, reg, "backhaul_hub_streams_opened_total", nil), "a refused stream is not counted as opened")
 }
+
+// A stream that fails on the newest session without the agent refusing
+// (the agent is closing a session it did not want) goes to the older one.
+func TestDialerFallsBackFromAFailingSession(t *testing.T) {
+	r, m, _ := newTestRegistry(t)
+	d := NewDialer(r, nil, m, time.Second)
+	seen := make(chan http.Header, 1)
+	connectAgent(t, r, "edge", hubtest.HTTPAgent(t, echoHeaders(seen)))
+	hubSide, agentSide := hubtest.PipeSessions(t)
+	newest, _ := add(t, r, "edge", hubSide, Agent{})
+	require.NoError(t, agentSide.Close()) // the agent drops it at once
+	route := &Route{cluster: "edge", local: newest}
+	c, err := d.Open(t.Context(), route, tunnel.Request{Kind: tunnel.KindAPIServer})
+	require.NoError(t, err, "the older session carries the stream")
+	_ = c.Close()
+}

@@ -133,6 +133,19 @@ func (r *Registry) Route(addr netip.Addr) (*Session, error) {
 	return nil, ErrNoRoute
 }
 
+// newestExcept is cluster's newest live session other than s.
+func (r *Registry) newestExcept(cluster string, s *Session) *Session {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	list := r.sessions[cluster]
+	for i := len(list) - 1; i >= 0; i-- {
+		if list[i] != s && list[i].alive() {
+			return list[i]
+		}
+	}
+	return nil
+}
+
 func newestAlive(list []*Session) *Session {
 	for i := len(list) - 1; i >= 0; i-- {
 		if list[i].alive() {

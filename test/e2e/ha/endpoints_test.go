@@ -8,12 +8,12 @@ import (
 	"time"
 )
 
-// The readiness probe of deploy/hub/deployment.yaml: /readyz every 5 s,
-// not ready after 3 failures in a row, ready again after one success
+// The readiness probe of deploy/hub/deployment.yaml: /readyz every 2 s,
+// not ready after 2 failures in a row, ready again after one success
 // (the kubelet's default), each with the default 1 s timeout.
 const (
-	probePeriod   = 5 * time.Second
-	probeFailures = 3
+	probePeriod   = 2 * time.Second
+	probeFailures = 2
 	probeTimeout  = time.Second
 )
 

@@ -40,6 +40,9 @@ type call struct {
 	status  int    // HTTP status; 0 when no response came
 	err     string // transport error or the body of a failed response
 	refused bool   // the TCP connect was refused (a backend without a listener)
+	// retryAfter is the answer's Retry-After: the hub says try again (a
+	// replica that cannot reach its host cannot authenticate callers).
+	retryAfter string
 	// via is the replica the virtual IP sent a failed call to (from
 	// conntrack), "" when it cannot be told (no connection was made).
 	via string
@@ -153,6 +156,7 @@ func (tr *traffic) do(kind, cluster string, req *http.Request, want int) []byte 
 		body, err = io.ReadAll(resp.Body)
 		resp.Body.Close()
 		c.status = resp.StatusCode
+		c.retryAfter = resp.Header.Get("Retry-After")
 	}
 	c.end = time.Now()
 	if req.Context().Err() != nil {
