@@ -10,8 +10,10 @@ import (
 
 // benchHA measures the active-active hub (docs/ha.md): replicas of
 // backhaul-hub with --registry=kube and --peer-listen, sharing a host
-// cluster: a GET forwarded from one replica to the one holding the
-// cluster's agent session, against the same GET served locally.
+// cluster. First a GET forwarded from one replica to the one holding the
+// cluster's agent session, against the same GET served locally; then a
+// reconnect storm of simulated agents on three replicas and the kill -9 of
+// one of them.
 func benchHA(ctx context.Context, o *options, hubBin, agentBin, dir string, t *table) {
 	if os.Geteuid() != 0 {
 		failHA(t, o, errors.New("needs root for network namespaces (or pass -skip-ha)"))
@@ -51,6 +53,10 @@ func benchHA(ctx context.Context, o *options, hubBin, agentBin, dir string, t *t
 		_ = member.Stop()
 		member = nil
 	}
+	if !o.haSkipStorm && ctx.Err() == nil {
+		benchStorm(ctx, o, hubBin, dir, host, t)
+	}
+	t.note("ha: load average at the end of the section: %s.", loadAverage())
 }
 
 // failHA marks every figure of the section's parts that run as not
@@ -58,5 +64,8 @@ func benchHA(ctx context.Context, o *options, hubBin, agentBin, dir string, t *t
 func failHA(t *table, o *options, err error) {
 	if !o.haSkipForward {
 		failForwarding(t, err)
+	}
+	if !o.haSkipStorm {
+		failStorm(t, o.haAgents, err)
 	}
 }

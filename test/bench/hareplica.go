@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -96,6 +99,12 @@ func (r *haReplica) stop() {
 
 func (r *haReplica) pid() int { return r.proc.PID() }
 
+// backend is the replica's TLS listener as a load balancer reaches it:
+// on the host's HostIP, not loopback (see harness.VIP).
+func (r *haReplica) backend(h *haHost) netip.AddrPort {
+	return netip.AddrPortFrom(h.member.Netns.HostIP, uint16(r.port))
+}
+
 // metrics reads every series of the replica's /metrics, keyed by name and
 // labels as printed ("name{label=\"v\"}").
 func (r *haReplica) metrics(ctx context.Context) (series, error) {
@@ -143,5 +152,93 @@ func parseSeries(r io.Reader) (series, error) {
 // (counters with labels appear on first use).
 type series map[string]float64
 
+// sum adds the series of metric name whose labels include every one of
+// labels (each as printed, `key="value"`).
+func (s series) sum(name string, labels ...string) float64 {
+	total := 0.0
+	for k, v := range s {
+		rest, ok := strings.CutPrefix(k, name)
+		if !ok || (rest != "" && rest[0] != '{') {
+			continue
+		}
+		match := true
+		for _, l := range labels {
+			match = match && strings.Contains(rest, l)
+		}
+		if match {
+			total += v
+		}
+	}
+	return total
+}
+
 // Series of the HA section.
-const mSessions = "backhaul_hub_sessions"
+const (
+	mSessions = "backhaul_hub_sessions"
+	mBusy     = `backhaul_hub_session_connects_total{result="busy"}`
+	mOK       = `backhaul_hub_session_connects_total{result="ok"}`
+	mPeers    = "backhaul_hub_peer_connections"
+	mReplicas = "backhaul_hub_replicas"
+	mLeading  = "backhaul_hub_singleton_leading"
+	mGo       = "go_goroutines"
+	mHeap     = "go_memstats_heap_inuse_bytes"
+	mStack    = "go_memstats_stack_inuse_bytes"
+)
+
+// sumMetric adds one series over replicas; it fails if any cannot be read.
+func sumMetric(ctx context.Context, rs []*haReplica, name string) (float64, error) {
+	total := 0.0
+	for _, r := range rs {
+		m, err := r.metrics(ctx)
+		if err != nil {
+			return 0, err
+		}
+		total += m[name]
+	}
+	return total, nil
+}
+
+// waitPeers waits until every replica holds a peer connection with each
+// of the others.
+func waitPeers(ctx context.Context, rs []*haReplica, limit time.Duration) error {
+	return harness.WaitFor(ctx, limit, 200*time.Millisecond, func() error {
+		for _, r := range rs {
+			m, err := r.metrics(ctx)
+			if err != nil {
+				return err
+			}
+			if int(m[mPeers]) != len(rs)-1 {
+				return fmt.Errorf("%s has %v peer connections, want %d", r.name, m[mPeers], len(rs)-1)
+			}
+		}
+		return nil
+	})
+}
+
+// saveProfile fetches one of the replica's /debug/pprof profiles into
+// dir/name.pprof and returns the path.
+func (r *haReplica) saveProfile(ctx context.Context, dir, name, query string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.adminURL+"/debug/pprof/"+query, nil)
+	if err != nil {
+		return "", err
+	}
+	// The CPU profile's own duration is in the query; no client timeout.
+	resp, err := (&http.Client{Transport: haMetricsClient.Transport}).Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("%s /debug/pprof/%s: %s", r.name, query, resp.Status)
+	}
+	path := filepath.Join(dir, name+".pprof")
+	f, err := os.Create(path)
+	if err != nil {
+		return "", err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		_ = f.Close()
+		return "", err
+	}
+	return path, f.Close()
+}

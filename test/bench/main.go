@@ -14,7 +14,8 @@
 //   - the resident memory a real backhaul-hub process spends per idle agent;
 //   - the active-active hub (docs/ha.md): a gateway GET forwarded from one
 //     replica to the one holding the agent's session against the same GET
-//     served locally.
+//     served locally, and a reconnect storm of simulated agents on three
+//     replicas, before and after one is killed.
 //
 // Targets are reported, never asserted: the exit status is non-zero only
 // when a figure could not be measured. Run it as `make bench` or
@@ -64,7 +65,9 @@ type options struct {
 	execs           int           // sequential execs per side, exec figure
 	forwardBytes    int64         // bytes per port-forward run
 	loadRequests    int           // sequential GETs per side, GET-under-load figure
+	haAgents        int           // simulated agents of the HA storm
 	haSkipForward   bool
+	haSkipStorm     bool
 
 	internalDirect  bool
 	internalStreams bool
@@ -83,8 +86,10 @@ func parseOptions(args []string) (*options, error) {
 	fs.BoolVar(&o.skipStreams, "skip-streams", false, "skip the exec, port-forward and GET-under-logs figures")
 	fs.BoolVar(&o.skipMemory, "skip-memory", false, "skip the hub memory figure")
 	fs.IntVar(&o.agents, "agents", 0, "idle agent sessions for the hub memory figure (default 1000, -quick 200)")
-	fs.BoolVar(&o.skipHA, "skip-ha", false, "skip the active-active hub figures (they need root)")
-	fs.BoolVar(&o.haSkipForward, "skip-ha-forward", false, "skip the HA forwarding figure")
+	fs.BoolVar(&o.skipHA, "skip-ha", false, "skip the active-active hub figures (forwarding, reconnect storm; they need root)")
+	fs.BoolVar(&o.haSkipForward, "skip-ha-forward", false, "skip the HA forwarding figure, keep the storm")
+	fs.BoolVar(&o.haSkipStorm, "skip-ha-storm", false, "skip the HA reconnect storm, keep the forwarding figure")
+	fs.IntVar(&o.haAgents, "ha-agents", 0, "simulated agents of the HA reconnect storm (default 10000, -quick 1000)")
 	fs.StringVar(&o.profileDir, "profile", "", "directory for CPU profiles of the tunnel throughput runs and a heap profile of the agent side of idle sessions")
 	fs.BoolVar(&o.keep, "keep", false, "keep the scratch directory with process logs")
 	fs.BoolVar(&o.internalDirect, "internal-direct", false, "internal: run one direct latency run from a spec on stdin")
@@ -112,6 +117,16 @@ func parseOptions(args []string) (*options, error) {
 	}
 	if o.agents < 1 || o.agents > 9999 {
 		return nil, fmt.Errorf("-agents %d: want 1..9999", o.agents)
+	}
+	if o.haAgents == 0 {
+		o.haAgents = 10000
+		if o.quick {
+			o.haAgents = 1000
+		}
+	}
+	// Cluster names have five digits; each agent costs a descriptor here.
+	if o.haAgents < 1 || o.haAgents > 99999 {
+		return nil, fmt.Errorf("-ha-agents %d: want 1..99999", o.haAgents)
 	}
 	return o, nil
 }
