@@ -2,6 +2,7 @@ package enrollment
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/rsa"
@@ -14,6 +15,9 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+
 	"backhaul.io/backhaul/hub/auth"
 	"backhaul.io/backhaul/hub/session"
 	"backhaul.io/backhaul/pkg/identity"
@@ -22,7 +26,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 )
 
 // enrollEnv serves an Enroller over TLS with one token for alpha.
@@ -129,4 +135,28 @@ func mustMarshalEC(t *testing.T, k *ecdsa.PrivateKey) []byte {
 	b, err := x509.MarshalECPrivateKey(k)
 	require.NoError(t, err)
 	return b
+}
+
+// Replicas starting together race to publish the hub-info ConfigMap; the
+// ones that lose the create do not fail.
+func TestPublishHubInfoRace(t *testing.T) {
+	created := 0
+	c := fake.NewClientBuilder().WithInterceptorFuncs(interceptor.Funcs{
+		Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
+			created++
+			if created == 1 {
+				// Another replica created it between our Get and Create.
+				cm := obj.DeepCopyObject().(client.Object)
+				if err := c.Create(ctx, cm, opts...); err != nil {
+					return err
+				}
+				return apierrors.NewAlreadyExists(corev1.Resource("configmaps"), obj.GetName())
+			}
+			return c.Create(ctx, obj, opts...)
+		},
+	}).Build()
+	require.NoError(t, PublishHubInfo(t.Context(), c, testNS, "wss://hub:8443", []byte("ca")))
+	var cm corev1.ConfigMap
+	require.NoError(t, c.Get(t.Context(), client.ObjectKey{Namespace: testNS, Name: identity.HubInfoConfigMap}, &cm))
+	assert.Equal(t, "wss://hub:8443", cm.Data[identity.HubInfoKeyURL])
 }

@@ -17,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/keyutil"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 )
@@ -92,7 +93,7 @@ func EnsureServingCert(ctx context.Context, c client.Client, ns, name string, ca
 		return tls.Certificate{}, err
 	}
 	s.Namespace, s.Name = ns, name
-	if _, err := controllerutil.CreateOrUpdate(ctx, c, &s, func() error {
+	if err := createOrUpdate(ctx, c, &s, func() error {
 		s.Type = corev1.SecretTypeTLS
 		s.Data = map[string][]byte{corev1.TLSCertKey: certPEM, corev1.TLSPrivateKeyKey: keyPEM}
 		return nil
@@ -127,7 +128,7 @@ func usableServing(data map[string][]byte, ca *CA, hosts []string) (tls.Certific
 // serving certificate.
 func PublishHubInfo(ctx context.Context, c client.Client, ns, url string, caPEM []byte) error {
 	cm := corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: identity.HubInfoConfigMap}}
-	_, err := controllerutil.CreateOrUpdate(ctx, c, &cm, func() error {
+	err := createOrUpdate(ctx, c, &cm, func() error {
 		cm.Data = map[string]string{identity.HubInfoKeyURL: url, identity.HubInfoKeyCA: string(caPEM)}
 		return nil
 	})
@@ -146,4 +147,17 @@ func ServingHosts(ns string, extra []string) []string {
 		}
 	}
 	return hosts
+}
+
+// createOrUpdate is controllerutil.CreateOrUpdate for objects every replica
+// writes at start: replicas starting together race to create them, and the
+// losers (AlreadyExists) or a concurrent update (Conflict) simply try
+// again on what the winner wrote.
+func createOrUpdate(ctx context.Context, c client.Client, obj client.Object, mutate func() error) error {
+	return retry.OnError(retry.DefaultRetry, func(err error) bool {
+		return apierrors.IsAlreadyExists(err) || apierrors.IsConflict(err)
+	}, func() error {
+		_, err := controllerutil.CreateOrUpdate(ctx, c, obj, mutate)
+		return err
+	})
 }
