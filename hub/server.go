@@ -88,7 +88,7 @@ func New(cfg Config) (*Server, error) {
 	for _, p := range []string{"GET /healthz", "GET /readyz", "GET /metrics"} {
 		mux.Handle(p, s.admin)
 	}
-	s.handler = mux
+	s.handler = s.closeWhenUnwell(mux)
 	return s, nil
 }
 
@@ -204,4 +204,19 @@ func (s *Server) registerGauges() {
 			return 0
 		}),
 	)
+}
+
+// closeWhenUnwell ends each connection after its response while this
+// replica drains or cannot reach its host: load balancers only send new
+// connections elsewhere, and a keep-alive client would otherwise stay
+// (kube-apiserver does the same while it shuts down).
+func (s *Server) closeWhenUnwell(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		unwell := s.draining.Load() || !s.health.ok() || (s.directory != nil && !s.directory.HostReachable())
+		// An upgrade (exec, agents) takes the connection over anyway.
+		if unwell && r.Header.Get("Upgrade") == "" {
+			w.Header().Set("Connection", "close")
+		}
+		next.ServeHTTP(w, r)
+	})
 }

@@ -62,6 +62,9 @@ func TestGatewayRefusals(t *testing.T) {
 			}
 			assert.Contains(t, st.Message, tc.wantMsg)
 			assert.Equal(t, tc.retry, rec.Header().Get("Retry-After"))
+			if tc.retry != "" {
+				assert.Equal(t, "close", rec.Header().Get("Connection"), "try again on a new connection: another replica")
+			}
 			assert.Equal(t, 1.0, f.errors(t, tc.metric))
 			assert.Equal(t, 1.0, hubtest.Counter(t, f.metrics, "backhaul_hub_gateway_requests_total", map[string]string{"code": fmt.Sprintf("%dxx", tc.wantCode/100)}))
 		})

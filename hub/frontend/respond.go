@@ -71,9 +71,11 @@ func (s *statusRecorder) class() string {
 }
 
 // retryAfter tells the caller when to try again (whole seconds, at least
-// one); a zero d says nothing.
+// one) — and, on a new connection, since behind a load balancer that
+// reaches another replica; a zero d says nothing.
 func retryAfter(w http.ResponseWriter, d time.Duration) {
 	if d > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(max(1, int(d/time.Second))))
+		w.Header().Set("Connection", "close")
 	}
 }
