@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"path/filepath"
 	"time"
 
@@ -149,6 +150,7 @@ func benchForwarding(ctx context.Context, o *options, agentBin, hubBin, dir stri
 			}
 		}
 	}
+	profileForwarding(ctx, o, gw, forwarded.base, a, b)
 	t.add(latencyRow(figHALocal, direct.lat, local.lat, 0))
 	t.add(latencyRow(figHAForwarded, direct.lat, forwarded.lat, 0))
 	t.add(latencyRow(figHAAdded, local.lat, forwarded.lat, targetForwardAdded))
@@ -159,4 +161,29 @@ func benchForwarding(ctx context.Context, o *options, agentBin, hubBin, dir stri
 	t.note("  CPU per GET, local: hub-b %s, agent %s; forwarded: hub-a %s, hub-b %s, agent %s.",
 		fmtDur(local.perRequest("hub-b").cpu), fmtDur(local.perRequest("agent").cpu),
 		fmtDur(forwarded.perRequest("hub-a").cpu), fmtDur(forwarded.perRequest("hub-b").cpu), fmtDur(forwarded.perRequest("agent").cpu))
+}
+
+// profileForwarding, with -profile, takes CPU profiles of both replicas
+// while forwarded GETs run back to back for a while, after the figures.
+func profileForwarding(ctx context.Context, o *options, c *http.Client, run latencyRun, a, b *haReplica) {
+	if o.profileDir == "" {
+		return
+	}
+	const seconds = 10
+	progress("ha: %d s of forwarded GETs under the profiler", seconds)
+	done := []<-chan struct{}{
+		profileReplica(ctx, o, a, "ha-forward-"+a.name, seconds),
+		profileReplica(ctx, o, b, "ha-forward-"+b.name, seconds),
+	}
+	buf := make([]byte, 32<<10)
+	deadline := time.Now().Add(seconds * time.Second)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		if _, err := get(ctx, c, run.URL, run.Header, buf); err != nil {
+			progress("ha: forwarded GET under the profiler: %v", err)
+			break
+		}
+	}
+	for _, d := range done {
+		<-d
+	}
 }

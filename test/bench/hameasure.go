@@ -19,7 +19,10 @@ type registration struct {
 	done  bool
 	all   time.Duration   // until the replicas counted every agent
 	marks []time.Duration // 50, 90, 99 %
-	most  float64         // the most sessions counted when not done
+	most  float64         // the most sessions the scrapes counted
+	// mostHeld is the most sessions the replicas held at once after
+	// start, per their logs (scrapes fail when they are busiest).
+	mostHeld int
 	// agents is when every simulated agent had its session up, as the
 	// agents saw it, and logs when the replicas' registries held n
 	// sessions, from their timestamped "agent connected" and "agent
@@ -35,7 +38,7 @@ type registration struct {
 
 func (r registration) String() string {
 	if !r.done {
-		return fmt.Sprintf("%.0f of %d after %s", r.most, r.n, r.limit)
+		return fmt.Sprintf("not within %s (at most %d held)", r.limit, max(r.mostHeld, int(r.most)))
 	}
 	return fmt.Sprintf("%.1f s", r.all.Seconds())
 }
@@ -130,16 +133,18 @@ func (r *registration) finish(rs []*haReplica, f *simFleet, n int, start time.Ti
 	if d, ok := f.allUpSince(start); ok {
 		r.agents = d
 	}
-	if d, ok := registeredFromLogs(rs, start, n); ok {
+	d, most, ok := registeredFromLogs(rs, start, n)
+	if ok {
 		r.logs = d
 	}
+	r.mostHeld = most
 }
 
 // registeredFromLogs replays the replicas' registry lines (every
 // "agent connected" and "agent disconnected", stamped by the hub) and
 // returns when, at or after start, the replicas together first held n
-// sessions.
-func registeredFromLogs(rs []*haReplica, start time.Time, n int) (time.Duration, bool) {
+// sessions, and the most they held at once after start.
+func registeredFromLogs(rs []*haReplica, start time.Time, n int) (time.Duration, int, bool) {
 	type event struct {
 		at    time.Time
 		delta int
@@ -148,7 +153,7 @@ func registeredFromLogs(rs []*haReplica, start time.Time, n int) (time.Duration,
 	for _, r := range rs {
 		b, err := os.ReadFile(r.proc.LogPath())
 		if err != nil {
-			return 0, false
+			return 0, 0, false
 		}
 		for _, line := range strings.Split(string(b), "\n") {
 			delta := 0
@@ -169,14 +174,18 @@ func registeredFromLogs(rs []*haReplica, start time.Time, n int) (time.Duration,
 		}
 	}
 	slices.SortStableFunc(events, func(a, b event) int { return a.at.Compare(b.at) })
-	held := 0
+	held, most := 0, 0
 	for _, e := range events {
 		held += e.delta
-		if held >= n && !e.at.Before(start) {
-			return e.at.Sub(start), true
+		if e.at.Before(start) {
+			continue
+		}
+		most = max(most, held)
+		if held >= n {
+			return e.at.Sub(start), most, true
 		}
 	}
-	return 0, false
+	return 0, most, false
 }
 
 // waitReplicaCount says when every replica in rs first counted exactly
@@ -203,15 +212,16 @@ func waitReplicaCount(ctx context.Context, rs []*haReplica, start time.Time, lim
 // steady is the replicas at rest after registration: memory, and CPU over
 // an idle window.
 type steady struct {
-	after  map[string]replicaSample
-	window time.Duration
-	cpu    map[string]time.Duration // CPU in the window
-	names  []string
+	after     map[string]replicaSample
+	window    time.Duration
+	cpu       map[string]time.Duration // CPU in the window
+	names     []string
+	directory directoryCost // what the host's apiserver saw of the directory in the window
 }
 
 // steadyState lets the replicas finish what registration started (probes,
 // directory writes), then measures an idle window.
-func steadyState(ctx context.Context, o *options, rs []*haReplica, profile string) (steady, error) {
+func steadyState(ctx context.Context, o *options, host *haHost, rs []*haReplica, profile string) (steady, error) {
 	settle, window := 20*time.Second, 10*time.Second
 	if o.quick {
 		settle, window = 5*time.Second, 5*time.Second
@@ -227,6 +237,7 @@ func steadyState(ctx context.Context, o *options, rs []*haReplica, profile strin
 	if err != nil {
 		return s, err
 	}
+	dir0, dirErr := hostDirectoryCost(ctx, host)
 	done := profileReplica(ctx, o, rs[0], profile+"-"+rs[0].name, int(window/time.Second))
 	select {
 	case <-time.After(window):
@@ -237,13 +248,16 @@ func steadyState(ctx context.Context, o *options, rs []*haReplica, profile strin
 	if s.after, err = sampleReplicas(ctx, rs); err != nil {
 		return s, err
 	}
+	if dir1, err := hostDirectoryCost(ctx, host); err == nil && dirErr == nil {
+		s.directory = dir1.sub(dir0)
+	}
 	for _, r := range rs {
 		s.names = append(s.names, r.name)
 		s.cpu[r.name] = s.after[r.name].cpu - b[r.name].cpu
 	}
 	if o.profileDir != "" {
 		if p, err := rs[0].saveProfile(ctx, o.profileDir, profile+"-"+rs[0].name+"-heap", "heap"); err == nil {
-			o.profiles = append(o.profiles, p)
+			addProfile(o, p)
 		}
 	}
 	return s, nil
@@ -291,6 +305,16 @@ func (s steady) describe(idle map[string]replicaSample) string {
 	return strings.Join(parts, "; ")
 }
 
+// profilesMu guards o.profiles against the profile goroutines of the HA
+// section, two of which may finish at once.
+var profilesMu sync.Mutex
+
+func addProfile(o *options, path string) {
+	profilesMu.Lock()
+	defer profilesMu.Unlock()
+	o.profiles = append(o.profiles, path)
+}
+
 // profileReplica takes a CPU profile of r for seconds in the background
 // when -profile is set; the channel closes when it is written.
 func profileReplica(ctx context.Context, o *options, r *haReplica, name string, seconds int) <-chan struct{} {
@@ -306,7 +330,7 @@ func profileReplica(ctx context.Context, o *options, r *haReplica, name string, 
 			progress("no CPU profile of %s: %v", r.name, err)
 			return
 		}
-		o.profiles = append(o.profiles, p)
+		addProfile(o, p)
 	}()
 	return done
 }
@@ -385,6 +409,6 @@ func profileSelf(o *options, name string) (stop func()) {
 	return func() {
 		pprof.StopCPUProfile()
 		_ = f.Close()
-		o.profiles = append(o.profiles, path)
+		addProfile(o, path)
 	}
 }

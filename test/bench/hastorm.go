@@ -238,13 +238,14 @@ func benchStorm(ctx context.Context, o *options, hubBin, dir string, host *haHos
 	}
 
 	// Steady state on three replicas.
-	steady3, err := steadyState(ctx, o, e.replicas, "ha-idle3")
+	steady3, err := steadyState(ctx, o, host, e.replicas, "ha-idle3")
 	if err != nil {
 		fail(err)
 		return
 	}
 	t.note("ha storm, idle on %d replicas: %s.", stormReplicas, steady3.describe(idle))
-	t.note("  HubReplica objects in the host (the directory): %s.", hubReplicaSizes(ctx, host, e.replicas))
+	t.note("  HubReplica objects in the host (the directory): %s;", hubReplicaSizes(ctx, host, e.replicas))
+	t.note("  in the %s idle window the host apiserver counted %s.", steady3.window, steady3.directory)
 
 	// The agents' backoff starts over only once a session has lasted
 	// ResetAfter; a crash right after the storm would time backoff left
@@ -311,13 +312,14 @@ func benchStorm(ctx context.Context, o *options, hubBin, dir string, host *haHos
 		t.note("  (-quick: killed before the agents' backoff reset, so the recovery includes backoff left from the storm.)")
 	}
 
-	steady2, err := steadyState(ctx, o, survivors, "ha-idle2")
+	steady2, err := steadyState(ctx, o, host, survivors, "ha-idle2")
 	if err != nil {
 		fail(err)
 		return
 	}
 	t.note("ha storm, idle on %d replicas after the crash: %s.", len(survivors), steady2.describe(idle))
-	t.note("  HubReplica objects: %s.", hubReplicaSizes(ctx, host, survivors))
+	t.note("  HubReplica objects: %s;", hubReplicaSizes(ctx, host, survivors))
+	t.note("  in the %s idle window the host apiserver counted %s.", steady2.window, steady2.directory)
 	put(row{Figure: figs[3], Direct: "-",
 		Backhaul: fmt.Sprintf("%s (3) / %s (2)", fmtKiB(steady3.rssPerSession(idle)), fmtKiB(steady2.rssPerSession(idle))),
 		Target:   "-"})
