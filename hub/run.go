@@ -37,6 +37,7 @@ func (s *Server) Run(ctx context.Context) error {
 		defer stop()
 	}
 	wg.Go(func() { _ = s.prober.Run(bg) })
+	wg.Go(func() { s.health.run(bg) })
 	if s.peers != nil {
 		wg.Go(func() { _ = s.peers.Run(bg) })
 		wg.Go(func() { _ = s.identity.Run(bg) })

@@ -59,6 +59,9 @@ func New(cfg Config) (*Server, error) {
 	tm := session.NewMetrics(cfg.Metrics)
 	s := &Server{cfg: cfg, sessions: session.NewRegistry(cfg.Log.Named(logging.Registry), tm), events: newEvents()}
 	s.sessions.Watch(s.events.fire)
+	if cfg.Host != nil {
+		s.health.probe = cfg.Host.Answers
+	}
 	var peers session.Peers = session.NoPeers{}
 	if h := cfg.Host; h != nil && h.PeerListen != "" {
 		if err := s.newPeers(); err != nil {

@@ -1,6 +1,8 @@
 package fleet
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -102,6 +104,16 @@ func (h *Host) newManager(byObject map[client.Object]cache.ByObject) (ctrl.Manag
 		return nil, fmt.Errorf("host cluster: %w", err)
 	}
 	return mgr, nil
+}
+
+// Answers asks the host API server's /readyz: nil when it answers ready.
+// It tells a replica that could not review a caller when the host is back.
+func (h *Host) Answers(ctx context.Context) error {
+	rc := h.Kube.Discovery().RESTClient()
+	if rc == nil {
+		return errors.New("host cluster: no REST client")
+	}
+	return rc.Get().AbsPath("/readyz").Do(ctx).Error()
 }
 
 // LeaseLock is the Lease replicas compete for, held as identity.
