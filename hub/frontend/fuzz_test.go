@@ -33,3 +33,35 @@ func FuzzCredentialHeaders(f *testing.F) {
 		}
 	})
 }
+
+// The member's side of an upgraded session is read as websocket frames:
+// any bytes, split anywhere, give the same frame state, and the farewell
+// is itself well-framed.
+func FuzzWebsocketFrames(f *testing.F) {
+	f.Add([]byte{0x82, 3, 1, 'h', 'i'}, uint8(1))
+	f.Add(wsFrame(nil, wsBinary, make([]byte, 200)), uint8(3))
+	f.Add([]byte{0x02, 0x80 | 1, 1, 2, 3, 4, 5, 0x88, 0}, uint8(2))
+	f.Add([]byte{0x82, 127, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, uint8(5))
+	f.Fuzz(func(t *testing.T, b []byte, step uint8) {
+		whole := &wsState{statusOnClose: true}
+		whole.track(b)
+		split := &wsState{statusOnClose: true}
+		n := max(int(step), 1)
+		for i := 0; i < len(b); i += n {
+			split.track(b[i:min(i+n, len(b))])
+		}
+		if whole.atBoundary() != split.atBoundary() || whole.remaining != split.remaining ||
+			whole.inMessage != split.inMessage || whole.closed != split.closed || whole.errored != split.errored {
+			t.Fatalf("state depends on the split: %+v vs %+v", whole, split)
+		}
+		bye := whole.farewell(whyBroken)
+		if whole.closed != (len(bye) == 0) {
+			t.Fatalf("farewell %q after a close frame: %v", bye, whole.closed)
+		}
+		check := &wsState{}
+		check.track(bye)
+		if !check.atBoundary() || (len(bye) > 0 && !check.closed) {
+			t.Fatalf("the farewell is not whole frames ending in a close: %q", bye)
+		}
+	})
+}

@@ -28,6 +28,13 @@ const (
 	notWatch framing = iota
 	jsonLines
 	lengthPrefixed
+	websocketFrames // an upgraded exec, attach or port-forward (upgrade.go)
+)
+
+// Why the gateway ends an upgraded session (in its Status and close frame).
+const (
+	whyDraining = "the hub replica serving this session is shutting down; run the command again to reach another replica"
+	whyBroken   = "the connection to the cluster was lost (its agent, or the hub replica carrying it, went away); run the command again"
 )
 
 // watchFraming recognizes a watch response and its framing.
@@ -71,6 +78,11 @@ type watchBody struct {
 	inFrame   bool
 	header    []byte
 	remaining uint32
+	// For websocketFrames: the frames' state. tail holds the gateway's own
+	// frames still to hand out once the body ends; done, that it has.
+	ws   *wsState
+	tail []byte
+	done bool
 }
 
 type chunk struct {
@@ -106,6 +118,14 @@ func (w *watchBody) pump() {
 }
 
 func (w *watchBody) Read(p []byte) (int, error) {
+	if w.done {
+		n := copy(p, w.tail)
+		w.tail = w.tail[n:]
+		if n == 0 {
+			return 0, io.EOF
+		}
+		return n, nil
+	}
 	if w.pending == nil {
 		var drained <-chan struct{}
 		if w.atBoundary() {
@@ -115,7 +135,9 @@ func (w *watchBody) Read(p []byte) (int, error) {
 		case c := <-w.data:
 			w.pending = &c
 		case <-drained:
-			return 0, io.EOF
+			return w.end(p, 0, whyDraining)
+		case <-w.stop: // closed under a Read: an upgrade's other direction ended
+			return 0, io.ErrClosedPipe
 		}
 	}
 	c := w.pending
@@ -126,19 +148,41 @@ func (w *watchBody) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	w.pending = nil
-	w.ack <- struct{}{}
+	select {
+	case w.ack <- struct{}{}:
+	case <-w.stop:
+	}
 	switch {
 	case c.err == nil && w.isDrained() && w.atBoundary():
-		return n, io.EOF
+		return w.end(p, n, whyDraining)
 	case c.err != nil && w.atBoundary():
 		// The stream broke between two events (the agent's session, or a
 		// peer replica carrying it, went away). An API server may end a
 		// watch at any time; ending it the same way lets the client resume
 		// from its last resourceVersion through another route instead of
 		// surfacing an error. Broken inside an event, it stays an error.
-		return n, io.EOF
+		// An upgraded session cannot resume, but it can end with a reason.
+		return w.end(p, n, whyBroken)
 	}
 	return n, c.err
+}
+
+// end ends the body at a boundary, after the n bytes just read into p
+// and, for an upgraded session, the gateway's farewell frames (Read hands
+// them out before io.EOF).
+func (w *watchBody) end(p []byte, n int, why string) (int, error) {
+	w.done = true
+	if w.ws != nil {
+		w.tail = w.ws.farewell(why)
+	}
+	if n == 0 {
+		n = copy(p, w.tail)
+		w.tail = w.tail[n:]
+	}
+	if len(w.tail) > 0 || (n > 0 && w.ws != nil) {
+		return n, nil
+	}
+	return n, io.EOF
 }
 
 func (w *watchBody) isDrained() bool {
@@ -163,18 +207,25 @@ func (w *watchBody) Close() error {
 func (w *watchBody) drain() { w.dOnce.Do(func() { close(w.drained) }) }
 
 func (w *watchBody) atBoundary() bool {
-	if w.framing == jsonLines {
+	switch w.framing {
+	case jsonLines:
 		return !w.inFrame
+	case websocketFrames:
+		return w.ws.atBoundary()
 	}
 	return len(w.header) == 0 && w.remaining == 0
 }
 
 // track advances the frame state over b.
 func (w *watchBody) track(b []byte) {
-	if w.framing == jsonLines {
+	switch w.framing {
+	case jsonLines:
 		if len(b) > 0 {
 			w.inFrame = b[len(b)-1] != '\n'
 		}
+		return
+	case websocketFrames:
+		w.ws.track(b)
 		return
 	}
 	for len(b) > 0 {
@@ -201,13 +252,18 @@ type watches struct {
 	bodies   map[*watchBody]struct{}
 }
 
-// wrap makes resp's body end cleanly on drain if it is a watch.
+// wrap makes resp's body end cleanly on drain if it is a watch or an
+// upgraded websocket session.
 func (ws *watches) wrap(req *http.Request, resp *http.Response) {
-	f := watchFraming(req, resp)
+	f, up := watchFraming(req, resp), upgradeState(resp)
+	if up != nil {
+		f = websocketFrames
+	}
 	if f == notWatch {
 		return
 	}
 	wb := newWatchBody(resp.Body, f)
+	wb.ws = up
 	ws.mu.Lock()
 	if ws.bodies == nil {
 		ws.bodies = map[*watchBody]struct{}{}
@@ -218,8 +274,22 @@ func (ws *watches) wrap(req *http.Request, resp *http.Response) {
 	if draining {
 		wb.drain()
 	}
-	resp.Body = &untrack{watchBody: wb, ws: ws}
+	u := &untrack{watchBody: wb, ws: ws}
+	resp.Body = u
+	if rw, ok := wb.body.(io.ReadWriter); ok && up != nil {
+		// The proxy splices an upgrade only through a ReadWriteCloser.
+		resp.Body = &upgraded{untrack: u, w: rw}
+	}
 }
+
+// upgraded is an upgraded connection's body: reads are tracked, writes
+// (the caller's direction) go straight to the member.
+type upgraded struct {
+	*untrack
+	w io.Writer
+}
+
+func (u *upgraded) Write(p []byte) (int, error) { return u.w.Write(p) }
 
 // drain ends every watch carried now or later at its next boundary.
 func (ws *watches) drain() {

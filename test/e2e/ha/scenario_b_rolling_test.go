@@ -81,6 +81,13 @@ func TestRollingRestart(t *testing.T) {
 		if pinnedErr != "" {
 			t.Logf("exec pinned to draining %s ended: %s", r.name, pinnedErr)
 		}
+		// The gateway ends an exec it can no longer carry with a Status on
+		// the error channel and a close frame: kubectl prints why, never
+		// "close 1006 (abnormal closure)".
+		if assert.NotEmpty(t, pf.ends, "the exec pinned to %s must end when it exits", r.name) {
+			assert.Contains(t, pinnedErr, "run the command again", "exec pinned to %s ends with the hub's reason", r.name)
+			assert.NotContains(t, pinnedErr, "1006", "exec pinned to %s ends with a close frame", r.name)
+		}
 		assert.True(t, d.notReady, "%s /readyz must answer 503 while it drains", r.name)
 		assert.True(t, d.draining, "%s backhaul_hub_draining must be 1 while it drains", r.name)
 		assert.True(t, d.upgradeRefused, "%s must answer agent upgrades 503 with Retry-After while it drains", r.name)
