@@ -144,8 +144,8 @@ func TestWebsocketFramesAcrossSplits(t *testing.T) {
 	var stream []byte
 	stream = wsFrame(stream, wsBinary, append([]byte{1}, make([]byte, 300)...))
 	stream = wsFrame(stream, wsBinary, append([]byte{2}, make([]byte, 70000)...))
-	stream = append(stream, 0x82, 0x80|3, 1, 2, 3, 4, 1^1, 0^2, 0^3) // masked, channel 0
-	stream = append(stream, 0x02, 2, 1, 'a')                         // fragment 1 of 2
+	stream = append(stream, 0x82, 0x80|3, 1, 2, 3, 4, 0, 2, 3) // masked with 1 2 3 4: channel 1, then 0 0
+	stream = append(stream, 0x02, 2, 1, 'a')                   // fragment 1 of 2
 	stream = wsFrame(stream, 0x9, []byte("ping"))
 	fragmented := len(stream)
 	stream = append(stream, 0x80, 1, 'b') // the last fragment
