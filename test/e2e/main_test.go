@@ -66,7 +66,7 @@ func TestMain(m *testing.M) {
 		os.Exit(serveNodeStandIn(addr))
 	}
 	if addr := os.Getenv(envEcho); addr != "" {
-		os.Exit(serveEcho(addr))
+		os.Exit(harness.ServeEcho(addr))
 	}
 	os.Exit(harness.RunSuite(m, "e2e", 5*time.Minute, &env, &setupErr, setup))
 }

@@ -26,24 +26,6 @@ import (
 // envEcho makes the test binary a TCP echo server on that address.
 const envEcho = "BACKHAUL_E2E_ECHO"
 
-func serveEcho(addr string) int {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return 0
-		}
-		go func() {
-			defer c.Close()
-			_, _ = io.Copy(c, c)
-		}()
-	}
-}
-
 const (
 	streamsNS   = "e2e-streams"
 	streamsPod  = "streams-pod"

@@ -106,7 +106,7 @@ var (
 
 func TestMain(m *testing.M) {
 	if addr := os.Getenv(envEcho); addr != "" {
-		os.Exit(serveEcho(addr))
+		os.Exit(harness.ServeEcho(addr))
 	}
 	os.Exit(harness.RunSuite(m, "ha", 8*time.Minute, &env, &setupErr, setup))
 }
@@ -400,61 +400,24 @@ func (e *environment) onboard(ctx context.Context, name string) error {
 	if want := "wss://" + e.vip.String(); hubURL != want {
 		return fmt.Errorf("backhaulctl printed --hub-url %q, want the virtual IP %q:\n%s", hubURL, want, out)
 	}
-	script := m.Netns.Command(ctx, "sh", append(append([]string{filepath.Join(e.root, "deploy/onboard.sh")}, args...),
-		"--kubeconfig", m.AdminKubeconfig, "--wait-timeout", "120s")...)
-	script.Env = append(os.Environ(), "PATH="+filepath.Dir(e.bins.Kubectl)+":"+os.Getenv("PATH"))
-	var sout strings.Builder
-	script.Stdout, script.Stderr = &sout, &sout
-	if err := script.Start(); err != nil {
-		return err
-	}
-	done := make(chan error, 1)
-	go func() { done <- script.Wait() }()
-	agentErr := harness.WaitFor(ctx, 60*time.Second, 250*time.Millisecond, func() error {
-		_, stderr, err := m.Kubectl(ctx, "-n", ns, "get", "secret/backhaul-agent", "sa/backhaul-agent")
-		if err != nil {
-			return fmt.Errorf("%w: %s", err, stderr)
-		}
-		return nil
+	out, err = harness.Onboard(ctx, harness.OnboardConfig{
+		Member: m, Script: filepath.Join(e.root, "deploy/onboard.sh"), Kubectl: e.bins.Kubectl, Namespace: ns, Args: args,
+		StartAgent: func() error { return e.startAgent(ctx, name, hubURL) },
 	})
-	if agentErr == nil {
-		agentErr = e.startAgent(ctx, name, hubURL)
-	}
-	select {
-	case err = <-done:
-	case <-ctx.Done():
-		err = ctx.Err()
-	}
 	e.mu.Lock()
-	e.onboardOut[name] = sout.String()
+	e.onboardOut[name] = out
 	e.mu.Unlock()
-	if agentErr != nil {
-		return fmt.Errorf("onboard %s: agent: %w\nonboard.sh:\n%s", name, agentErr, sout.String())
-	}
 	if err != nil {
-		return fmt.Errorf("onboard.sh for %s: %w\n%s\nagent:\n%s", name, err, sout.String(), e.agent(name).Tail(20))
+		if a := e.agent(name); a != nil {
+			return fmt.Errorf("%w\nagent:\n%s", err, a.Tail(20))
+		}
+		return err
 	}
 	return nil
 }
 
 func (e *environment) startAgent(ctx context.Context, name, hubURL string) error {
-	m := e.members[name]
-	tok, stderr, err := m.Kubectl(ctx, "-n", ns, "create", "token", "backhaul-agent", "--duration=2h")
-	if err != nil {
-		return fmt.Errorf("agent token: %w: %s", err, stderr)
-	}
-	kc := filepath.Join(m.Dir, "agent.kubeconfig")
-	if err := harness.WriteKubeconfig(kc, m.InternalURL, m.CAPEM, strings.TrimSpace(tok)); err != nil {
-		return err
-	}
-	args := []string{
-		"--hub-url", hubURL, "--cluster", name,
-		"--credentials-secret", ns + "/backhaul-agent",
-		"--kubeconfig", kc, "--admin-listen", "127.0.0.1:9090",
-		"--backoff-base", "500ms", "--backoff-max", "3s",
-		"--hub-connections", "2",
-	}
-	p, err := harness.Start(ctx, "agent-"+name, m.Dir, m.Netns.Command(context.Background(), e.agentBin, args...))
+	p, err := harness.StartOnboardedAgent(ctx, e.members[name], e.agentBin, ns, hubURL, "--hub-connections", "2")
 	if err != nil {
 		return err
 	}

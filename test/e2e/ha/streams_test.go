@@ -37,24 +37,6 @@ type streamsFixture struct {
 	kubelet *harness.Kubelet
 }
 
-func serveEcho(addr string) int {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return 0
-		}
-		go func() {
-			defer c.Close()
-			_, _ = io.Copy(c, c)
-		}()
-	}
-}
-
 func (e *environment) setupStreams(ctx context.Context, cl *harness.Cleanups, kubeletBin string) (*streamsFixture, error) {
 	cluster := memberNames[0]
 	m := e.members[cluster]
