@@ -1,6 +1,7 @@
 package peer
 
 import (
+	"context"
 	"crypto"
 	"crypto/rand"
 	"crypto/tls"
@@ -10,6 +11,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"testing"
@@ -154,4 +156,57 @@ func TestPeersTrustOnlyReplicaCertificates(t *testing.T) {
 		}
 		tr.CloseIdleConnections()
 	}
+}
+
+// What CONNECT opens — a TCP dial by the agent, and the API server as a
+// raw byte stream for upgrades — is carried A→B as it is: same kind, same
+// address, bytes both ways.
+func TestForwardCarriesRawStreams(t *testing.T) {
+	ca := hubtest.NewCA(t, "hub CA")
+	a, b := newReplica(t, ca, "hub-a"), newReplica(t, ca, "hub-b")
+	seen := make(chan tunnel.Request, 2)
+	hubSide, agentSide := hubtest.PipeSessions(t)
+	hubtest.ServeAgent(t, agentSide, func(_ context.Context, in *tunnel.Incoming) {
+		seen <- in.Request
+		c, err := in.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_, _ = io.Copy(c, c)
+	})
+	// A node-mode agent: CONNECT IP:PORT reaches a node it advertised.
+	_, remove, err := b.sessions.Add("edge", hubSide, session.Agent{Node: "n1", Addresses: []netip.Addr{netip.MustParseAddr("10.0.0.7")}})
+	require.NoError(t, err)
+	t.Cleanup(remove)
+	members := []Member{{Name: "hub-a", Address: a.addr}, {Name: "hub-b", Address: b.addr, Clusters: []string{"edge"}}}
+	a.peers.Update(members)
+	b.peers.Update(members)
+	require.Eventually(t, func() bool { return a.dialer.Connected("edge") }, hubtest.WaitBound, 10*time.Millisecond)
+
+	for _, req := range []tunnel.Request{
+		{Kind: tunnel.KindTCP, Address: "10.0.0.7:10250", RequestID: "r1"},
+		{Kind: tunnel.KindAPIServerTCP, RequestID: "r2"},
+	} {
+		route, err := a.dialer.Route("edge")
+		require.NoError(t, err)
+		c, err := a.dialer.Open(t.Context(), route, req)
+		require.NoError(t, err, "%v", req.Kind)
+		_, err = io.WriteString(c, "ping "+req.RequestID)
+		require.NoError(t, err)
+		buf := make([]byte, len("ping ")+len(req.RequestID))
+		_, err = io.ReadFull(c, buf)
+		require.NoError(t, err)
+		assert.Equal(t, "ping "+req.RequestID, string(buf))
+		require.NoError(t, c.Close())
+		got := <-seen
+		assert.Equal(t, req.Kind, got.Kind)
+		assert.Equal(t, req.Address, got.Address, "the agent dials what the caller asked, not a peer's idea of it")
+		assert.Equal(t, req.RequestID, got.RequestID, "the request id joins both replicas' logs and the agent's")
+	}
+	route, err := a.dialer.Route("edge")
+	require.NoError(t, err)
+	_, err = a.dialer.Open(t.Context(), route, tunnel.Request{Kind: tunnel.KindTCP, Address: "10.0.0.8:10250"})
+	require.Error(t, err, "the replica holding the session checks the node route, forwarded or not")
+	assert.Empty(t, seen, "the agent was not asked")
 }
