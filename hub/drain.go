@@ -17,6 +17,7 @@ func (s *Server) drain(ctx context.Context) {
 	start := time.Now()
 	grace := s.cfg.ShutdownGrace
 	s.draining.Store(true)
+	s.gateway.Leaving()
 	s.endpoint.Drain()
 	if s.directory != nil {
 		s.directory.Drain(ctx)

@@ -38,6 +38,11 @@ type Gateway struct {
 // through another).
 func (g *Gateway) Drain() { g.watches.drain() }
 
+// Leaving says the replica has started to drain: a session whose member
+// side breaks from now on (its agent letting go of this replica) ends with
+// the drain's reason rather than a lost connection's. Nothing ends yet.
+func (g *Gateway) Leaving() { g.watches.leaving.Store(true) }
+
 // NewGateway returns the gateway; mount it at "/clusters/{name}" and
 // "/clusters/{name}/{path...}".
 func NewGateway(cfg GatewayConfig) (*Gateway, error) {

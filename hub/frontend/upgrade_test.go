@@ -166,3 +166,18 @@ func TestWebsocketFramesAcrossSplits(t *testing.T) {
 	assert.True(t, s.errored, "the member sent on the error channel")
 	assert.Len(t, s.farewell("x"), 2+2+1, "then only a close frame is added")
 }
+
+// Once the replica drains, its agents let go of it: a session broken then
+// ends with the drain's reason.
+func TestExecBrokenWhileLeavingSaysShuttingDown(t *testing.T) {
+	stop := make(chan struct{})
+	ws, c := execSession(t, "v5.channel.k8s.io", func(_ context.Context, c *websocket.Conn, _ http.ResponseWriter) {
+		<-stop
+		_ = c.CloseNow()
+	})
+	ws.leaving.Store(true)
+	close(stop)
+	st, ce := readStatus(t, c, false)
+	assert.Equal(t, whyDraining, st.Message)
+	assert.Equal(t, websocket.StatusNormalClosure, ce.Code)
+}

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 )
 
 // Watches carried by a replica that is going away must end the way an API
@@ -83,6 +84,8 @@ type watchBody struct {
 	ws   *wsState
 	tail []byte
 	done bool
+	// leaving is set once the replica starts to drain.
+	leaving *atomic.Bool
 }
 
 type chunk struct {
@@ -162,7 +165,11 @@ func (w *watchBody) Read(p []byte) (int, error) {
 		// from its last resourceVersion through another route instead of
 		// surfacing an error. Broken inside an event, it stays an error.
 		// An upgraded session cannot resume, but it can end with a reason.
-		return w.end(p, n, whyBroken)
+		why := whyBroken
+		if w.leaving != nil && w.leaving.Load() {
+			why = whyDraining // its agents let go of this replica as it drains
+		}
+		return w.end(p, n, why)
 	}
 	return n, c.err
 }
@@ -247,6 +254,7 @@ func (w *watchBody) track(b []byte) {
 
 // watches tracks the watch bodies a gateway is carrying.
 type watches struct {
+	leaving  atomic.Bool // the replica drains: broken sessions say so
 	mu       sync.Mutex
 	draining bool
 	bodies   map[*watchBody]struct{}
@@ -263,7 +271,7 @@ func (ws *watches) wrap(req *http.Request, resp *http.Response) {
 		return
 	}
 	wb := newWatchBody(resp.Body, f)
-	wb.ws = up
+	wb.ws, wb.leaving = up, &ws.leaving
 	ws.mu.Lock()
 	if ws.bodies == nil {
 		ws.bodies = map[*watchBody]struct{}{}
