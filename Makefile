@@ -123,7 +123,7 @@ demo: deps kube-bins build
 FUZZ_TARGETS := \
 	./tunnel/:FuzzReadRequest ./tunnel/:FuzzReadReply \
 	./hub/session/:FuzzParseNodeAddresses ./hub/frontend/:FuzzCredentialHeaders ./hub/frontend/:FuzzWebsocketFrames \
-	./hub/enrollment/:FuzzParseCSR ./pkg/identity/:FuzzParseToken
+	./hub/enrollment/:FuzzParseCSR ./pkg/identity/:FuzzParseToken ./pkg/denylist/:FuzzCheck
 FUZZTIME ?= 1000000x
 FUZZTIME_SHORT ?= 60000x
 fuzz:

@@ -7,22 +7,16 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"backhaul.io/backhaul/pkg/denylist"
 )
 
-// Refusal reasons, a closed set for the metric label.
+// Refusal reasons, a closed set for the metric label; the deny list adds
+// its own (pkg/denylist: metadata, link_local, unspecified, multicast).
 const (
-	refuseLinkLocal  = "link_local"
 	refuseNotAllowed = "not_allowlisted"
 	refuseLoopback   = "loopback_admin"
 )
-
-// alwaysDenied are never dialled, whatever the allowlist says: cloud
-// metadata services and link-local addresses.
-var alwaysDenied = []netip.Prefix{
-	netip.MustParsePrefix("169.254.0.0/16"),
-	netip.MustParsePrefix("fe80::/10"),
-	netip.MustParsePrefix("fd00:ec2::254/128"),
-}
 
 // rule admits one prefix on one port (0: any port is not supported on
 // purpose; every rule names its port).
@@ -90,10 +84,9 @@ func ParseAllowlist(entries []string) (*Allowlist, error) {
 // metric label, msg is for the caller).
 func (a *Allowlist) Check(addr netip.AddrPort) (ok bool, reason, msg string) {
 	ip := addr.Addr().Unmap()
-	for _, d := range alwaysDenied {
-		if d.Contains(ip) {
-			return false, refuseLinkLocal, fmt.Sprintf("%s is a link-local or metadata address and is never dialled", ip)
-		}
+	// Never dialled, whatever the allowlist says (the list the hub uses too).
+	if denied, reason, what := denylist.Check(ip); denied {
+		return false, string(reason), fmt.Sprintf("%s is %s and is never dialled", ip, what)
 	}
 	if (ip.IsLoopback() || ip.IsUnspecified()) && slices.Contains(a.adminPorts, addr.Port()) {
 		return false, refuseLoopback, fmt.Sprintf("%s is the agent's own admin port and is never dialled", addr)

@@ -8,6 +8,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"backhaul.io/backhaul/pkg/denylist"
 )
 
 func TestParseAllowlist(t *testing.T) {
@@ -73,14 +75,19 @@ func TestAllowlistCheck(t *testing.T) {
 		{name: "ipv4 rule does not admit ipv6", rules: []string{"0.0.0.0/0:443"}, addr: "[fd00::1]:443", wantReason: refuseNotAllowed},
 
 		// Never dialled, whatever the rules say.
-		{name: "metadata address", rules: []string{"0.0.0.0/0:80"}, addr: "169.254.169.254:80", wantReason: refuseLinkLocal},
-		{name: "link-local exactly allowed", rules: []string{"169.254.169.254:80"}, addr: "169.254.169.254:80", wantReason: refuseLinkLocal},
-		{name: "ipv4 link-local edge", rules: []string{"169.254.0.0/16:443"}, addr: "169.254.255.255:443", wantReason: refuseLinkLocal},
-		{name: "ipv4-mapped metadata address", rules: []string{"0.0.0.0/0:80"}, addr: "[::ffff:169.254.169.254]:80", wantReason: refuseLinkLocal},
-		{name: "ipv6 link-local", rules: []string{"[::/0]:80"}, addr: "[fe80::1]:80", wantReason: refuseLinkLocal},
-		{name: "ipv6 link-local edge", rules: []string{"[fe80::/10]:80"}, addr: "[febf:ffff::1]:80", wantReason: refuseLinkLocal},
-		{name: "aws ipv6 metadata", rules: []string{"[fd00::/8]:80"}, addr: "[fd00:ec2::254]:80", wantReason: refuseLinkLocal},
-		{name: "aws ipv6 metadata exactly allowed", rules: []string{"[fd00:ec2::254]:80"}, addr: "[fd00:ec2::254]:80", wantReason: refuseLinkLocal},
+		{name: "metadata address", rules: []string{"0.0.0.0/0:80"}, addr: "169.254.169.254:80", wantReason: metadata},
+		{name: "link-local exactly allowed", rules: []string{"169.254.169.254:80"}, addr: "169.254.169.254:80", wantReason: metadata},
+		{name: "ipv4 link-local edge", rules: []string{"169.254.0.0/16:443"}, addr: "169.254.255.255:443", wantReason: linkLocal},
+		{name: "ipv4-mapped metadata address", rules: []string{"0.0.0.0/0:80"}, addr: "[::ffff:169.254.169.254]:80", wantReason: metadata},
+		{name: "ipv6 link-local", rules: []string{"[::/0]:80"}, addr: "[fe80::1]:80", wantReason: linkLocal},
+		{name: "ipv6 link-local edge", rules: []string{"[fe80::/10]:80"}, addr: "[febf:ffff::1]:80", wantReason: linkLocal},
+		{name: "aws ipv6 metadata", rules: []string{"[fd00::/8]:80"}, addr: "[fd00:ec2::254]:80", wantReason: metadata},
+		{name: "aws ipv6 metadata exactly allowed", rules: []string{"[fd00:ec2::254]:80"}, addr: "[fd00:ec2::254]:80", wantReason: metadata},
+		{name: "alibaba cloud metadata", rules: []string{"100.64.0.0/10:80"}, addr: "100.100.100.200:80", wantReason: metadata},
+		{name: "metadata through nat64", rules: []string{"[64:ff9b::/96]:80"}, addr: "[64:ff9b::100.100.100.200]:80", wantReason: metadata},
+		{name: "metadata through 6to4", rules: []string{"[2002::/16]:80"}, addr: "[2002:a9fe:a9fe::1]:80", wantReason: metadata},
+		{name: "this network reaches the local host", rules: []string{"0.0.0.0/0:80"}, addr: "0.0.0.0:80", wantReason: unspecified},
+		{name: "public address through nat64", rules: []string{"[64:ff9b::/96]:80"}, addr: "[64:ff9b::8.8.8.8]:80", ok: true},
 		{name: "neighbour of aws ipv6 metadata", rules: []string{"[fd00::/8]:80"}, addr: "[fd00:ec2::253]:80", ok: true},
 		{name: "just outside ipv4 link-local", rules: []string{"0.0.0.0/0:80"}, addr: "169.255.0.1:80", ok: true},
 	}
@@ -134,13 +141,13 @@ func TestAllowlistResolve(t *testing.T) {
 		{name: "the first allowed address is chosen", hostport: "metadata-first:5432", want: "10.0.0.6:5432"},
 		{name: "ipv6 name", hostport: "v6:5432", want: "[fd00::5]:5432"},
 		{name: "ipv4-mapped answer is unmapped", hostport: "mapped:5432", want: "10.0.0.7:5432"},
-		{name: "name resolves only to metadata", hostport: "only-metadata:80", wantReason: refuseLinkLocal},
+		{name: "name resolves only to metadata", hostport: "only-metadata:80", wantReason: metadata},
 		{name: "name resolves outside the list", hostport: "public:5432", wantReason: refuseNotAllowed},
 		{name: "no answer allowed", hostport: "nothing-allowed-2:5432", wantReason: refuseNotAllowed},
 		{name: "port decides", hostport: "db.internal:5433", wantReason: refuseNotAllowed},
 		{name: "ip literal is not looked up", hostport: "10.1.1.1:5432", want: "10.1.1.1:5432", noLookup: true},
 		{name: "ipv6 literal", hostport: "[fd00::9]:5432", want: "[fd00::9]:5432", noLookup: true},
-		{name: "metadata literal", hostport: "169.254.169.254:80", wantReason: refuseLinkLocal, noLookup: true},
+		{name: "metadata literal", hostport: "169.254.169.254:80", wantReason: metadata, noLookup: true},
 		{name: "lookup fails", hostport: "unknown:5432", wantErr: errNoSuchHost},
 	}
 	for _, tc := range tests {
@@ -188,6 +195,13 @@ func TestAllowlistResolve(t *testing.T) {
 	})
 }
 
+// The deny list's reasons, as the metric labels them.
+var (
+	metadata    = string(denylist.Metadata)
+	linkLocal   = string(denylist.LinkLocal)
+	unspecified = string(denylist.Unspecified)
+)
+
 func TestAllowlistAdminPortAndAdd(t *testing.T) {
 	a := &Allowlist{}
 	a.Add(netip.MustParseAddr("127.0.0.1"), 9090)
@@ -204,7 +218,8 @@ func TestAllowlistAdminPortAndAdd(t *testing.T) {
 		{"admin port even when listed", "127.0.0.1:9090", false, refuseLoopback},
 		{"admin port on another loopback", "127.0.0.2:9090", false, refuseLoopback},
 		{"admin port on ::1", "[::1]:9090", false, refuseLoopback},
-		{"admin port on unspecified", "0.0.0.0:9090", false, refuseLoopback},
+		{"admin port on unspecified", "0.0.0.0:9090", false, unspecified}, // never dialled at all
+		{"admin port on ::", "[::]:9090", false, unspecified},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -69,7 +69,7 @@ var connectRefusals = []struct {
 	{"unknown cluster", "gamma.cluster.backhaul:443", "Bearer alice-token", nil, `404 cluster "gamma" not found`, session.ReasonUnknownCluster},
 	{"not connected", "beta.cluster.backhaul:443", "Bearer alice-token", nil, "503 cluster beta is not connected", session.ReasonNotConnected},
 	{"not authorized", "alpha.cluster.backhaul:443", "Bearer alice-token", fakeAuthz{reason: "no"}, `403 user "alice" cannot reach cluster alpha`, session.ReasonForbidden},
-	{"metadata address", "169.254.169.254:80", "Bearer alice-token", nil, "403 169.254.169.254 is a link-local or metadata address", session.ReasonForbidden},
+	{"metadata address", "169.254.169.254:80", "Bearer alice-token", nil, "403 169.254.169.254 is the AWS, GCP, Azure and OpenStack metadata service", session.ReasonForbidden},
 	{"no route", "10.9.9.9:10250", "Bearer alice-token", nil, "404 no route to 10.9.9.9:10250", session.ReasonNoRoute},
 	{"node of a cluster the caller may not reach", "10.0.0.7:10250", "Bearer alice-token", fakeAuthz{reason: "no"}, `403 user "alice" cannot reach cluster alpha`, session.ReasonForbidden},
 	{"agent refuses", "refused.cluster.backhaul:443", "Bearer alice-token", nil, "502 cluster refused: agent says refused", "refused"},

@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+
+	"backhaul.io/backhaul/pkg/denylist"
 )
 
 // maxNodeAddresses bounds what one agent may claim.
@@ -35,16 +37,16 @@ func parseNodeAddresses(h string) ([]netip.Addr, error) {
 	return out, nil
 }
 
-// Unroutable says why the hub never routes to ip, or "".
+// Unroutable says why the hub never routes to ip, as a phrase that
+// completes "ADDRESS is …", or "": loopback, and everything the agents'
+// deny list holds (metadata, link-local, unspecified, multicast, also
+// carried in IPv6).
 func Unroutable(ip netip.Addr) string {
-	ip = ip.Unmap()
-	switch {
-	case ip.IsLoopback():
+	if ip.Unmap().IsLoopback() {
 		return "a loopback address"
-	case ip.IsLinkLocalUnicast(), ip == netip.MustParseAddr("fd00:ec2::254"):
-		return "a link-local or metadata address"
-	case ip.IsUnspecified(), ip.IsMulticast(), ip.IsLinkLocalMulticast():
-		return "not a unicast address"
+	}
+	if denied, _, what := denylist.Check(ip); denied {
+		return what
 	}
 	return ""
 }

@@ -124,7 +124,9 @@ func TestNodeAgentsRouteByAddress(t *testing.T) {
 	before := e.hubCounter(t, `backhaul_hub_errors_total{reason="not_allowed"}`)
 	refusals := []struct{ target, status string }{
 		{"10.252.1.1:22", "403 cluster m1: 10.252.1.1:22 is not in the agent's allowlist"},
-		{"169.254.169.254:80", "403 169.254.169.254 is a link-local or metadata address and is never routed"},
+		{"169.254.169.254:80", "403 169.254.169.254 is the AWS, GCP, Azure and OpenStack metadata service and is never routed"},
+		{"[64:ff9b::100.100.100.200]:80", "403 64:ff9b::6464:64c8 is an IPv6 address carrying 100.100.100.200, the Alibaba Cloud metadata service"},
+		{"0.0.0.0:9090", "403 0.0.0.0 is an IPv4 \"this network\" address (reaches the local host)"},
 		{"127.0.0.1:9090", "403 127.0.0.1 is a loopback address and is never routed"},
 		{"10.252.9.9:10250", "404 no route to 10.252.9.9:10250"},
 	}
