@@ -167,15 +167,18 @@ func (a *Agent) Run(ctx context.Context) error {
 
 func (a *Agent) adminHandler() http.Handler {
 	mux := http.NewServeMux()
-	health := func(w http.ResponseWriter, _ *http.Request) {
+	// Liveness is the process: a hub outage or a WAN cut must not make
+	// the kubelet restart every agent of the fleet (which would only add
+	// a reconnect storm when the hub returns). The tunnel is readiness,
+	// and backhaul_agent_connected.
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !a.Connected() {
 			http.Error(w, "no tunnel to the hub", http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = w.Write([]byte("ok"))
-	}
-	mux.HandleFunc("GET /healthz", health)
-	mux.HandleFunc("GET /readyz", health)
+	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.cfg.Registry, promhttp.HandlerOpts{}))
 	return mux
 }
