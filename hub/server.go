@@ -1,8 +1,8 @@
 package hub
 
 import (
+	"fmt"
 	"net"
-
 	"net/http"
 	"sync/atomic"
 
@@ -13,6 +13,7 @@ import (
 	"backhaul.io/backhaul/hub/frontend"
 	"backhaul.io/backhaul/hub/peer"
 	"backhaul.io/backhaul/hub/session"
+	"backhaul.io/backhaul/pkg/kubestatus"
 	"backhaul.io/backhaul/pkg/logging"
 	"backhaul.io/backhaul/tunnel"
 )
@@ -91,6 +92,11 @@ func New(cfg Config) (*Server, error) {
 	for _, p := range []string{"GET /healthz", "GET /readyz", "GET /metrics"} {
 		mux.Handle(p, s.admin)
 	}
+	// Every other path (also /clusters and /clusters/) answers as an API
+	// server would, with a Status a client can decode.
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		kubestatus.Write(w, http.StatusNotFound, fmt.Sprintf("%s not found: the hub serves a cluster's Kubernetes API at /clusters/NAME/", r.URL.Path))
+	})
 	s.handler = s.closeWhenUnwell(mux)
 	return s, nil
 }

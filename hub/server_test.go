@@ -94,6 +94,10 @@ var hubRefusals = []struct {
 	{name: "agent token is not a caller token", path: "/clusters/alpha/api", header: bearerHeader(alphaToken), wantCode: http.StatusUnauthorized},
 	{name: "unknown cluster", path: "/clusters/gamma/api/v1/namespaces", header: bearerHeader("alice-token"), wantCode: http.StatusNotFound},
 	{name: "invalid cluster name", path: "/clusters/Gamma_1/api", header: bearerHeader("alice-token"), wantCode: http.StatusNotFound},
+	{name: "unknown path", path: "/api/v1/namespaces", header: bearerHeader("alice-token"), wantCode: http.StatusNotFound,
+		wantMsg: "/api/v1/namespaces not found: the hub serves a cluster's Kubernetes API at /clusters/NAME/"},
+	{name: "no cluster", path: "/clusters/", wantCode: http.StatusNotFound},
+	{name: "no cluster, no slash", path: "/clusters", wantCode: http.StatusNotFound},
 	{name: "known cluster without agent", path: "/clusters/beta/api/v1/namespaces", header: bearerHeader("alice-token"), wantCode: http.StatusServiceUnavailable, wantMsg: "cluster beta is not connected"},
 }
 
