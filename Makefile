@@ -71,12 +71,14 @@ $(BIN)/controller-gen: test/tools/controller-gen/go.mod test/tools/controller-ge
 docs:
 	go run ./pkg/flagdoc/cmd/gendocs -o docs/configuration.md
 
-## deps: Debian packages the end-to-end suite and demo use (etcd, ip, nft)
+## deps: Debian packages the end-to-end suite and demo use (etcd, ip, nft, wget, shellcheck)
 deps:
 	@missing=""; \
 	command -v etcd >/dev/null || missing="$$missing etcd-server"; \
 	command -v ip   >/dev/null || missing="$$missing iproute2"; \
 	command -v nft  >/dev/null || missing="$$missing nftables"; \
+	command -v wget >/dev/null || missing="$$missing wget"; \
+	command -v shellcheck >/dev/null || missing="$$missing shellcheck"; \
 	if [ -n "$$missing" ]; then \
 		echo ">> installing$$missing with apt-get"; \
 		if [ "$$(id -u)" != 0 ]; then echo "need root to install:$$missing" >&2; exit 1; fi; \
@@ -100,8 +102,10 @@ unit:
 	go test -race -count=1 $(GOTEST_FLAGS) $(UNIT_PKGS)
 
 ## e2e: real kube-apiservers in network namespaces, reached only through the hub
+# testsummary prints, after each package's result, how many tests ran,
+# passed, skipped and failed (and what a skipped test said).
 e2e: deps kube-bins build
-	go test -count=1 -p 1 -timeout 25m $(GOTEST_FLAGS) ./test/...
+	go run ./test/testsummary go test -json -count=1 -p 1 -timeout 25m $(GOTEST_FLAGS) ./test/...
 
 ## bench: tunnel and gateway figures side by side with direct connections
 bench: deps kube-bins build

@@ -3,13 +3,15 @@ package main
 import (
 	"os"
 	"testing"
+
+	"backhaul.io/backhaul/test/harness"
 )
 
 // The README's main command works: everything starts, both clusters answer
 // through the hub, and everything stops.
 func TestDemoSmoke(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("the demo needs root for network namespaces")
+		harness.Skip(t, "the demo needs root for network namespaces")
 	}
 	if err := run(true, 0); err != nil {
 		t.Fatal(err)

@@ -176,7 +176,7 @@ func setup(ctx context.Context, cl *harness.Cleanups) (_ *environment, err error
 func requireEnv(t *testing.T) *environment {
 	t.Helper()
 	if env == nil {
-		t.Skip(setupErr)
+		harness.Skip(t, "%v", setupErr)
 	}
 	return env
 }

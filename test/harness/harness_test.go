@@ -31,11 +31,11 @@ const (
 func requireNetAdmin(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("skipping: needs root to create network namespaces (run the e2e suite as root)")
+		Skip(t, "skipping: needs root to create network namespaces (run the e2e suite as root)")
 	}
 	for _, tool := range []string{"ip", "nft"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("skipping: %s not found on PATH: %v", tool, err)
+			Skip(t, "skipping: %s not found on PATH: %v", tool, err)
 		}
 	}
 }
@@ -45,7 +45,7 @@ func requireNetAdmin(t *testing.T) {
 func requireBinaries(t *testing.T) {
 	t.Helper()
 	if _, err := LocateBinaries(); err != nil {
-		t.Skipf("skipping: member binaries missing (build them with `make kube-bins`, or set %s / %s): %v",
+		Skip(t, "skipping: member binaries missing (build them with `make kube-bins`, or set %s / %s): %v",
 			EnvBinDir, EnvEtcd, err)
 	}
 }

@@ -29,11 +29,16 @@ func (c *Cleanups) Run() {
 // setup runs once within timeout, the tests run, and every cleanup setup
 // registered runs afterwards, also when setup failed half way. Without root
 // (no network namespaces) setup is skipped and *setupErr says why, so the
-// package's tests can t.Skip with it. It returns the exit code.
+// package's tests can Skip with it (which fails them when Required). It
+// returns the exit code.
 func RunSuite[E any](m *testing.M, name string, timeout time.Duration, env *E, setupErr *error,
 	setup func(ctx context.Context, c *Cleanups) (E, error)) int {
 	if os.Geteuid() != 0 {
 		*setupErr = errors.New("skipping: the " + name + " suite needs root for network namespaces")
+		if Required() {
+			fmt.Fprintf(os.Stderr, "%s e2e: %v, and %s is set\n", name, *setupErr, EnvRequire)
+			return 1
+		}
 		return m.Run()
 	}
 	var c Cleanups
@@ -46,4 +51,22 @@ func RunSuite[E any](m *testing.M, name string, timeout time.Duration, env *E, s
 		return 1
 	}
 	return m.Run()
+}
+
+// EnvRequire, when set (`.ci/run` sets it), turns every missing
+// prerequisite of a test — root, a tool, a binary, Docker — into a failure
+// instead of a skip, so that CI cannot pass with suites that never ran.
+const EnvRequire = "BACKHAUL_E2E_REQUIRE"
+
+// Required says whether missing prerequisites fail (EnvRequire is set).
+func Required() bool { return os.Getenv(EnvRequire) != "" }
+
+// Skip skips t for a missing prerequisite, or fails it when Required.
+func Skip(t testing.TB, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	if Required() {
+		t.Fatalf("missing prerequisite (%s is set, so this fails instead of skipping): %s", EnvRequire, msg)
+	}
+	t.Skip(msg)
 }

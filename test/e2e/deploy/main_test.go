@@ -109,7 +109,7 @@ func setup(ctx context.Context, cl *harness.Cleanups) (_ *environment, err error
 func requireEnv(t *testing.T) *environment {
 	t.Helper()
 	if env == nil {
-		t.Skip(setupErr)
+		harness.Skip(t, "%v", setupErr)
 	}
 	return env
 }
@@ -119,7 +119,7 @@ func kubectlBinary(t *testing.T) string {
 	t.Helper()
 	binsOnce.Do(func() { bins, binsErr = harness.LocateBinaries() })
 	if binsErr != nil {
-		t.Skipf("skipping: %v (run `make kube-bins deps`)", binsErr)
+		harness.Skip(t, "skipping: %v (run `make kube-bins deps`)", binsErr)
 	}
 	return bins.Kubectl
 }

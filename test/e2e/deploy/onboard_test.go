@@ -151,15 +151,14 @@ func TestOnboardScriptLint(t *testing.T) {
 	script := repoPath(t, onboardScript)
 	dash, err := exec.LookPath("dash")
 	if err != nil {
-		t.Skip("dash not installed")
+		harness.Skip(t, "dash not installed")
 	}
 	if out, err := exec.CommandContext(t.Context(), dash, "-n", script).CombinedOutput(); err != nil {
 		t.Errorf("dash -n: %v\n%s", err, out)
 	}
 	sc, err := exec.LookPath("shellcheck")
 	if err != nil {
-		t.Log("shellcheck not installed; skipping it")
-		return
+		harness.Skip(t, "shellcheck not installed (make deps installs it)")
 	}
 	if out, err := exec.CommandContext(t.Context(), sc, "-s", "sh", script).CombinedOutput(); err != nil {
 		t.Errorf("shellcheck -s sh: %v\n%s", err, out)
@@ -422,7 +421,7 @@ func TestOnboard(t *testing.T) {
 	ok = ok && t.Run("wait with wget", func(t *testing.T) {
 		// Where curl is missing the script falls back to wget.
 		if _, err := exec.LookPath("wget"); err != nil {
-			t.Skip("wget not installed")
+			harness.Skip(t, "wget not installed")
 		}
 		hub.set(func(poll int) (int, identity.EnrollStatus) {
 			return http.StatusOK, identity.EnrollStatus{Cluster: onboardMember, Connected: poll >= 2, Agents: 1}

@@ -70,7 +70,7 @@ func TestMain(m *testing.M) {
 func requireEnv(t *testing.T) *environment {
 	t.Helper()
 	if env == nil {
-		t.Skip(setupErr)
+		harness.Skip(t, "%v", setupErr)
 	}
 	return env
 }

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"backhaul.io/backhaul/test/harness"
 )
 
 // ownerLabel marks every container, network and image a run creates with
@@ -52,13 +54,13 @@ func dockerIn(stdin []byte, args ...string) (string, error) {
 func skipUnlessDocker(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("skipping: needs root (mounted files are handed to uid 65532, the images' user)")
+		harness.Skip(t, "skipping: needs root (mounted files are handed to uid 65532, the images' user)")
 	}
 	if _, err := exec.LookPath("docker"); err != nil {
-		t.Skip("skipping: no docker CLI on $PATH")
+		harness.Skip(t, "skipping: no docker CLI on $PATH")
 	}
 	if _, err := docker("info", "--format", "{{.ServerVersion}}"); err != nil {
-		t.Skipf("skipping: docker info failed, no Docker Engine to run the images: %v", err)
+		harness.Skip(t, "skipping: docker info failed, no Docker Engine to run the images: %v", err)
 	}
 }
 
