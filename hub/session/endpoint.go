@@ -6,10 +6,12 @@ import (
 	"net/http"
 	"strconv"
 	"sync/atomic"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 
 	"backhaul.io/backhaul/pkg/kubestatus"
+	"backhaul.io/backhaul/pkg/logging"
 	"backhaul.io/backhaul/tunnel"
 )
 
@@ -45,6 +47,9 @@ type Endpoint struct {
 	metrics    *Metrics
 	handshakes chan struct{}
 	draining   atomic.Bool
+	// refusals logs refused and failed upgrades, which anyone can cause,
+	// within a limit (the metrics count every one).
+	refusals *logging.Limited
 }
 
 // NewEndpoint returns the endpoint that registers sessions in reg.
@@ -58,7 +63,8 @@ func NewEndpoint(reg *Registry, m *Metrics, cfg EndpointConfig) (*Endpoint, erro
 	if cfg.Replicas == nil {
 		cfg.Replicas = func() int { return 1 }
 	}
-	return &Endpoint{cfg: cfg, registry: reg, metrics: m, handshakes: make(chan struct{}, cfg.MaxHandshakes)}, nil
+	return &Endpoint{cfg: cfg, registry: reg, metrics: m, handshakes: make(chan struct{}, cfg.MaxHandshakes),
+		refusals: logging.NewLimited(cfg.Log, time.Second, 20)}, nil
 }
 
 // Drain refuses new sessions from now on: agents are told to come back
@@ -101,7 +107,7 @@ func (e *Endpoint) handshake(w http.ResponseWriter, r *http.Request) (string, *t
 	if err != nil {
 		e.metrics.connect("unauthenticated")
 		e.metrics.Refused(ReasonAgentAuth)
-		e.cfg.Log.Warn("refused agent", "remote", r.RemoteAddr, "cluster", r.Header.Get(tunnel.HeaderCluster), "error", err)
+		e.refusals.Warn("refused agent", "remote", r.RemoteAddr, "cluster", r.Header.Get(tunnel.HeaderCluster), "error", err)
 		code := http.StatusUnauthorized
 		if errors.Is(err, ErrAgentForbidden) {
 			code = http.StatusForbidden
@@ -114,7 +120,7 @@ func (e *Endpoint) handshake(w http.ResponseWriter, r *http.Request) (string, *t
 	agent, err := e.agent(r, cluster)
 	if err != nil {
 		e.metrics.connect("bad_request")
-		e.cfg.Log.Warn("refused agent", "cluster", cluster, "remote", r.RemoteAddr, "error", err)
+		e.refusals.Warn("refused agent", "cluster", cluster, "remote", r.RemoteAddr, "error", err)
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return "", nil, Agent{}, false
 	}
@@ -126,7 +132,7 @@ func (e *Endpoint) handshake(w http.ResponseWriter, r *http.Request) (string, *t
 			e.metrics.Refused(ReasonVersion)
 		}
 		e.metrics.connect("upgrade_failed")
-		e.cfg.Log.Warn("agent upgrade failed", "cluster", cluster, "remote", r.RemoteAddr, "error", err)
+		e.refusals.Warn("agent upgrade failed", "cluster", cluster, "remote", r.RemoteAddr, "error", err)
 		return "", nil, Agent{}, false
 	}
 	e.metrics.connect("ok")

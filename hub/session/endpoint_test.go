@@ -1,14 +1,17 @@
 package session
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -92,4 +95,30 @@ func TestEndpointRefusesWhileDraining(t *testing.T) {
 	assert.Equal(t, http.StatusServiceUnavailable, he.StatusCode)
 	assert.Equal(t, time.Second, he.RetryAfter)
 	assert.False(t, tunnel.IsPermanent(err))
+}
+
+type refuseAll struct{}
+
+func (refuseAll) AuthenticateAgent(*http.Request) (string, error) {
+	return "", errors.New("no credentials")
+}
+
+// Anyone can send upgrades with bad credentials: 500 of them cost a few
+// log lines, not 500 (the metrics count every one).
+func TestEndpointLimitsRefusalLogs(t *testing.T) {
+	var logs bytes.Buffer
+	r, m, reg := newTestRegistry(t)
+	ep, err := NewEndpoint(r, m, EndpointConfig{
+		Auth: refuseAll{}, Tunnel: tunnel.DefaultConfig(), MaxHandshakes: 4,
+		Log: hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Warn}),
+	})
+	require.NoError(t, err)
+	for range 500 {
+		req := httptest.NewRequest(http.MethodGet, tunnel.Path, nil)
+		rec := httptest.NewRecorder()
+		ep.ServeHTTP(rec, req)
+		require.Equal(t, http.StatusUnauthorized, rec.Code)
+	}
+	assert.LessOrEqual(t, strings.Count(logs.String(), "refused agent"), 25)
+	assert.Equal(t, 500.0, hubtest.Counter(t, reg, "backhaul_hub_session_connects_total", map[string]string{"result": "unauthenticated"}))
 }
