@@ -162,6 +162,16 @@ func (e *Endpoint) serve(r *http.Request, cluster string, ts *tunnel.Session, a 
 		return
 	}
 	defer remove()
+	// Revocation closes the sessions a removed cluster has registered; one
+	// authenticated just before its cluster went and registered just after
+	// that sweep would escape it. So the credentials are checked again now
+	// that the session is registered: from here on a revocation finds it.
+	if _, err := e.cfg.Auth.AuthenticateAgent(r); err != nil {
+		e.metrics.Refused(ReasonAgentAuth)
+		e.refusals.Warn("revoked while connecting", "cluster", cluster, "remote", r.RemoteAddr, "error", err)
+		_ = ts.Close()
+		return
+	}
 	// Agents open no streams towards the hub today; refuse any politely so
 	// the session's accept queue never fills.
 	err = ts.Serve(r.Context(), func(_ context.Context, in *tunnel.Incoming) {

@@ -5,9 +5,11 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -121,4 +123,34 @@ func TestEndpointLimitsRefusalLogs(t *testing.T) {
 	}
 	assert.LessOrEqual(t, strings.Count(logs.String(), "refused agent"), 25)
 	assert.Equal(t, 500.0, hubtest.Counter(t, reg, "backhaul_hub_session_connects_total", map[string]string{"result": "unauthenticated"}))
+}
+
+// revokeAfterFirst authenticates an agent once; the cluster is gone by the
+// second look.
+type revokeAfterFirst struct{ calls atomic.Int32 }
+
+func (a *revokeAfterFirst) AuthenticateAgent(*http.Request) (string, error) {
+	if a.calls.Add(1) == 1 {
+		return "edge", nil
+	}
+	return "", fmt.Errorf("%w: cluster edge was removed", ErrAgentForbidden)
+}
+
+// The attacker's race: authenticated just before its cluster is deleted,
+// registered just after the revocation sweep. The endpoint checks again
+// once the session is registered, and closes it.
+func TestEndpointRevocationRaceClosesTheSession(t *testing.T) {
+	auth := &revokeAfterFirst{}
+	_, reg, url := newTestEndpoint(t, auth, 4)
+	sess, err := dialAgent(url)
+	require.NoError(t, err, "the upgrade itself was accepted")
+	defer sess.Close()
+	select {
+	case <-sess.Done():
+	case <-time.After(hubtest.WaitBound):
+		t.Fatal("the session of a cluster revoked while it connected stayed open")
+	}
+	_, err = reg.Get("edge")
+	require.ErrorIs(t, err, ErrNotConnected)
+	assert.EqualValues(t, 2, auth.calls.Load())
 }
