@@ -3,7 +3,6 @@ package hub
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"io"
 	"log"
 	"net/http"
@@ -135,12 +134,12 @@ func startHub(t *testing.T) *hubEnv {
 	cfg.TLS = &tls.Config{
 		Certificates: []tls.Certificate{ca.ServerCert(t)},
 		ClientCAs:    ca.Pool,
-		ClientAuth:   tls.VerifyClientCertIfGiven,
+		ClientAuth:   tls.RequestClientCert,
 		MinVersion:   tls.VersionTLS12,
 		NextProtos:   []string{"http/1.1"},
 	}
 	cfg.AgentAuth, cfg.Clusters = agents, agents
-	cfg.Authn = auth.Union{auth.ClientCerts{CAs: []*x509.Certificate{ca.Cert}}, callers}
+	cfg.Authn = auth.Union{auth.NewClientCerts(ca.Cert), callers}
 	cfg.Authz = auth.AllowAuthenticated{}
 	cfg.DialTimeout, cfg.ShutdownGrace, cfg.ShutdownDelay = 5*time.Second, 5*time.Second, 0
 	// The status page shows round trips the prober measured: probe often.

@@ -72,7 +72,12 @@ func (o *Options) Config(ctx context.Context, log hclog.Logger) (Config, error) 
 		for _, ca := range clientCAs {
 			pool.AddCert(ca)
 		}
-		cfg.TLS.ClientCAs, cfg.TLS.ClientAuth = pool, tls.VerifyClientCertIfGiven
+		// Requested, not verified here: the authenticators verify a
+		// certificate against what they trust (client CAs for callers, the
+		// hub CA for agents), so a stray certificate next to a good token
+		// does not fail the handshake. The pool tells clients which CAs
+		// are wanted.
+		cfg.TLS.ClientCAs, cfg.TLS.ClientAuth = pool, tls.RequestClientCert
 	}
 	cfg.AgentAuth, cfg.Authn = agents, callers
 	return cfg, nil
@@ -108,7 +113,7 @@ func (o *Options) callers() (auth.Union, []*x509.Certificate, error) {
 		if cas, err = certutil.CertsFromFile(o.ClientCAFile); err != nil {
 			return nil, nil, fmt.Errorf("client CA: %w", err)
 		}
-		authn = append(authn, auth.ClientCerts{CAs: cas})
+		authn = append(authn, auth.NewClientCerts(cas...))
 	}
 	if o.TokenAuthFile != "" {
 		st, err := auth.LoadStaticTokens(o.TokenAuthFile)

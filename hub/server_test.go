@@ -28,6 +28,7 @@ func TestServerEndToEnd(t *testing.T) {
 	env.startAgent(t)
 	t.Run("caller identity is impersonated", env.callerIdentity)
 	t.Run("client certificate caller", env.clientCertCaller)
+	t.Run("stray certificate next to a good token", env.strayCertWithToken)
 	t.Run("agent drops denied groups", env.deniedGroups)
 	t.Run("refusals", env.refusals)
 	t.Run("wrong agent token is refused", env.wrongAgentToken)
@@ -72,6 +73,24 @@ func (e *hubEnv) clientCertCaller(t *testing.T) {
 	got := e.member.last(t)
 	assert.Equal(t, []string{"carol"}, got.Header.Values("Impersonate-User"))
 	assert.Equal(t, []string{"qa"}, got.Header.Values("Impersonate-Group"))
+}
+
+// kubectl with a certificate of a CA the hub does not trust and a good
+// token (a stale kubeconfig): the handshake goes through, as with
+// kube-apiserver, and the token decides.
+func (e *hubEnv) strayCertWithToken(t *testing.T) {
+	stray := hubtest.NewCA(t, "not the hub's").ClientCert(t, "mallory", "system:masters")
+	tr := &http.Transport{Proxy: noProxy, TLSClientConfig: &tls.Config{RootCAs: e.ca.Pool, MinVersion: tls.VersionTLS12,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &stray, nil }}}
+	defer tr.CloseIdleConnections()
+	req, err := http.NewRequest(http.MethodGet, e.url+"/clusters/alpha/api", nil)
+	require.NoError(t, err)
+	req.Header = bearerHeader("alice-token")
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	require.NoError(t, err, "no \"tls: unknown certificate authority\"")
+	_ = resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Equal(t, []string{"alice"}, e.member.last(t).Header.Values("Impersonate-User"), "the token's user, not the certificate's")
 }
 
 func (e *hubEnv) deniedGroups(t *testing.T) {

@@ -2,6 +2,7 @@ package auth
 
 import (
 	"crypto/sha256"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/csv"
 	"errors"
@@ -9,37 +10,99 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
+	"weak"
 )
 
 // ClientCerts authenticates callers by a TLS client certificate from the
-// client CA, as Kubernetes does: CN is the user, each O a group. The TLS
-// listener also accepts agent certificates from the hub's own CA, so only a
-// chain the handshake verified up to one of CAs counts: an agent
-// certificate is never a caller's. (Checking the verified chain's root
-// costs a comparison per request; verifying again would cost a signature
-// check.)
+// client CAs, as Kubernetes does: CN is the user, each O a group. Like
+// kube-apiserver, the listener only requests a certificate and this
+// verifies it: a certificate of another CA then does not fail the
+// handshake (kubectl's "tls: unknown certificate authority") of a caller
+// whose bearer token is good; it is simply not a caller's certificate,
+// and neither is an agent's, which chains to the hub's own CA.
+//
+// Every request on one connection carries the same *tls.ConnectionState,
+// so the verification (a signature check or more) runs once per
+// connection; the result is forgotten with the connection.
 type ClientCerts struct {
-	CAs []*x509.Certificate
+	cas   []*x509.Certificate
+	roots *x509.CertPool
+
+	mu     sync.Mutex
+	byConn map[weak.Pointer[tls.ConnectionState]]verifyResult
+}
+
+type verifyResult struct {
+	user *User
+	err  error
+}
+
+// NewClientCerts authenticates certificates that chain to one of cas.
+func NewClientCerts(cas ...*x509.Certificate) *ClientCerts {
+	roots := x509.NewCertPool()
+	for _, ca := range cas {
+		roots.AddCert(ca)
+	}
+	return &ClientCerts{cas: cas, roots: roots, byConn: map[weak.Pointer[tls.ConnectionState]]verifyResult{}}
 }
 
 // Authenticate implements Authenticator.
-func (c ClientCerts) Authenticate(r *http.Request) (*User, bool, error) {
-	if r.TLS == nil {
+func (c *ClientCerts) Authenticate(r *http.Request) (*User, bool, error) {
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 || len(c.cas) == 0 {
 		return nil, false, nil
 	}
-	for _, chain := range r.TLS.VerifiedChains {
-		if len(chain) == 0 || !slices.ContainsFunc(c.CAs, chain[len(chain)-1].Equal) {
-			continue
-		}
-		leaf := chain[0]
-		if leaf.Subject.CommonName == "" {
-			return nil, false, fmt.Errorf("%w: client certificate has no common name", ErrBadCredentials)
-		}
-		return &User{Name: leaf.Subject.CommonName, Groups: append([]string(nil), leaf.Subject.Organization...)}, true, nil
+	key := weak.Make(r.TLS)
+	c.mu.Lock()
+	res, seen := c.byConn[key]
+	c.mu.Unlock()
+	if !seen {
+		res = c.verify(r.TLS)
+		c.mu.Lock()
+		c.byConn[key] = res
+		c.mu.Unlock()
+		runtime.AddCleanup(r.TLS, func(k weak.Pointer[tls.ConnectionState]) {
+			c.mu.Lock()
+			delete(c.byConn, k)
+			c.mu.Unlock()
+		}, key)
 	}
-	return nil, false, nil
+	if res.user == nil {
+		return nil, false, res.err
+	}
+	return res.user.Copy(), true, nil
+}
+
+// verify checks the connection's certificate against the client CAs. A
+// certificate the listener already verified to one of them is taken as
+// is; one of another CA is no caller's (not an error: an agent's
+// certificate, or a stray one next to a good token).
+func (c *ClientCerts) verify(st *tls.ConnectionState) verifyResult {
+	leaf := st.PeerCertificates[0]
+	verified := slices.ContainsFunc(st.VerifiedChains, func(chain []*x509.Certificate) bool {
+		return len(chain) > 0 && slices.ContainsFunc(c.cas, chain[len(chain)-1].Equal)
+	})
+	if !verified {
+		inter := x509.NewCertPool()
+		for _, ic := range st.PeerCertificates[1:] {
+			inter.AddCert(ic)
+		}
+		_, err := leaf.Verify(x509.VerifyOptions{Roots: c.roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+		if err != nil {
+			var unknown x509.UnknownAuthorityError
+			if errors.As(err, &unknown) {
+				return verifyResult{}
+			}
+			return verifyResult{err: fmt.Errorf("%w: client certificate: %v", ErrBadCredentials, err)}
+		}
+	}
+	if leaf.Subject.CommonName == "" {
+		return verifyResult{err: fmt.Errorf("%w: client certificate has no common name", ErrBadCredentials)}
+	}
+	return verifyResult{user: &User{Name: leaf.Subject.CommonName, Groups: append([]string(nil), leaf.Subject.Organization...)}}
 }
 
 // StaticTokens authenticates bearer tokens listed in a file in the format of

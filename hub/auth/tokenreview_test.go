@@ -224,7 +224,7 @@ func TestTokenReviewerInUnion(t *testing.T) {
 	tr, err := NewTokenReviewer(client, nil, DefaultTokenReviewConfig())
 	require.NoError(t, err)
 	r := bearerRequest("down-1")
-	_, ok, err := Union{ClientCerts{}, tr}.Authenticate(r)
+	_, ok, err := Union{NewClientCerts(), tr}.Authenticate(r)
 	assert.False(t, ok)
 	assert.ErrorIs(t, err, ErrUnavailable)
 	assert.NotErrorIs(t, err, ErrBadCredentials)
