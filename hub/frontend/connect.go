@@ -15,6 +15,7 @@ import (
 
 	"backhaul.io/backhaul/hub/auth"
 	"backhaul.io/backhaul/hub/session"
+	"backhaul.io/backhaul/pkg/logging"
 	"backhaul.io/backhaul/tunnel"
 )
 
@@ -41,6 +42,8 @@ type ConnectConfig struct {
 // member's credentials.
 type Connect struct {
 	cfg ConnectConfig
+	// badCredentials logs refused credentials within a limit.
+	badCredentials *logging.Limited
 }
 
 // NewConnect returns the CONNECT proxy; callers authenticate with a client
@@ -53,7 +56,7 @@ func NewConnect(cfg ConnectConfig) (*Connect, error) {
 	if !strings.HasPrefix(cfg.Suffix, ".") || len(cfg.Suffix) < 2 {
 		return nil, fmt.Errorf("connect: cluster suffix %q must start with a dot", cfg.Suffix)
 	}
-	return &Connect{cfg: cfg}, nil
+	return &Connect{cfg: cfg, badCredentials: logging.NewLimited(cfg.Log, time.Second, 20)}, nil
 }
 
 // ServeHTTP serves CONNECT for callers who authenticate.
@@ -149,8 +152,15 @@ func (p *Connect) refuseAuth(w http.ResponseWriter, err error) {
 		p.refuse(w, http.StatusServiceUnavailable, session.ReasonUnauthorized, "cannot authenticate now: the hub's host cluster is unavailable")
 		return
 	}
+	msg := err.Error() // how to send credentials, ours to say
+	if errors.Is(err, auth.ErrBadCredentials) {
+		// Why they are bad (the host's TokenReview error) is for the
+		// operator, within a limit: anyone can cause it.
+		msg = "invalid credentials"
+		p.badCredentials.Warn("caller not authenticated", "error", err)
+	}
 	w.Header().Set("Proxy-Authenticate", `Basic realm="backhaul", Bearer realm="backhaul"`)
-	p.refuse(w, http.StatusProxyAuthRequired, session.ReasonUnauthorized, err.Error())
+	p.refuse(w, http.StatusProxyAuthRequired, session.ReasonUnauthorized, msg)
 }
 
 func (p *Connect) refuse(w http.ResponseWriter, code int, reason, msg string) {

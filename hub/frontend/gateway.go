@@ -14,6 +14,7 @@ import (
 	"backhaul.io/backhaul/hub/auth"
 	"backhaul.io/backhaul/hub/session"
 	"backhaul.io/backhaul/pkg/kubestatus"
+	"backhaul.io/backhaul/pkg/logging"
 )
 
 // GatewayConfig is what the gateway needs.
@@ -31,6 +32,8 @@ type Gateway struct {
 	cfg      GatewayConfig
 	errorLog *log.Logger
 	watches  watches
+	// badCredentials logs refused credentials within a limit.
+	badCredentials *logging.Limited
 }
 
 // Drain ends every watch the gateway carries, now or later, cleanly at
@@ -50,8 +53,9 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 		return nil, errors.New("gateway: Authn, Admission, Dialer, Metrics and Log are required")
 	}
 	return &Gateway{
-		cfg:      cfg,
-		errorLog: cfg.Log.Named("reverseproxy").StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
+		cfg:            cfg,
+		errorLog:       cfg.Log.Named("reverseproxy").StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
+		badCredentials: logging.NewLimited(cfg.Log, time.Second, 20),
 	}, nil
 }
 
@@ -116,7 +120,10 @@ func (g *Gateway) unauthenticated(w http.ResponseWriter, err error) {
 		retryAfter(w, time.Second)
 		g.cfg.Log.Warn("authentication unavailable", "error", err)
 	case err != nil:
-		msg = "Unauthorized: " + err.Error()
+		// The detail (the host's TokenReview error, a certificate's fault)
+		// is for the operator, not for whoever sent the credentials, as
+		// with kube-apiserver; anyone can cause it, so the log is limited.
+		g.badCredentials.Warn("caller not authenticated", "error", err)
 	}
 	g.refuse(w, code, session.ReasonUnauthorized, msg)
 }

@@ -112,3 +112,29 @@ func TestGatewayProxiesWithCallerIdentity(t *testing.T) {
 	assert.NotEqual(t, id, second.Header.Get("Backhaul-Request-Id"), "each request has its own id")
 	assert.Equal(t, 1.0, hubtest.Counter(t, f.metrics, "backhaul_hub_streams_opened_total", map[string]string{"kind": "apiserver"}))
 }
+
+// leakyAuthn refuses credentials with the host's own words, as a
+// TokenReview's status.error carries them.
+type leakyAuthn struct{}
+
+func (leakyAuthn) Authenticate(*http.Request) (*auth.User, bool, error) {
+	return nil, false, fmt.Errorf("%w: [invalid bearer token, lookup in tenant-db-7.internal failed]", auth.ErrBadCredentials)
+}
+
+// Why credentials were refused is the operator's to read in the log; the
+// caller, who may be anyone, gets what kube-apiserver gives.
+func TestRefusedCredentialsSayNothingMore(t *testing.T) {
+	f := newFrontEnds(t, auth.AllowAuthenticated{}, "alpha")
+	f.gateway.cfg.Authn, f.connect.cfg.Authn = leakyAuthn{}, leakyAuthn{}
+
+	r := httptest.NewRequest(http.MethodGet, "/clusters/alpha/api", nil)
+	r.Header.Set("Authorization", "Bearer whatever")
+	rec := httptest.NewRecorder()
+	f.mux.ServeHTTP(rec, r)
+	require.Equal(t, http.StatusUnauthorized, rec.Code)
+	assert.Equal(t, "Unauthorized", hubtest.DecodeStatus(t, rec.Header().Get("Content-Type"), rec.Body.Bytes()).Message)
+	assert.NotContains(t, rec.Body.String(), "tenant-db")
+
+	status, _, _ := rawConnect(t, f.connect, "alpha.cluster.backhaul:443", "Bearer whatever")
+	assert.Equal(t, "407 invalid credentials", status)
+}
