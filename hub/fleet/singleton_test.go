@@ -124,6 +124,8 @@ func TestSingletonLosesTheLeaseOnPurpose(t *testing.T) {
 	require.Eventually(t, b.Leading, hubtest.WaitBound, 10*time.Millisecond, "b takes over")
 	assert.False(t, a.Leading())
 	assert.Equal(t, int64(1), a.Lost())
+	// Leading is said as the term starts; its work starts just after.
+	require.Eventually(t, func() bool { return len(w.runningNow()) == 1 }, hubtest.WaitBound, 10*time.Millisecond)
 	assert.Equal(t, []string{"hub-b"}, w.runningNow())
 
 	cutOff.Store("hub-b")
