@@ -32,6 +32,9 @@ type Config struct {
 	// (with client certificates) when ConnectTLS is set.
 	ConnectListen string
 	ConnectTLS    bool
+	// ConnectInsecureCredentials accepts bearer tokens on a plaintext
+	// ConnectListen (see frontend.ConnectConfig.InsecureCredentials).
+	ConnectInsecureCredentials bool
 	// ConnectUDS, when set, serves the CONNECT front end on a Unix socket
 	// whose callers all act as ConnectUDSUser (the socket's permissions
 	// are the authentication, as for a kube-apiserver egress selector).

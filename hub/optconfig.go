@@ -32,7 +32,8 @@ func (o *Options) Config(ctx context.Context, log hclog.Logger) (Config, error) 
 	cfg := Config{
 		Listen: o.Listen, AdminListen: o.AdminListen, Profiling: o.Profiling,
 		ConnectListen: o.ConnectListen, ConnectTLS: o.ConnectTLS, ConnectUDS: o.ConnectUDS,
-		ConnectUDSUser: o.ConnectUDSUser, ClusterSuffix: o.ClusterSuffix,
+		ConnectInsecureCredentials: o.ConnectInsecureCredentials,
+		ConnectUDSUser:             o.ConnectUDSUser, ClusterSuffix: o.ClusterSuffix,
 		DialTimeout: o.DialTimeout, ShutdownGrace: o.ShutdownGrace, ShutdownDelay: o.ShutdownDelay,
 		Replica: o.ReplicaName, MaxHandshakes: o.MaxHandshakes, ProbeInterval: o.StatusInterval,
 		Authz: auth.AllowAuthenticated{}, Tunnel: o.tunnelConfig(), Log: log, Metrics: prometheus.NewRegistry(),

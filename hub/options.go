@@ -13,27 +13,29 @@ import (
 
 // Options are backhaul-hub's command-line settings.
 type Options struct {
-	Listen         string
-	AdminListen    string
-	Profiling      bool
-	ConnectListen  string
-	ConnectTLS     bool
-	ConnectUDS     string
-	ConnectUDSUser string
-	ClusterSuffix  string
-	TLSCertFile    string
-	TLSKeyFile     string
-	ClientCAFile   string
-	TokenAuthFile  string
-	AgentTokenFile string
-	AgentTokenDir  string
-	DialTimeout    time.Duration
-	KeepAlive      time.Duration
-	KeepAliveWait  time.Duration
-	ShutdownGrace  time.Duration
-	ShutdownDelay  time.Duration
-	MaxHandshakes  int
-	Log            logging.Options
+	Listen        string
+	AdminListen   string
+	Profiling     bool
+	ConnectListen string
+	ConnectTLS    bool
+	// ConnectInsecureCredentials: see Config.
+	ConnectInsecureCredentials bool
+	ConnectUDS                 string
+	ConnectUDSUser             string
+	ClusterSuffix              string
+	TLSCertFile                string
+	TLSKeyFile                 string
+	ClientCAFile               string
+	TokenAuthFile              string
+	AgentTokenFile             string
+	AgentTokenDir              string
+	DialTimeout                time.Duration
+	KeepAlive                  time.Duration
+	KeepAliveWait              time.Duration
+	ShutdownGrace              time.Duration
+	ShutdownDelay              time.Duration
+	MaxHandshakes              int
+	Log                        logging.Options
 
 	// Host-cluster registry (--registry=kube).
 	Registry          string
@@ -115,6 +117,7 @@ func (o *Options) Flags(fs *flag.FlagSet) {
 	fs.BoolVar(&o.Profiling, "profiling", o.Profiling, "serve /debug/pprof/ on --admin-listen")
 	fs.StringVar(&o.ConnectListen, "connect-listen", o.ConnectListen, "TCP address of the HTTP CONNECT front end (empty: off); targets are CLUSTER<suffix>:PORT")
 	fs.BoolVar(&o.ConnectTLS, "connect-tls", o.ConnectTLS, "serve --connect-listen in TLS with the serving certificate, accepting client certificates from --client-ca-file")
+	fs.BoolVar(&o.ConnectInsecureCredentials, "connect-insecure-credentials", o.ConnectInsecureCredentials, "accept Proxy-Authorization tokens on --connect-listen without --connect-tls, where anyone on the path can read them")
 	fs.StringVar(&o.ConnectUDS, "connect-uds", o.ConnectUDS, "Unix socket path of the CONNECT front end (empty: off); callers are trusted by the socket's file permissions")
 	fs.StringVar(&o.ConnectUDSUser, "connect-uds-user", o.ConnectUDSUser, "identity given to callers on --connect-uds")
 	fs.StringVar(&o.ClusterSuffix, "cluster-suffix", o.ClusterSuffix, "host suffix that marks a cluster name in a CONNECT target")

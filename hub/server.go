@@ -122,6 +122,7 @@ func (s *Server) mountFrontEnds(mux *http.ServeMux, m *frontend.Metrics) error {
 	s.connect, err = frontend.NewConnect(frontend.ConnectConfig{
 		Authn: cfg.Authn, Admission: admission, Dialer: s.dialer,
 		Suffix: cfg.ClusterSuffix, Metrics: m, Log: cfg.Log.Named(logging.Connect),
+		InsecureCredentials: cfg.ConnectInsecureCredentials,
 	})
 	if err != nil {
 		return err

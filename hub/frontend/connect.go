@@ -33,6 +33,10 @@ type ConnectConfig struct {
 	Suffix  string
 	Metrics *Metrics
 	Log     hclog.Logger
+	// InsecureCredentials accepts Proxy-Authorization on a plaintext
+	// listener, where anyone on the path reads the token. Off, such a
+	// request is refused and the caller told to use TLS.
+	InsecureCredentials bool
 }
 
 // Connect is the L4 front end: an HTTP CONNECT proxy whose targets are

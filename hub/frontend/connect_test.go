@@ -130,3 +130,15 @@ func TestConnectOnlyConnect(t *testing.T) {
 func basicOf(user, password string) string {
 	return base64.StdEncoding.EncodeToString([]byte(user + ":" + password))
 }
+
+// A token sent to a plaintext CONNECT listener has been read by anyone on
+// the path: unless the operator said that is fine, it is refused and the
+// caller told to use TLS.
+func TestConnectRefusesPlaintextCredentials(t *testing.T) {
+	f := newFrontEnds(t, auth.AllowAuthenticated{}, "alpha")
+	f.connect.cfg.InsecureCredentials = false
+	f.agent(t, "alpha", echoAgent, session.Agent{})
+	status, _, _ := rawConnect(t, f.connect, "alpha.cluster.backhaul:443", "Bearer alice-token")
+	assert.True(t, strings.HasPrefix(status, "407 refusing Proxy-Authorization sent in plaintext"), status)
+	assert.Contains(t, status, "--connect-insecure-credentials")
+}

@@ -19,6 +19,9 @@ func (p *Connect) authenticate(r *http.Request) (*auth.User, error) {
 	clone := r.Clone(r.Context())
 	clone.Header = http.Header{}
 	if pa := r.Header.Get("Proxy-Authorization"); pa != "" {
+		if r.TLS == nil && !p.cfg.InsecureCredentials {
+			return nil, errors.New("refusing Proxy-Authorization sent in plaintext: use the TLS CONNECT listener (--connect-tls, an https proxy-url) or start the hub with --connect-insecure-credentials")
+		}
 		tok, ok := auth.Bearer(pa)
 		if !ok {
 			tok, ok = basicPassword(pa)

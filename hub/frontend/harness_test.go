@@ -63,7 +63,8 @@ func newFrontEnds(t *testing.T, authz auth.Authorizer, known ...string) *frontEn
 	authn := auth.NewStaticTokens(map[string]*auth.User{"alice-token": alice})
 	g, err := NewGateway(GatewayConfig{Authn: authn, Admission: admission, Dialer: dialer, Metrics: m, Log: log})
 	require.NoError(t, err)
-	c, err := NewConnect(ConnectConfig{Authn: authn, Admission: admission, Dialer: dialer, Suffix: DefaultClusterSuffix, Metrics: m, Log: log})
+	c, err := NewConnect(ConnectConfig{Authn: authn, Admission: admission, Dialer: dialer, Suffix: DefaultClusterSuffix, Metrics: m, Log: log,
+		InsecureCredentials: true}) // the tests speak plaintext
 	require.NoError(t, err)
 	mux := http.NewServeMux()
 	mux.Handle("/clusters/{name}/{path...}", g)

@@ -126,6 +126,7 @@ func (r *connectRig) startHub(ctx context.Context, dir, agentToken string) (stri
 	}
 	cfg := hub.DefaultConfig()
 	cfg.Listen, cfg.TLS, cfg.ConnectListen = "127.0.0.1:0", tlsCfg, "127.0.0.1:0"
+	cfg.ConnectInsecureCredentials = true // plaintext CONNECT on loopback, as the peers' benches run
 	cfg.AgentAuth, cfg.Clusters, cfg.Authn, cfg.Authz = agents, agents, callers, auth.AllowAuthenticated{}
 	cfg.ShutdownGrace, cfg.ShutdownDelay = 5*time.Second, 0
 	cfg.Log = hclog.New(&hclog.LoggerOptions{Name: "bench-hub", Level: hclog.Warn, Output: os.Stderr})

@@ -166,7 +166,7 @@ func (h *Hub) Start(ctx context.Context) error {
 		"--token-auth-file", h.tokenFile,
 		"--agent-token-file", h.agentFile,
 		"--shutdown-grace", "2s", "--shutdown-delay", "0s",
-		"--connect-listen", h.ConnectAddr,
+		"--connect-listen", h.ConnectAddr, "--connect-insecure-credentials",
 		"--connect-uds", h.ConnectUDS,
 	}, h.cfg.Args...)
 	p, err := Start(ctx, "backhaul-hub", h.cfg.Dir, exec.Command(h.cfg.Binary, args...))
