@@ -276,6 +276,9 @@ func setup(ctx context.Context, cl *harness.Cleanups) (_ *environment, err error
 	if err := e.waitSpread(ctx, 2*time.Minute); err != nil {
 		return nil, err
 	}
+	if err := e.waitRoutable(ctx, time.Minute); err != nil {
+		return nil, err
+	}
 	return e, nil
 }
 

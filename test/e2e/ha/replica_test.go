@@ -382,6 +382,32 @@ func (e *environment) waitSpread(ctx context.Context, timeout time.Duration) err
 	return nil
 }
 
+// waitRoutable waits until every running replica serves every member: the
+// placement the test reads from the host is what each replica's directory
+// informer learns a moment later (a session registered elsewhere becomes
+// routable here about a second after, by the directory's batching), and a
+// scenario's traffic must start on a settled fleet.
+func (e *environment) waitRoutable(ctx context.Context, timeout time.Duration) error {
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: e.hubTLS(), DisableKeepAlives: true}}
+	return harness.WaitFor(ctx, timeout, 100*time.Millisecond, func() error {
+		for _, r := range e.runningReplicas() {
+			for _, c := range memberNames {
+				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("https://127.0.0.1:%d/clusters/%s/api", r.port, c), nil)
+				req.Header.Set("Authorization", "Bearer "+e.callerToken)
+				resp, err := client.Do(req)
+				if err != nil {
+					return fmt.Errorf("%s for %s: %w", r.name, c, err)
+				}
+				_ = resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					return fmt.Errorf("%s for %s: %s", r.name, c, resp.Status)
+				}
+			}
+		}
+		return nil
+	})
+}
+
 // restore brings r back the way a new Pod comes up: the process, its
 // EndpointSlice, ready with its peers, then back behind the virtual IP
 // (the tests wait for the peer connections before admitting it, so a
@@ -415,7 +441,7 @@ func (e *environment) restoreAll() error {
 		}
 	}
 	if len(errs) == 0 {
-		errs = append(errs, e.waitSpread(ctx, 2*time.Minute))
+		errs = append(errs, e.waitSpread(ctx, 2*time.Minute), e.waitRoutable(ctx, time.Minute))
 	}
 	return errors.Join(errs...)
 }

@@ -29,6 +29,7 @@ func TestRollingRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
 	defer cancel()
 	require.NoError(t, e.waitSpread(ctx, 2*time.Minute))
+	require.NoError(t, e.waitRoutable(ctx, time.Minute), "every replica serves every member before the traffic starts")
 
 	leaders := e.startLeaderSampler(t)
 	_, err := leaders.waitOneLeader(ctx, time.Minute)

@@ -30,6 +30,7 @@ func TestHostCutOff(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	require.NoError(t, e.waitSpread(ctx, 2*time.Minute))
+	require.NoError(t, e.waitRoutable(ctx, time.Minute), "every replica serves every member before the traffic starts")
 
 	leaders := e.startLeaderSampler(t)
 	leader, err := leaders.waitOneLeader(ctx, time.Minute)
