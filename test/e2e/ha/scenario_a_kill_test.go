@@ -86,10 +86,13 @@ func TestKillReplica(t *testing.T) {
 
 	missing := tr.stop(ctx)
 	// Lost with the killed process: a request in flight in it at the kill,
-	// or one the virtual IP sent to it before the map changed (refused).
+	// or one the virtual IP sent to it before the map changed — refused,
+	// or accepted by its listening socket in the milliseconds SIGKILL takes
+	// and then reset.
 	lost := func(c call) bool {
 		inFlight := c.start.Before(killAt) && !c.end.Before(killAt)
-		staleVIP := c.refused && c.start.Before(removedAt)
+		toVictim := c.refused || (c.via == victim.name && c.status == 0)
+		staleVIP := toVictim && c.start.Before(removedAt)
 		return inFlight || staleVIP
 	}
 	failed, excused := tr.reportTraffic(t, scenario, lost)
