@@ -36,7 +36,7 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 		http.Error(w, "not ready: draining, agents are moving to other replicas", http.StatusServiceUnavailable)
 	case !s.ready.Load():
 		http.Error(w, "not ready: listeners are not serving", http.StatusServiceUnavailable)
-	case !s.health.ok(), s.directory != nil && !s.directory.HostReachable():
+	case !s.hostReachable():
 		http.Error(w, "not ready: the host cluster cannot be reached; callers cannot be authenticated", http.StatusServiceUnavailable)
 	default:
 		_, _ = w.Write([]byte("ok"))

@@ -73,6 +73,13 @@ func (h *hostHealth) run(ctx context.Context) {
 	}
 }
 
+// hostReachable says this replica can reach its host cluster: no caller
+// review went unanswered since the host last answered, and its directory
+// writes go through. Readiness and keep-alive both follow it.
+func (s *Server) hostReachable() bool {
+	return s.health.ok() && (s.directory == nil || s.directory.HostReachable())
+}
+
 func (h *hostHealth) authn(a auth.Authenticator) auth.Authenticator { return watchedAuthn{a, h} }
 func (h *hostHealth) authz(a auth.Authorizer) auth.Authorizer       { return watchedAuthz{a, h} }
 

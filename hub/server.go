@@ -222,7 +222,7 @@ func (s *Server) registerGauges() {
 // (kube-apiserver does the same while it shuts down).
 func (s *Server) closeWhenUnwell(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		unwell := s.draining.Load() || !s.health.ok() || (s.directory != nil && !s.directory.HostReachable())
+		unwell := s.draining.Load() || !s.hostReachable()
 		// An upgrade (exec, agents) takes the connection over anyway.
 		if unwell && r.Header.Get("Upgrade") == "" {
 			w.Header().Set("Connection", "close")

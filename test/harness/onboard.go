@@ -36,7 +36,7 @@ func Onboard(ctx context.Context, cfg OnboardConfig) (string, error) {
 	script := m.Netns.Command(ctx, "sh", append(append([]string{cfg.Script}, cfg.Args...),
 		"--kubeconfig", m.AdminKubeconfig, "--wait-timeout", "120s")...)
 	script.Env = append(os.Environ(), "PATH="+filepath.Dir(cfg.Kubectl)+":"+os.Getenv("PATH"))
-	var out lockedBuilder
+	var out LockedBuffer
 	script.Stdout, script.Stderr = &out, &out
 	if err := script.Start(); err != nil {
 		return "", err
@@ -111,20 +111,20 @@ func ServeEcho(addr string) int {
 	}
 }
 
-// lockedBuilder is a strings.Builder that a command may write to while
-// it is read.
-type lockedBuilder struct {
+// LockedBuffer is a buffer that a command may write to (stdout and stderr
+// at once) while a test reads it.
+type LockedBuffer struct {
 	mu sync.Mutex
 	b  strings.Builder
 }
 
-func (l *lockedBuilder) Write(p []byte) (int, error) {
+func (l *LockedBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.Write(p)
 }
 
-func (l *lockedBuilder) String() string {
+func (l *LockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()

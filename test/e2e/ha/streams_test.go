@@ -178,7 +178,7 @@ func (s *stream) runOnce(ctx context.Context) {
 		s.failf("stdout: %v", err)
 		return
 	}
-	var stderr lockedBuffer
+	var stderr harness.LockedBuffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		s.failf("start kubectl: %v", err)
@@ -335,23 +335,6 @@ func lastLines(s string, n int) string {
 		ls = ls[len(ls)-n:]
 	}
 	return strings.Join(ls, " | ")
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // streamFigures are what happened to a stream.
