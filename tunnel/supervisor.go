@@ -244,7 +244,10 @@ func (r *run) dialDone(ctx context.Context, res dialResult) {
 	if r.named {
 		r.replicas = max(1, sess.Replicas())
 	}
-	if r.named && slices.ContainsFunc(r.sessions, func(s *session) bool { return s.Replica() == sess.Replica() }) {
+	// A draining session does not count: the hub that ends a session at
+	// its certificate's expiry drains it without draining itself, so the
+	// replacement may land on the same replica, and must be kept.
+	if r.named && slices.ContainsFunc(r.sessions, func(s *session) bool { return !s.draining && s.Replica() == sess.Replica() }) {
 		_ = sess.Close()
 		if r.active() >= r.target() {
 			// A probe (or a dial the hub's new count made moot): done.

@@ -500,3 +500,31 @@ func TestSupervisorDrainMakeBeforeBreak(t *testing.T) {
 		})
 	}
 }
+
+// TestSupervisorDrainReplacementOnSameReplica: a hub ends a session whose
+// certificate expires by draining it while the replica itself stays (and
+// takes upgrades). The replacement lands on the same replica; it is kept,
+// not closed as a duplicate, and the drained session closes once idle.
+func TestSupervisorDrainReplacementOnSameReplica(t *testing.T) {
+	hub := newReplicaHub(t, func(int) answer { return answer{replica: "hub-0", replicas: "1"} })
+	clock := testutil.NewFakeClock()
+	sup, counts := poolSupervisor(t, hub, clock, 1)
+	runSupervisor(t, sup)
+	old := hub.next(t)
+	counts.until(t, 1)
+
+	ctx, cancel := context.WithTimeout(context.Background(), waitBound)
+	defer cancel()
+	require.NoError(t, old.Drain(ctx, time.Minute))
+	replacement := hub.next(t)
+	assert.Equal(t, "hub-0", replacement.replica)
+	waitClosed(t, old.Done(), "the drained session to close once replaced")
+	counts.until(t, 1)
+	assertServed(t, replacement.Session)
+	select {
+	case <-replacement.Done():
+		t.Fatal("the replacement on the same replica was closed as a duplicate")
+	default:
+	}
+	assert.Equal(t, 2, hub.attemptCount())
+}
