@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -36,7 +37,15 @@ type EndpointConfig struct {
 	// once; past it agents are told 503 and when to come back, so a
 	// reconnect storm queues at the agents instead of in the hub's memory.
 	MaxHandshakes int
-	Log           hclog.Logger
+	// MaxAge, when positive, ends every session after at most this long
+	// (less up to a fifth, at random), so that credentials that do not
+	// expire, static tokens, are authenticated again by a reconnect.
+	// Sessions of certificates end at the certificate's expiry anyway.
+	MaxAge time.Duration
+	// CloseGrace bounds how long a session at the end of its life keeps
+	// its streams in flight after the agent is told to reconnect.
+	CloseGrace time.Duration
+	Log        hclog.Logger
 }
 
 // Endpoint serves /v1/tunnel: it authenticates an agent, upgrades, and
@@ -62,6 +71,12 @@ func NewEndpoint(reg *Registry, m *Metrics, cfg EndpointConfig) (*Endpoint, erro
 	}
 	if cfg.Replicas == nil {
 		cfg.Replicas = func() int { return 1 }
+	}
+	if cfg.MaxAge < 0 || cfg.CloseGrace < 0 {
+		return nil, errors.New("tunnel endpoint: MaxAge and CloseGrace may not be negative")
+	}
+	if cfg.CloseGrace == 0 {
+		cfg.CloseGrace = tunnel.DefaultDrainGrace
 	}
 	return &Endpoint{cfg: cfg, registry: reg, metrics: m, handshakes: make(chan struct{}, cfg.MaxHandshakes),
 		refusals: logging.NewLimited(cfg.Log, time.Second, 20)}, nil
@@ -155,7 +170,8 @@ func (e *Endpoint) agent(r *http.Request, cluster string) (Agent, error) {
 // serve keeps ts registered until it ends: the agent closes it, a ping
 // goes unanswered, or the registry closes it (revocation, shutdown).
 func (e *Endpoint) serve(r *http.Request, cluster string, ts *tunnel.Session, a Agent) {
-	_, remove, err := e.registry.Add(cluster, ts, a)
+	life := sessionLifetime(r, time.Now(), e.cfg.MaxAge, jitter())
+	s, remove, err := e.registry.Add(cluster, ts, a)
 	if err != nil {
 		e.cfg.Log.Debug("session refused", "cluster", cluster, "reason", err)
 		_ = ts.Close()
@@ -172,9 +188,16 @@ func (e *Endpoint) serve(r *http.Request, cluster string, ts *tunnel.Session, a 
 		_ = ts.Close()
 		return
 	}
+	// The session may not outlive its credential: retireAt ends it then,
+	// or at its maximum age.
+	ctx, cancel := context.WithCancel(r.Context())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	wg.Go(func() { e.retireAt(ctx, s, ts, life) })
 	// Agents open no streams towards the hub today; refuse any politely so
 	// the session's accept queue never fills.
-	err = ts.Serve(r.Context(), func(_ context.Context, in *tunnel.Incoming) {
+	err = ts.Serve(ctx, func(_ context.Context, in *tunnel.Incoming) {
 		_ = in.Reject(tunnel.CodeNotAllowed, "the hub accepts no streams from agents")
 	})
 	e.cfg.Log.Debug("session ended", "cluster", cluster, "reason", err)

@@ -33,6 +33,7 @@ type Metrics struct {
 	bytesRx       prometheus.Counter
 	dialLatency   *prometheus.HistogramVec
 	errors        *prometheus.CounterVec
+	expired       *prometheus.CounterVec
 }
 
 // NewMetrics registers the series on reg.
@@ -61,9 +62,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "backhaul_hub_errors_total", Help: "Failed gateway requests and tunnel upgrades by reason.",
 		}, []string{"reason"}),
+		expired: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "backhaul_hub_sessions_expired_total",
+			Help: "Agent sessions the hub ended because their certificate expired or they reached --session-max-age, by reason.",
+		}, []string{"reason"}),
 	}
 	m.bytesTx, m.bytesRx = m.bytes.WithLabelValues("tx"), m.bytes.WithLabelValues("rx")
-	reg.MustRegister(m.sessions, m.connects, m.streamsOpened, m.streamsActive, m.bytes, m.dialLatency, m.errors)
+	reg.MustRegister(m.sessions, m.connects, m.streamsOpened, m.streamsActive, m.bytes, m.dialLatency, m.errors, m.expired)
 	return m
 }
 
@@ -74,6 +79,8 @@ func (m *Metrics) Refused(reason string) { m.errors.WithLabelValues(reason).Inc(
 func (m *Metrics) sessionUp()            { m.sessions.Inc() }
 func (m *Metrics) sessionDown()          { m.sessions.Dec() }
 func (m *Metrics) connect(result string) { m.connects.WithLabelValues(result).Inc() }
+
+func (m *Metrics) sessionExpired(reason string) { m.expired.WithLabelValues(reason).Inc() }
 
 func (m *Metrics) streamOpened(kind string, seconds float64) {
 	m.streamsOpened.WithLabelValues(kind).Inc()

@@ -139,16 +139,18 @@ func (r *Registry) newestExcept(cluster string, s *Session) *Session {
 	defer r.mu.RUnlock()
 	list := r.sessions[cluster]
 	for i := len(list) - 1; i >= 0; i-- {
-		if list[i] != s && list[i].alive() {
+		if list[i] != s && list[i].serving() {
 			return list[i]
 		}
 	}
 	return nil
 }
 
+// newestAlive is the newest session of list that may carry new streams
+// (alive, and not retired at the end of its life).
 func newestAlive(list []*Session) *Session {
 	for i := len(list) - 1; i >= 0; i-- {
-		if list[i].alive() {
+		if list[i].serving() {
 			return list[i]
 		}
 	}

@@ -41,6 +41,9 @@ type Session struct {
 	info   Info
 	tunnel *tunnel.Session
 	rtt    atomic.Int64 // nanoseconds, from the prober
+	// retired is set once the session's credential expired or it reached
+	// its maximum age: it carries no new streams while it winds down.
+	retired atomic.Bool
 
 	mu   sync.Mutex
 	http *http.Transport // built on first use by Dialer.HTTP
