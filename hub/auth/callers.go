@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"weak"
 )
 
@@ -27,48 +28,70 @@ import (
 //
 // Every request on one connection carries the same *tls.ConnectionState,
 // so the verification (a signature check or more) runs once per
-// connection; the result is forgotten with the connection.
+// connection and CA set; the result is forgotten with the connection.
+// SetCAs replaces the CAs (a rotated --client-ca-file): from then on every
+// request is judged by the new set, on old connections too.
 type ClientCerts struct {
-	cas   []*x509.Certificate
-	roots *x509.CertPool
+	trust atomic.Pointer[clientCAs]
 
 	mu     sync.Mutex
 	byConn map[weak.Pointer[tls.ConnectionState]]verifyResult
 }
 
+// clientCAs is one generation of trusted CAs; verifications made under an
+// older one are not reused.
+type clientCAs struct {
+	cas   []*x509.Certificate
+	roots *x509.CertPool
+}
+
 type verifyResult struct {
-	user *User
-	err  error
+	trust *clientCAs
+	user  *User
+	err   error
 }
 
 // NewClientCerts authenticates certificates that chain to one of cas.
 func NewClientCerts(cas ...*x509.Certificate) *ClientCerts {
+	c := &ClientCerts{byConn: map[weak.Pointer[tls.ConnectionState]]verifyResult{}}
+	c.SetCAs(cas...)
+	return c
+}
+
+// SetCAs makes cas the CAs whose certificates authenticate callers.
+func (c *ClientCerts) SetCAs(cas ...*x509.Certificate) {
 	roots := x509.NewCertPool()
 	for _, ca := range cas {
 		roots.AddCert(ca)
 	}
-	return &ClientCerts{cas: cas, roots: roots, byConn: map[weak.Pointer[tls.ConnectionState]]verifyResult{}}
+	c.trust.Store(&clientCAs{cas: slices.Clone(cas), roots: roots})
 }
+
+// CAs are the CAs trusted now.
+func (c *ClientCerts) CAs() []*x509.Certificate { return slices.Clone(c.trust.Load().cas) }
 
 // Authenticate implements Authenticator.
 func (c *ClientCerts) Authenticate(r *http.Request) (*User, bool, error) {
-	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 || len(c.cas) == 0 {
+	trust := c.trust.Load()
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 || len(trust.cas) == 0 {
 		return nil, false, nil
 	}
 	key := weak.Make(r.TLS)
 	c.mu.Lock()
 	res, seen := c.byConn[key]
 	c.mu.Unlock()
-	if !seen {
-		res = c.verify(r.TLS)
+	if !seen || res.trust != trust {
+		res = verify(r.TLS, trust)
 		c.mu.Lock()
 		c.byConn[key] = res
 		c.mu.Unlock()
-		runtime.AddCleanup(r.TLS, func(k weak.Pointer[tls.ConnectionState]) {
-			c.mu.Lock()
-			delete(c.byConn, k)
-			c.mu.Unlock()
-		}, key)
+		if !seen {
+			runtime.AddCleanup(r.TLS, func(k weak.Pointer[tls.ConnectionState]) {
+				c.mu.Lock()
+				delete(c.byConn, k)
+				c.mu.Unlock()
+			}, key)
+		}
 	}
 	if res.user == nil {
 		return nil, false, res.err
@@ -80,29 +103,29 @@ func (c *ClientCerts) Authenticate(r *http.Request) (*User, bool, error) {
 // certificate the listener already verified to one of them is taken as
 // is; one of another CA is no caller's (not an error: an agent's
 // certificate, or a stray one next to a good token).
-func (c *ClientCerts) verify(st *tls.ConnectionState) verifyResult {
+func verify(st *tls.ConnectionState, trust *clientCAs) verifyResult {
 	leaf := st.PeerCertificates[0]
 	verified := slices.ContainsFunc(st.VerifiedChains, func(chain []*x509.Certificate) bool {
-		return len(chain) > 0 && slices.ContainsFunc(c.cas, chain[len(chain)-1].Equal)
+		return len(chain) > 0 && slices.ContainsFunc(trust.cas, chain[len(chain)-1].Equal)
 	})
 	if !verified {
 		inter := x509.NewCertPool()
 		for _, ic := range st.PeerCertificates[1:] {
 			inter.AddCert(ic)
 		}
-		_, err := leaf.Verify(x509.VerifyOptions{Roots: c.roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+		_, err := leaf.Verify(x509.VerifyOptions{Roots: trust.roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
 		if err != nil {
 			var unknown x509.UnknownAuthorityError
 			if errors.As(err, &unknown) {
-				return verifyResult{}
+				return verifyResult{trust: trust}
 			}
-			return verifyResult{err: fmt.Errorf("%w: client certificate: %v", ErrBadCredentials, err)}
+			return verifyResult{trust: trust, err: fmt.Errorf("%w: client certificate: %v", ErrBadCredentials, err)}
 		}
 	}
 	if leaf.Subject.CommonName == "" {
-		return verifyResult{err: fmt.Errorf("%w: client certificate has no common name", ErrBadCredentials)}
+		return verifyResult{trust: trust, err: fmt.Errorf("%w: client certificate has no common name", ErrBadCredentials)}
 	}
-	return verifyResult{user: &User{Name: leaf.Subject.CommonName, Groups: append([]string(nil), leaf.Subject.Organization...)}}
+	return verifyResult{trust: trust, user: &User{Name: leaf.Subject.CommonName, Groups: append([]string(nil), leaf.Subject.Organization...)}}
 }
 
 // StaticTokens authenticates bearer tokens listed in a file in the format of

@@ -302,3 +302,48 @@ func TestClientCertsRememberPerConnection(t *testing.T) {
 	require.Eventually(t, func() bool { runtime.GC(); return size() == 0 }, hubtest.WaitBound, 10*time.Millisecond,
 		"entries go with their connections")
 }
+
+// A rotated client CA file takes effect at once: a caller of the new CA
+// authenticates, and one of the CA taken out of the file no longer does,
+// also on a connection it verified on before the change.
+func TestClientCertsFollowCARotation(t *testing.T) {
+	oldCA, newCA := hubtest.NewCA(t, "callers 2025"), hubtest.NewCA(t, "callers 2026")
+	c := NewClientCerts(oldCA.Cert)
+	conn := func(ca *hubtest.CA, user string) *tls.ConnectionState {
+		return &tls.ConnectionState{PeerCertificates: []*x509.Certificate{ca.ClientCert(t, user).Leaf}}
+	}
+	auth := func(st *tls.ConnectionState) (string, bool) {
+		r := httptest.NewRequest(http.MethodGet, "/", nil)
+		r.TLS = st
+		u, ok, err := c.Authenticate(r)
+		require.NoError(t, err)
+		if !ok {
+			return "", false
+		}
+		return u.Name, true
+	}
+	alice, bob := conn(oldCA, "alice"), conn(newCA, "bob")
+	for _, tc := range []struct {
+		name      string
+		cas       []*x509.Certificate
+		alice     bool
+		bob       bool
+		wantTrust int
+	}{
+		{name: "before the rotation", cas: []*x509.Certificate{oldCA.Cert}, alice: true, wantTrust: 1},
+		{name: "both during the overlap", cas: []*x509.Certificate{oldCA.Cert, newCA.Cert}, alice: true, bob: true, wantTrust: 2},
+		{name: "the old CA removed", cas: []*x509.Certificate{newCA.Cert}, bob: true, wantTrust: 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c.SetCAs(tc.cas...)
+			assert.Len(t, c.CAs(), tc.wantTrust)
+			name, ok := auth(alice)
+			assert.Equal(t, tc.alice, ok, "alice (old CA) on the same connection")
+			if ok {
+				assert.Equal(t, "alice", name)
+			}
+			_, ok = auth(bob)
+			assert.Equal(t, tc.bob, ok, "bob (new CA) on the same connection")
+		})
+	}
+}
