@@ -63,6 +63,12 @@ type Config struct {
 	// ProbeInterval is how often each held cluster is probed in the
 	// background (round trip, /readyz).
 	ProbeInterval time.Duration
+	// SessionMaxAge, when positive, ends agent sessions after at most
+	// this long (see session.EndpointConfig.MaxAge); sessions of
+	// certificates end at the certificate's expiry in any case.
+	SessionMaxAge time.Duration
+	// Reloaders keep certificates read from files current while Run runs.
+	Reloaders []Reloader
 
 	Tunnel      *tunnel.Config
 	DialTimeout time.Duration

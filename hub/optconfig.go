@@ -39,8 +39,9 @@ func (o *Options) Config(ctx context.Context, log hclog.Logger) (Config, error) 
 		Authz: auth.AllowAuthenticated{}, Tunnel: o.tunnelConfig(), Log: log, Metrics: prometheus.NewRegistry(),
 	}
 	cfg.Metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	cfg.SessionMaxAge = o.SessionMaxAge
 	var err error
-	if cfg.TLS, err = o.servingTLS(); err != nil {
+	if cfg.TLS, err = o.servingTLS(&cfg); err != nil {
 		return Config{}, err
 	}
 	callers, clientCAs, err := o.callers()
@@ -68,18 +69,11 @@ func (o *Options) Config(ctx context.Context, log hclog.Logger) (Config, error) 
 	if len(agents) == 0 {
 		return Config{}, errors.New("no way for agents to authenticate: set --registry=kube or an agent token source")
 	}
-	if len(clientCAs) > 0 {
-		pool := x509.NewCertPool()
-		for _, ca := range clientCAs {
-			pool.AddCert(ca)
-		}
-		// Requested, not verified here: the authenticators verify a
-		// certificate against what they trust (client CAs for callers, the
-		// hub CA for agents), so a stray certificate next to a good token
-		// does not fail the handshake. The pool tells clients which CAs
-		// are wanted.
-		cfg.TLS.ClientCAs, cfg.TLS.ClientAuth = pool, tls.RequestClientCert
-	}
+	// Requested, not verified here: the authenticators verify a
+	// certificate against what they trust (client CAs for callers, the
+	// hub CA for agents), so a stray certificate next to a good token
+	// does not fail the handshake.
+	o.requestClientCerts(&cfg, callers, clientCAs)
 	cfg.AgentAuth, cfg.Authn = agents, callers
 	return cfg, nil
 }
@@ -88,20 +82,6 @@ func (o *Options) tunnelConfig() *tunnel.Config {
 	t := tunnel.DefaultConfig()
 	t.KeepAliveInterval, t.KeepAliveTimeout = o.KeepAlive, o.KeepAliveWait
 	return t
-}
-
-// servingTLS is the listener's TLS, with the serving certificate from
-// files if given (with --registry=kube the hub may issue its own later).
-func (o *Options) servingTLS() (*tls.Config, error) {
-	c := &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}
-	if o.TLSCertFile != "" {
-		cert, err := tls.LoadX509KeyPair(o.TLSCertFile, o.TLSKeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("serving certificate: %w", err)
-		}
-		c.Certificates = []tls.Certificate{cert}
-	}
-	return c, nil
 }
 
 // callers are the caller authenticators from files, and the CAs of caller
@@ -223,11 +203,11 @@ func (o *Options) ca(ctx context.Context, h *fleet.Host) (*enrollment.CA, error)
 // servingCert issues the serving certificate into tlsCfg when no file
 // gave one, and returns the CA callers and agents should trust for it.
 func (o *Options) servingCert(ctx context.Context, h *fleet.Host, ca *enrollment.CA, tlsCfg *tls.Config) ([]byte, error) {
-	if len(tlsCfg.Certificates) > 0 {
+	if cert := currentCert(tlsCfg); cert != nil {
 		// A serving certificate from files: publish the agent CA if it
 		// signed it, else the chain's last certificate, the closest to a
 		// root the hub knows.
-		chain := tlsCfg.Certificates[0].Certificate
+		chain := cert.Certificate
 		if leaf, err := x509.ParseCertificate(chain[0]); err != nil || !verifies(leaf, ca.Pool) {
 			return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: chain[len(chain)-1]}), nil
 		}

@@ -35,7 +35,10 @@ type Options struct {
 	ShutdownGrace              time.Duration
 	ShutdownDelay              time.Duration
 	MaxHandshakes              int
+	SessionMaxAge              time.Duration
 	Log                        logging.Options
+	// certReloadEvery overrides reloadEvery (tests).
+	certReloadEvery time.Duration
 
 	// Host-cluster registry (--registry=kube).
 	Registry          string
@@ -75,6 +78,8 @@ func NewOptions() *Options {
 	t := tunnel.DefaultConfig()
 	return &Options{
 		Listen:         ":8443",
+		AdminListen:    ":9090",
+		SessionMaxAge:  24 * time.Hour,
 		DialTimeout:    10 * time.Second,
 		KeepAlive:      t.KeepAliveInterval,
 		KeepAliveWait:  t.KeepAliveTimeout,
@@ -113,8 +118,9 @@ func hostname() string {
 // Flags registers the options on fs.
 func (o *Options) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Listen, "listen", o.Listen, "TLS address for agents (/v1/tunnel) and gateway callers (/clusters/NAME/...)")
-	fs.StringVar(&o.AdminListen, "admin-listen", o.AdminListen, "plain-HTTP address for /healthz, /readyz and /metrics (empty: only on the TLS listener)")
-	fs.BoolVar(&o.Profiling, "profiling", o.Profiling, "serve /debug/pprof/ on --admin-listen")
+	fs.StringVar(&o.AdminListen, "metrics-listen", o.AdminListen, "plain-HTTP address for /metrics, /healthz and /readyz (and /debug/pprof/ with --profiling); keep it private (empty: off). /metrics is never served on --listen")
+	fs.StringVar(&o.AdminListen, "admin-listen", o.AdminListen, "older name of --metrics-listen")
+	fs.BoolVar(&o.Profiling, "profiling", o.Profiling, "serve /debug/pprof/ on --metrics-listen")
 	fs.StringVar(&o.ConnectListen, "connect-listen", o.ConnectListen, "TCP address of the HTTP CONNECT front end (empty: off); targets are CLUSTER<suffix>:PORT")
 	fs.BoolVar(&o.ConnectTLS, "connect-tls", o.ConnectTLS, "serve --connect-listen in TLS with the serving certificate, accepting client certificates from --client-ca-file")
 	fs.BoolVar(&o.ConnectInsecureCredentials, "connect-insecure-credentials", o.ConnectInsecureCredentials, "accept Proxy-Authorization tokens on --connect-listen without --connect-tls, where anyone on the path can read them")
@@ -132,6 +138,7 @@ func (o *Options) Flags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.KeepAliveWait, "keepalive-timeout", o.KeepAliveWait, "how long a ping may go unanswered before the session is dropped")
 	fs.DurationVar(&o.ShutdownGrace, "shutdown-grace", o.ShutdownGrace, "on SIGTERM, the most this replica keeps serving while its agents move to other replicas and requests finish; then watches end cleanly and it exits")
 	fs.DurationVar(&o.ShutdownDelay, "shutdown-delay", o.ShutdownDelay, "on SIGTERM, the least this replica keeps serving (not ready), so load balancers stop sending it connections first")
+	fs.DurationVar(&o.SessionMaxAge, "session-max-age", o.SessionMaxAge, "end an agent session after at most this long, less up to a fifth at random, so the agent reconnects and authenticates again (static tokens never expire; a certificate's session ends at its expiry anyway); 0: no limit")
 	fs.IntVar(&o.MaxHandshakes, "max-handshakes", o.MaxHandshakes, "agent upgrades authenticated and set up at once; past it agents are answered 503 with Retry-After (reconnect storms)")
 	fs.StringVar(&o.Registry, "registry", o.Registry, "where clusters are registered: static (--agent-token-file/--agent-token-dir) or kube (Cluster objects in the host cluster, with enrollment, agent certificates and Cluster status)")
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "kubeconfig of the host cluster for --registry=kube (empty: in-cluster service account)")

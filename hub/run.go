@@ -36,6 +36,13 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		defer stop()
 	}
+	for _, r := range s.cfg.Reloaders {
+		wg.Go(func() {
+			if err := r.Start(bg); err != nil {
+				s.cfg.Log.Error("certificate reloading stopped", "error", err)
+			}
+		})
+	}
 	wg.Go(func() { _ = s.prober.Run(bg) })
 	wg.Go(func() { s.health.run(bg) })
 	if s.peers != nil {
@@ -56,7 +63,7 @@ func (s *Server) Run(ctx context.Context) error {
 		})
 	}
 	s.ready.Store(true)
-	s.cfg.Log.Info("hub serving", "replica", s.cfg.Replica, "listen", s.Addr().String(), "admin", s.cfg.AdminListen,
+	s.cfg.Log.Info("hub serving", "replica", s.cfg.Replica, "listen", s.Addr().String(), "metrics", s.cfg.AdminListen,
 		"connect", s.cfg.ConnectListen, "connect_uds", s.cfg.ConnectUDS, "peer", s.peerListen())
 	select {
 	case <-ctx.Done():

@@ -89,7 +89,11 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.registerGauges()
 	s.admin = s.adminHandler()
-	for _, p := range []string{"GET /healthz", "GET /readyz", "GET /metrics"} {
+	// Probes may reach the public listener; /metrics may not (it says
+	// which clusters and callers are busy, and costs a scrape to anyone):
+	// it is served on the private --metrics-listen only, and here answers
+	// the 404 Status below.
+	for _, p := range []string{"GET /healthz", "GET /readyz"} {
 		mux.Handle(p, s.admin)
 	}
 	// Every other path (also /clusters and /clusters/) answers as an API
@@ -143,6 +147,8 @@ func (s *Server) mountEndpoint(mux *http.ServeMux, m *session.Metrics) error {
 	ecfg := session.EndpointConfig{
 		Auth: s.cfg.AgentAuth, Tunnel: &tcfg, Log: tcfg.Logger,
 		Replica: s.cfg.Replica, Replicas: s.dialer.Replicas, MaxHandshakes: s.cfg.MaxHandshakes,
+		// A session at its end lets its streams finish as a drain does.
+		MaxAge: s.cfg.SessionMaxAge, CloseGrace: s.cfg.ShutdownGrace,
 	}
 	if s.cfg.Host != nil {
 		ecfg.NodeCIDRs = s.cfg.Host.Clusters.NodeCIDRs

@@ -228,7 +228,7 @@ func TestManifests(t *testing.T) {
 			t.Errorf("hub replicas %v, want 3", d.Spec.Replicas)
 		}
 		spec := d.Spec.Template.Spec
-		checkPod(t, "hub", spec, "backhaul-hub:latest", "backhaul-hub", 8080)
+		checkPod(t, "hub", spec, "backhaul-hub:latest", "backhaul-hub", 9090)
 		aff := spec.Affinity
 		if aff == nil || aff.PodAntiAffinity == nil || len(aff.PodAntiAffinity.PreferredDuringSchedulingIgnoredDuringExecution) != 1 ||
 			aff.PodAntiAffinity.PreferredDuringSchedulingIgnoredDuringExecution[0].PodAffinityTerm.TopologyKey != "kubernetes.io/hostname" {
@@ -236,7 +236,7 @@ func TestManifests(t *testing.T) {
 		}
 		c := spec.Containers[0]
 		for _, a := range []string{"--registry=kube", "--namespace=$(POD_NAMESPACE)", "--listen=:8443", "--connect-listen=:8444",
-			"--connect-tls", "--admin-listen=:8080", "--advertise-url=$(ADVERTISE_URL)", "--log-format=json",
+			"--connect-tls", "--metrics-listen=:9090", "--advertise-url=$(ADVERTISE_URL)", "--log-format=json",
 			"--peer-listen=:8445", "--peers-service=backhaul-hub-peers"} {
 			if !slices.Contains(c.Args, a) {
 				t.Errorf("hub args %q lack %s", c.Args, a)
@@ -413,18 +413,23 @@ func resourceVersions(t *testing.T, ctx context.Context, m interface {
 }
 
 // checkHubServices: the client Service selects every replica (no leader
-// label), and the headless peer Service lists them on port "peer".
+// label), and the headless peer Service lists them on port "peer". The
+// metrics port is on a Service of its own, never on the one a load
+// balancer exposes.
 func checkHubServices(t *testing.T, r *rendered) {
 	t.Helper()
-	if len(r.services) != 2 {
-		t.Fatalf("%d services, want the hub's and its peers'", len(r.services))
+	if len(r.services) != 3 {
+		t.Fatalf("%d services, want the hub's, its metrics' and its peers'", len(r.services))
 	}
 	for _, svc := range r.services {
 		ports := map[string]int32{}
 		for _, p := range svc.Spec.Ports {
 			ports[p.Name] = p.Port
 		}
-		want := map[string]int32{"tunnel": 8443, "connect": 8444, "metrics": 8080}
+		want := map[string]int32{"tunnel": 8443, "connect": 8444}
+		if svc.Name == "backhaul-hub-metrics" {
+			want = map[string]int32{"metrics": 9090}
+		}
 		if svc.Name == "backhaul-hub-peers" {
 			want = map[string]int32{"peer": 8445}
 			if svc.Spec.ClusterIP != "None" {

@@ -112,7 +112,7 @@ func TestImages(t *testing.T) {
 	hub := w.container("hub", []endpoint{{public, "hub"}, {wan, "hub"}},
 		[]string{"--read-only", "-p", "127.0.0.1::8443", "-v", f.hubDir + ":/etc/backhaul:ro"},
 		images["hub"].ref,
-		"--listen=:8443", "--admin-listen=:8080",
+		"--listen=:8443", "--metrics-listen=:9090",
 		"--tls-cert-file=/etc/backhaul/tls.crt", "--tls-key-file=/etc/backhaul/tls.key",
 		"--agent-token-file=/etc/backhaul/agent-tokens.csv",
 		"--token-auth-file=/etc/backhaul/callers.csv")
