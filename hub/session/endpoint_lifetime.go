@@ -71,34 +71,45 @@ func earliestNotAfter(chain []*x509.Certificate) time.Time {
 	return t
 }
 
+// minDrainLead is the least lead worth asking for a replacement early.
+// A replacement that still holds the same credential (its renewal
+// failed) lives only as long as the lead, so its own lead is a tenth of
+// that: below this bound the chain of early replacements stops.
+const minDrainLead = time.Second
+
 // retireAt ends s when its lifetime is over, as a replica drain does: no
-// new streams from then on, the agent is told to dial a replacement (with
+// new streams from then on, the agent told to dial a replacement (with
 // its renewed certificate, or to authenticate its token again), and the
-// session closes once its streams have finished, or after CloseGrace. It
-// returns when ctx ends, the session ends, or it has closed it.
+// session closed once its streams have finished, or after CloseGrace. The
+// agent is told a little before the end (a tenth of the session's life,
+// at most CloseGrace), so that its replacement is up when this session
+// stops taking streams: make before break. It returns when ctx ends, the
+// session ends, or it has closed it.
 func (e *Endpoint) retireAt(ctx context.Context, s *Session, ts *tunnel.Session, l lifetime) {
 	if l.end.IsZero() {
 		return
 	}
-	timer := time.NewTimer(time.Until(l.end))
-	defer timer.Stop()
-	select {
-	case <-ctx.Done():
+	grace := e.cfg.CloseGrace
+	drained := false
+	if lead := min(grace, l.end.Sub(s.info.Since)/10); lead >= minDrainLead {
+		if !waitUntil(ctx, ts, l.end.Add(-lead)) {
+			return
+		}
+		e.drain(ctx, s, ts, time.Until(l.end)+grace)
+		drained = true
+	}
+	if !waitUntil(ctx, ts, l.end) {
 		return
-	case <-ts.Done():
-		return
-	case <-timer.C:
 	}
 	s.retire()
 	e.metrics.sessionExpired(l.reason)
-	e.cfg.Log.Info("session reached the end of its life; the agent is asked to reconnect", "cluster", s.Cluster(),
-		"session", s.info.ID, "reason", l.reason, "streams", ts.NumStreams(), "grace", e.cfg.CloseGrace)
-	grace := e.cfg.CloseGrace
+	e.cfg.Log.Info("session reached the end of its life; it takes no new streams", "cluster", s.Cluster(),
+		"session", s.info.ID, "reason", l.reason, "streams", ts.NumStreams(), "grace", grace)
+	if !drained {
+		e.drain(ctx, s, ts, grace)
+	}
 	dctx, cancel := context.WithTimeout(ctx, grace)
 	defer cancel()
-	if err := ts.Drain(dctx, grace); err != nil {
-		e.cfg.Log.Debug("agent did not take the drain message", "cluster", s.Cluster(), "session", s.info.ID, "error", err)
-	}
 	// Idle pooled HTTP connections are streams nobody will use again.
 	s.closeIdle()
 	tick := time.NewTicker(100 * time.Millisecond)
@@ -118,6 +129,31 @@ func (e *Endpoint) retireAt(ctx context.Context, s *Session, ts *tunnel.Session,
 		}
 	}
 	_ = ts.Close()
+}
+
+// drain tells the agent to dial a replacement for s and let s go within
+// grace.
+func (e *Endpoint) drain(ctx context.Context, s *Session, ts *tunnel.Session, grace time.Duration) {
+	e.cfg.Log.Debug("asking the agent for a replacement session", "cluster", s.Cluster(), "session", s.info.ID, "grace", grace)
+	dctx, cancel := context.WithTimeout(ctx, e.cfg.CloseGrace)
+	defer cancel()
+	if err := ts.Drain(dctx, grace); err != nil {
+		e.cfg.Log.Debug("agent did not take the drain message", "cluster", s.Cluster(), "session", s.info.ID, "error", err)
+	}
+}
+
+// waitUntil waits for t; false if ctx or the session ended first.
+func waitUntil(ctx context.Context, ts *tunnel.Session, t time.Time) bool {
+	timer := time.NewTimer(time.Until(t))
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-ts.Done():
+		return false
+	case <-timer.C:
+		return true
+	}
 }
 
 // serving says the session may carry new streams: alive and not retired.
