@@ -88,6 +88,11 @@ type HostConfig struct {
 	CA                *enrollment.CA
 	AgentCertValidity time.Duration
 	Heartbeat         time.Duration
+
+	// Tokens checks and redeems bootstrap tokens, read from a cache of the
+	// host's token Secrets; EnrollLimits bound who may try them how often.
+	Tokens       *enrollment.BootstrapTokens
+	EnrollLimits enrollment.Limits
 	// LeaderElect makes replicas elect the one that does singleton work;
 	// without it this replica does it.
 	LeaderElect bool

@@ -51,9 +51,8 @@ func (s *Server) newPeers() error {
 // removed clusters, the session directory, and the singleton work.
 func (s *Server) wireHost(mux *http.ServeMux) error {
 	h, log := s.cfg.Host, s.cfg.Log.Named(logging.Enroll)
-	tokens := &enrollment.BootstrapTokens{Reader: h.Direct, Writer: h.Direct, Namespace: h.Namespace}
 	enroller, err := enrollment.New(enrollment.Config{
-		Tokens: tokens, CA: h.CA, Clusters: h.Clusters, Sessions: s.sessions,
+		Tokens: h.Tokens, CA: h.CA, Clusters: h.Clusters, Sessions: s.sessions, Limits: h.EnrollLimits,
 		Validity: h.AgentCertValidity, Log: log, Metrics: enrollment.NewMetrics(s.cfg.Metrics),
 	})
 	if err != nil {
@@ -106,8 +105,7 @@ func (s *Server) singletonWork(ctx context.Context) error {
 	if err := mgr.Add(status); err != nil {
 		return err
 	}
-	tokens := &enrollment.BootstrapTokens{Reader: h.Direct, Writer: h.Direct, Namespace: h.Namespace}
-	if err := mgr.Add(enrollment.NewJanitor(tokens, 10*time.Minute, s.cfg.Log.Named(logging.Enroll))); err != nil {
+	if err := mgr.Add(enrollment.NewJanitor(h.Tokens, 10*time.Minute, s.cfg.Log.Named(logging.Enroll))); err != nil {
 		return err
 	}
 	if h.Propagation != nil {

@@ -166,6 +166,17 @@ func (o *Options) host(ctx context.Context, log hclog.Logger, tlsCfg *tls.Config
 		Host: h, AgentCertValidity: o.AgentCertValidity, Heartbeat: o.Heartbeat,
 		LeaderElect: o.LeaderElect, PeerListen: o.PeerListen, PeersService: o.PeersService,
 	}
+	// Every replica checks tokens against its own cache of them: a guess
+	// costs the host API nothing.
+	tc, err := enrollment.NewTokenCache(h.Kube, o.Namespace)
+	if err != nil {
+		return nil, err
+	}
+	if err := h.Manager.Add(tc); err != nil {
+		return nil, err
+	}
+	hc.Tokens = &enrollment.BootstrapTokens{Secrets: tc, Writer: h.Direct, Namespace: o.Namespace}
+	hc.EnrollLimits = o.EnrollLimits
 	if o.Propagation {
 		hc.Propagation = &propagation.Options{Log: log.Named(logging.Propagation), Workers: o.PropagationWorkers, Resync: o.PropagationResync}
 	}

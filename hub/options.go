@@ -5,6 +5,7 @@ import (
 	"os"
 	"time"
 
+	"backhaul.io/backhaul/hub/enrollment"
 	"backhaul.io/backhaul/hub/frontend"
 	"backhaul.io/backhaul/pkg/identity"
 	"backhaul.io/backhaul/pkg/logging"
@@ -39,6 +40,9 @@ type Options struct {
 	Log                        logging.Options
 	// certReloadEvery overrides reloadEvery (tests).
 	certReloadEvery time.Duration
+
+	// EnrollLimits bound /v1/enroll and /v1/enroll/status.
+	EnrollLimits enrollment.Limits
 
 	// Host-cluster registry (--registry=kube).
 	Registry          string
@@ -89,6 +93,8 @@ func NewOptions() *Options {
 		ConnectUDSUser: "system:backhaul:uds",
 		ClusterSuffix:  frontend.DefaultClusterSuffix,
 		Log:            logging.Options{Name: "backhaul-hub", Format: "text", Level: "info"},
+
+		EnrollLimits: enrollment.DefaultLimits(),
 
 		Registry:          RegistryStatic,
 		Namespace:         identity.DefaultNamespace,
@@ -146,6 +152,11 @@ func (o *Options) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&o.CACertFile, "ca-cert-file", o.CACertFile, "PEM CA certificate that signs agent certificates (empty with --registry=kube: Secret backhaul-ca in --namespace, created on first start)")
 	fs.StringVar(&o.CAKeyFile, "ca-key-file", o.CAKeyFile, "PEM key of --ca-cert-file")
 	fs.DurationVar(&o.AgentCertValidity, "agent-cert-validity", o.AgentCertValidity, "lifetime of issued agent certificates; agents renew at two thirds")
+	fs.Float64Var(&o.EnrollLimits.SourceRate, "enroll-rate-per-source", o.EnrollLimits.SourceRate, "with --registry=kube, requests per second one address (an IPv6 /64) may make to /v1/enroll and /v1/enroll/status after --enroll-burst-per-source; more are answered 429 with Retry-After (0: no limit). The address is the TCP peer's; X-Forwarded-For is ignored")
+	fs.IntVar(&o.EnrollLimits.SourceBurst, "enroll-burst-per-source", o.EnrollLimits.SourceBurst, "enrollment requests one address may make at once")
+	fs.Float64Var(&o.EnrollLimits.GlobalRate, "enroll-rate", o.EnrollLimits.GlobalRate, "requests per second all addresses together may make to /v1/enroll and /v1/enroll/status after --enroll-burst (0: no limit)")
+	fs.IntVar(&o.EnrollLimits.GlobalBurst, "enroll-burst", o.EnrollLimits.GlobalBurst, "enrollment requests all addresses together may make at once")
+	fs.IntVar(&o.EnrollLimits.MaxSources, "enroll-max-sources", o.EnrollLimits.MaxSources, "addresses whose enrollment rate is remembered; past it the least recent is forgotten, so many addresses cannot grow the hub's memory")
 	fs.StringVar(&o.AdvertiseURL, "advertise-url", o.AdvertiseURL, "wss:// URL agents dial, published in ConfigMap backhaul-hub-info for backhaulctl's onboarding command")
 	fs.StringVar(&o.TLSSANs, "tls-san", o.TLSSANs, "comma-separated extra DNS names or IPs for the serving certificate the hub issues itself (--registry=kube without --tls-cert-file)")
 	fs.BoolVar(&o.TokenReview, "token-review", o.TokenReview, "with --registry=kube, authenticate callers' bearer tokens by TokenReview against the host cluster")

@@ -16,6 +16,7 @@ import (
 	"backhaul.io/backhaul/hub/session"
 	"backhaul.io/backhaul/pkg/identity"
 	"backhaul.io/backhaul/pkg/kubestatus"
+	"backhaul.io/backhaul/pkg/logging"
 	"backhaul.io/backhaul/tunnel"
 )
 
@@ -35,8 +36,14 @@ type Config struct {
 	Validity time.Duration
 	// Timeout bounds one request's host-cluster calls (default 10 s).
 	Timeout time.Duration
+	// Limits bound enroll and status requests (see Limits). Renew is not
+	// limited: it needs a certificate of the hub CA, verified in the TLS
+	// handshake, and refusing it costs nothing but a rate-limited log line.
+	Limits  Limits
 	Log     hclog.Logger
 	Metrics *Metrics
+	// Now is the limiters' clock (tests); default time.Now.
+	Now func() time.Time
 }
 
 // Enroller serves the enrollment endpoints (see pkg/identity): a bootstrap
@@ -46,6 +53,10 @@ type Config struct {
 type Enroller struct {
 	cfg   Config
 	certs *auth.AgentCerts
+	limit *limiter
+	// refusals logs what anyone who reaches the hub can cause, within a
+	// limit: a flood of bad tokens must not become a flood of log lines.
+	refusals *logging.Limited
 }
 
 // New returns the enrollment endpoints.
@@ -56,17 +67,41 @@ func New(cfg Config) (*Enroller, error) {
 	if cfg.Validity < time.Minute {
 		return nil, fmt.Errorf("enrollment: certificate validity %v is under a minute", cfg.Validity)
 	}
+	if err := cfg.Limits.Validate(); err != nil {
+		return nil, fmt.Errorf("enrollment: %w", err)
+	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 10 * time.Second
 	}
-	return &Enroller{cfg: cfg, certs: &auth.AgentCerts{Roots: cfg.CA.Pool, Clusters: cfg.Clusters}}, nil
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Enroller{
+		cfg: cfg, certs: &auth.AgentCerts{Roots: cfg.CA.Pool, Clusters: cfg.Clusters},
+		limit: newLimiter(cfg.Limits, cfg.Now), refusals: logging.NewLimited(cfg.Log, time.Second, 20),
+	}, nil
 }
 
 // Register adds the enrollment routes to mux.
 func (e *Enroller) Register(mux *http.ServeMux) {
-	mux.HandleFunc("POST "+identity.PathEnroll, e.enroll)
+	mux.HandleFunc("POST "+identity.PathEnroll, e.limited("enroll", e.enroll))
 	mux.HandleFunc("POST "+identity.PathRenew, e.renew)
-	mux.HandleFunc("GET "+identity.PathEnrollStatus, e.status)
+	mux.HandleFunc("GET "+identity.PathEnrollStatus, e.limited("status", e.status))
+}
+
+// limited answers 429 with Retry-After, before anything else is read,
+// when the request's source or all sources are over their limits.
+func (e *Enroller) limited(kind string, h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		err := e.limit.allow(r.RemoteAddr)
+		var rl *RateLimitError
+		if !errors.As(err, &rl) {
+			h(w, r)
+			return
+		}
+		w.Header().Set("Retry-After", retrySeconds(rl.RetryAfter))
+		e.refuse(w, r, kind, http.StatusTooManyRequests, "rate_limited_"+rl.Scope, rl)
+	}
 }
 
 func (e *Enroller) enroll(w http.ResponseWriter, r *http.Request) {
@@ -165,6 +200,8 @@ func (e *Enroller) refuseErr(w http.ResponseWriter, r *http.Request, kind string
 		e.refuse(w, r, kind, http.StatusForbidden, "forbidden", err)
 	case errors.Is(err, errTokenInvalid), errors.Is(err, auth.ErrAgentAuth):
 		e.refuse(w, r, kind, http.StatusUnauthorized, "unauthorized", err)
+	case errors.Is(err, ErrTokensNotSynced):
+		e.refuse(w, r, kind, http.StatusServiceUnavailable, "error", err)
 	default:
 		e.refuse(w, r, kind, http.StatusInternalServerError, "error", err)
 	}
@@ -172,7 +209,7 @@ func (e *Enroller) refuseErr(w http.ResponseWriter, r *http.Request, kind string
 
 func (e *Enroller) refuse(w http.ResponseWriter, r *http.Request, kind string, code int, result string, err error) {
 	e.cfg.Metrics.request(kind, result)
-	e.cfg.Log.Warn("refused enrollment request", "kind", kind, "cluster", r.Header.Get(tunnel.HeaderCluster), "remote", r.RemoteAddr, "code", code, "error", err)
+	e.refusals.Warn("refused enrollment request", "kind", kind, "cluster", r.Header.Get(tunnel.HeaderCluster), "remote", r.RemoteAddr, "code", code, "error", err)
 	msg := err.Error()
 	if code == http.StatusUnauthorized {
 		// The log has the detail; the caller learns only that the token

@@ -47,8 +47,8 @@ func newEnrollEnv(t *testing.T) *enrollEnv {
 	env := &enrollEnv{ca: ca, tok: tok, uids: staticUIDs{"alpha": "uid-1", "beta": "uid-2"}}
 	sessions := session.NewRegistry(testutil.Logger(t), session.NewMetrics(prometheus.NewRegistry()))
 	e, err := New(Config{
-		Tokens: &BootstrapTokens{Reader: c, Writer: c, Namespace: testNS}, CA: ca, Clusters: env.uids,
-		Sessions: sessions, Validity: time.Hour, Log: testutil.Logger(t), Metrics: NewMetrics(prometheus.NewRegistry()),
+		Tokens: &BootstrapTokens{Secrets: readerSecrets{c}, Writer: c, Namespace: testNS}, CA: ca, Clusters: env.uids,
+		Sessions: sessions, Limits: DefaultLimits(), Validity: time.Hour, Log: testutil.Logger(t), Metrics: NewMetrics(prometheus.NewRegistry()),
 	})
 	require.NoError(t, err)
 	mux := http.NewServeMux()

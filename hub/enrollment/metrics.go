@@ -10,7 +10,7 @@ type Metrics struct {
 // NewMetrics registers the series on reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{enrollments: prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "backhaul_hub_enrollments_total", Help: "Agent certificate requests (enroll, renew) by result.",
+		Name: "backhaul_hub_enrollments_total", Help: "Enrollment requests (enroll, renew, status) by result: ok, unauthorized, forbidden, bad_csr, error, rate_limited_source, rate_limited_global.",
 	}, []string{"kind", "result"})}
 	reg.MustRegister(m.enrollments)
 	return m

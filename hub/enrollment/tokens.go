@@ -9,7 +9,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"backhaul.io/backhaul/hub/session"
@@ -24,12 +23,23 @@ var (
 	errTokenOtherCluster = fmt.Errorf("%w: bootstrap token belongs to another cluster", session.ErrAgentForbidden)
 )
 
+// TokenSecrets reads the bootstrap-token Secrets of the hub's namespace.
+// In the hub it is a TokenCache: anyone who reaches the hub can present a
+// well-formed token, and checking one must not cost the host API a request.
+// Get answers a missing Secret with a NotFound API error.
+type TokenSecrets interface {
+	Get(ctx context.Context, name string) (*corev1.Secret, error)
+	List(ctx context.Context) ([]*corev1.Secret, error)
+}
+
 // BootstrapTokens checks and redeems the one-use tokens backhaulctl stores,
 // as SHA-256 hashes, in Secrets in the hub's namespace.
 type BootstrapTokens struct {
-	// Reader reads Secrets uncached: a token used a moment ago by another
-	// hub replica must read as used.
-	Reader    client.Reader
+	// Secrets may be stale (an informer): Redeem's update carries the
+	// resourceVersion that was read, so a token another replica spent a
+	// moment ago conflicts instead of being spent twice.
+	Secrets TokenSecrets
+	// Writer goes to the host API, uncached.
 	Writer    client.Writer
 	Namespace string
 	Now       func() time.Time
@@ -49,8 +59,9 @@ func (b *BootstrapTokens) check(ctx context.Context, raw string) (*tokenRecord, 
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errTokenInvalid, err)
 	}
-	var s corev1.Secret
-	if err := b.Reader.Get(ctx, types.NamespacedName{Namespace: b.Namespace, Name: tok.SecretName()}, &s); err != nil {
+	// s belongs to the cache: read it, never write it (Redeem copies).
+	s, err := b.Secrets.Get(ctx, tok.SecretName())
+	if err != nil {
 		if apierrors.IsNotFound(err) {
 			return nil, fmt.Errorf("%w: no token %s", errTokenInvalid, tok.ID)
 		}
@@ -69,7 +80,7 @@ func (b *BootstrapTokens) check(ctx context.Context, raw string) (*tokenRecord, 
 	if !b.now().Before(exp) {
 		return nil, fmt.Errorf("%w: token %s expired at %s", errTokenInvalid, tok.ID, exp.Format(time.RFC3339))
 	}
-	return &tokenRecord{secret: &s, cluster: string(s.Data[identity.KeyCluster]), used: string(s.Data[identity.KeyUsed]) == "true"}, nil
+	return &tokenRecord{secret: s, cluster: string(s.Data[identity.KeyCluster]), used: string(s.Data[identity.KeyUsed]) == "true"}, nil
 }
 
 // Check verifies raw is a valid, unused token for cluster.
@@ -88,9 +99,15 @@ func (b *BootstrapTokens) Check(ctx context.Context, raw, cluster string) (*toke
 }
 
 // Redeem marks rec used. The update carries the resourceVersion read in
-// Check, so of two concurrent redemptions exactly one succeeds.
+// Check, so of two concurrent redemptions exactly one succeeds, and a
+// stale read of a token spent since (the cache lags the API) conflicts.
 func (b *BootstrapTokens) Redeem(ctx context.Context, rec *tokenRecord) error {
 	s := rec.secret.DeepCopy()
+	if s.ResourceVersion == "" {
+		// Without it the update would be unconditional: refuse rather
+		// than risk spending a token twice.
+		return fmt.Errorf("redeeming bootstrap token %s: read without a resourceVersion", s.Data[identity.KeyTokenID])
+	}
 	s.Data[identity.KeyUsed] = []byte("true")
 	if err := b.Writer.Update(ctx, s); err != nil {
 		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
@@ -113,18 +130,17 @@ func (b *BootstrapTokens) Lookup(ctx context.Context, raw string) (string, error
 
 // DeleteExpired removes token Secrets past expiry. Returns how many.
 func (b *BootstrapTokens) DeleteExpired(ctx context.Context) (int, error) {
-	var list corev1.SecretList
-	if err := b.Reader.List(ctx, &list, client.InNamespace(b.Namespace), client.MatchingFields{"type": identity.BootstrapSecretType}); err != nil {
+	list, err := b.Secrets.List(ctx)
+	if err != nil {
 		return 0, err
 	}
 	n := 0
-	for i := range list.Items {
-		s := &list.Items[i]
+	for _, s := range list {
 		exp, err := time.Parse(time.RFC3339, string(s.Data[identity.KeyExpiration]))
 		if err == nil && b.now().Before(exp) {
 			continue
 		}
-		if err := b.Writer.Delete(ctx, s, client.Preconditions{UID: &s.UID}); client.IgnoreNotFound(err) != nil {
+		if err := b.Writer.Delete(ctx, s.DeepCopy(), client.Preconditions{UID: &s.UID}); client.IgnoreNotFound(err) != nil {
 			return n, err
 		}
 		n++

@@ -73,7 +73,7 @@ func TestBootstrapTokens(t *testing.T) {
 		// an index to.
 		return []string{string(o.(*corev1.Secret).Type)}
 	}).Build()
-	b := &BootstrapTokens{Reader: c, Writer: c, Namespace: testNS, Now: func() time.Time { return now }}
+	b := &BootstrapTokens{Secrets: readerSecrets{c}, Writer: c, Namespace: testNS, Now: func() time.Time { return now }}
 	ctx := t.Context()
 
 	for _, tc := range []struct {
