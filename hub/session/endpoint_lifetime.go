@@ -92,17 +92,32 @@ func (e *Endpoint) retireAt(ctx context.Context, s *Session, ts *tunnel.Session,
 	grace := e.cfg.CloseGrace
 	drained := false
 	if lead := min(grace, l.end.Sub(s.info.Since)/10); lead >= minDrainLead {
-		if !waitUntil(ctx, ts, l.end.Add(-lead)) {
+		if !waitUntil(ctx, ts, l.end.Add(-lead), nil) {
 			return
 		}
+		e.metrics.sessionExpired(l.reason)
+		e.cfg.Log.Info("session nears the end of its life; the agent is asked for a replacement", "cluster", s.Cluster(),
+			"session", s.info.ID, "reason", l.reason, "ends", l.end)
 		e.drain(ctx, s, ts, time.Until(l.end)+grace)
 		drained = true
+		// Once the replacement is up, new streams go to it; the pooled
+		// idle HTTP connections are all that keep the agent from closing
+		// this session now.
+		if !waitUntil(ctx, ts, l.end, func() {
+			if e.registry.newestExcept(s.Cluster(), s) != nil {
+				s.closeIdle()
+			}
+		}) {
+			return
+		}
 	}
-	if !waitUntil(ctx, ts, l.end) {
+	if !waitUntil(ctx, ts, l.end, nil) {
 		return
 	}
 	s.retire()
-	e.metrics.sessionExpired(l.reason)
+	if !drained {
+		e.metrics.sessionExpired(l.reason)
+	}
 	e.cfg.Log.Info("session reached the end of its life; it takes no new streams", "cluster", s.Cluster(),
 		"session", s.info.ID, "reason", l.reason, "streams", ts.NumStreams(), "grace", grace)
 	if !drained {
@@ -142,17 +157,28 @@ func (e *Endpoint) drain(ctx context.Context, s *Session, ts *tunnel.Session, gr
 	}
 }
 
-// waitUntil waits for t; false if ctx or the session ended first.
-func waitUntil(ctx context.Context, ts *tunnel.Session, t time.Time) bool {
+// waitUntil waits for t, running tick (when set) every 100 ms meanwhile;
+// false if ctx or the session ended first.
+func waitUntil(ctx context.Context, ts *tunnel.Session, t time.Time, tick func()) bool {
 	timer := time.NewTimer(time.Until(t))
 	defer timer.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-ts.Done():
-		return false
-	case <-timer.C:
-		return true
+	var ticks <-chan time.Time
+	if tick != nil {
+		ticker := time.NewTicker(100 * time.Millisecond)
+		defer ticker.Stop()
+		ticks = ticker.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-ts.Done():
+			return false
+		case <-timer.C:
+			return true
+		case <-ticks:
+			tick()
+		}
 	}
 }
 
