@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"testing"
 	"time"
 
@@ -53,11 +54,15 @@ func (e *environment) statusSessions(t *testing.T, caller string) map[string][]u
 // TestRenewalKeepsStreams: the hub issues 2 min certificates in this suite,
 // so the agent renews about 80 s after adopting one. A watch open across
 // the renewal keeps delivering events, and the tunnel session is the same.
+// (The session ends when the certificate it was opened with expires, 40 s
+// after that renewal; so the test starts on a session opened with the
+// current certificate.)
 func TestRenewalKeepsStreams(t *testing.T) {
 	e := requireEnv(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	admin := e.tokens["fleet-admin"]
+	e.waitFreshSession(t, ctx, "f1")
 	before, err := e.agentCert(ctx, "f1")
 	require.NoError(t, err)
 	sessions := e.hubSessions(t, "f1")
@@ -121,4 +126,27 @@ func TestRenewalKeepsStreams(t *testing.T) {
 			t.Fatal("no watch event after the renewal")
 		}
 	}
+}
+
+// waitFreshSession waits until cluster's only session was opened with the
+// agent's current certificate: after a renewal, until the session of the
+// certificate before it has been replaced (at that one's expiry).
+func (e *environment) waitFreshSession(t *testing.T, ctx context.Context, cluster string) {
+	t.Helper()
+	cert, err := e.agentCert(ctx, cluster)
+	require.NoError(t, err)
+	require.NoError(t, harness.WaitFor(ctx, 150*time.Second, time.Second, func() error {
+		if now, err := e.agentCert(ctx, cluster); err != nil || now == cert {
+			return fmt.Errorf("the agent has not renewed yet (%v)", err)
+		}
+		return nil
+	}), "the agent renews its 2 min certificate")
+	old := e.hubSessions(t, cluster)
+	require.NoError(t, harness.WaitFor(ctx, 150*time.Second, time.Second, func() error {
+		now := e.hubSessions(t, cluster)
+		if len(now) != 1 || slices.Contains(old, now[0]) {
+			return fmt.Errorf("sessions %v, want one replacing %v", now, old)
+		}
+		return nil
+	}), "the session of the previous certificate is replaced at its expiry")
 }
