@@ -40,6 +40,11 @@ type Config struct {
 	// are the authentication, as for a kube-apiserver egress selector).
 	ConnectUDS     string
 	ConnectUDSUser string
+	// ConnectSocketDir, when set, serves the CONNECT front end on one Unix
+	// socket per cluster, DIR/CLUSTER.sock, whose callers act as
+	// ConnectUDSUser and whose node addresses are that cluster's
+	// (frontend.ClusterSockets). Clusters must list its clusters.
+	ConnectSocketDir string
 	// ClusterSuffix marks a cluster name in a CONNECT target (default
 	// frontend.DefaultClusterSuffix).
 	ClusterSuffix string
@@ -126,6 +131,9 @@ func (c *Config) validate() error {
 	}
 	if c.Replica == "" || c.MaxHandshakes < 1 || c.ProbeInterval <= 0 || c.ShutdownGrace <= 0 {
 		return errors.New("hub config: Replica, MaxHandshakes, ProbeInterval and ShutdownGrace are required")
+	}
+	if _, ok := c.Clusters.(frontend.ClusterNames); c.ConnectSocketDir != "" && !ok {
+		return errors.New("hub config: ConnectSocketDir needs a cluster registry that lists its clusters")
 	}
 	if h := c.Host; h != nil && (h.Host == nil || h.Clusters == nil || h.CA == nil) {
 		return errors.New("hub config: Host needs the host connection, Clusters and CA")

@@ -161,11 +161,11 @@ func (s *Server) directoryChanged(replicas []fleet.Replica) {
 	}
 	members := make([]peer.Member, 0, len(replicas))
 	for _, r := range replicas {
-		m := peer.Member{Name: r.Name, Address: r.Address, Draining: r.Draining, Nodes: map[string]string{}}
+		m := peer.Member{Name: r.Name, Address: r.Address, Draining: r.Draining, Nodes: map[string][]string{}}
 		m.Clusters = slices.Sorted(maps.Keys(r.Clusters))
 		for name, h := range r.Clusters {
-			for _, a := range h.NodeAddresses {
-				m.Nodes[a] = name
+			if len(h.NodeAddresses) > 0 {
+				m.Nodes[name] = h.NodeAddresses
 			}
 		}
 		members = append(members, m)

@@ -40,6 +40,7 @@ func (o *Options) Config(ctx context.Context, log hclog.Logger) (Config, error) 
 	}
 	cfg.Metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	cfg.SessionMaxAge = o.SessionMaxAge
+	cfg.ConnectSocketDir = o.ConnectSocketDir
 	var err error
 	if cfg.TLS, err = o.servingTLS(&cfg); err != nil {
 		return Config{}, err

@@ -23,6 +23,7 @@ type Options struct {
 	ConnectInsecureCredentials bool
 	ConnectUDS                 string
 	ConnectUDSUser             string
+	ConnectSocketDir           string
 	ClusterSuffix              string
 	TLSCertFile                string
 	TLSKeyFile                 string
@@ -132,6 +133,7 @@ func (o *Options) Flags(fs *flag.FlagSet) {
 	fs.BoolVar(&o.ConnectInsecureCredentials, "connect-insecure-credentials", o.ConnectInsecureCredentials, "accept Proxy-Authorization tokens on --connect-listen without --connect-tls, where anyone on the path can read them")
 	fs.StringVar(&o.ConnectUDS, "connect-uds", o.ConnectUDS, "Unix socket path of the CONNECT front end (empty: off); callers are trusted by the socket's file permissions")
 	fs.StringVar(&o.ConnectUDSUser, "connect-uds-user", o.ConnectUDSUser, "identity given to callers on --connect-uds")
+	fs.StringVar(&o.ConnectSocketDir, "connect-socket-dir", o.ConnectSocketDir, "directory of per-cluster CONNECT Unix sockets, DIR/CLUSTER.sock for every cluster (empty: off); on each, a node IP:PORT is that cluster's (for kube-apiserver egress selectors); callers act as --connect-uds-user")
 	fs.StringVar(&o.ClusterSuffix, "cluster-suffix", o.ClusterSuffix, "host suffix that marks a cluster name in a CONNECT target")
 	fs.StringVar(&o.TLSCertFile, "tls-cert-file", o.TLSCertFile, "PEM serving certificate (chain)")
 	fs.StringVar(&o.TLSKeyFile, "tls-key-file", o.TLSKeyFile, "PEM key of the serving certificate")

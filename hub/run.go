@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"backhaul.io/backhaul/hub/auth"
+	"backhaul.io/backhaul/hub/frontend"
 	"backhaul.io/backhaul/hub/peer"
 	"backhaul.io/backhaul/pkg/logging"
 )
@@ -49,6 +50,16 @@ func (s *Server) Run(ctx context.Context) error {
 		wg.Go(func() { _ = s.peers.Run(bg) })
 		wg.Go(func() { _ = s.identity.Run(bg) })
 	}
+	if d := s.cfg.ConnectSocketDir; d != "" {
+		socks, err := s.connect.Sockets(frontend.ClusterSocketsConfig{
+			Dir: d, User: &auth.User{Name: s.cfg.ConnectUDSUser}, Clusters: s.cfg.Clusters.(frontend.ClusterNames),
+			Resync: time.Second, Server: s.connectServer, Log: s.cfg.Log.Named(logging.Connect),
+		})
+		if err != nil {
+			return err
+		}
+		wg.Go(func() { _ = socks.Run(bg) })
+	}
 	ls, err := s.listen()
 	if err != nil {
 		return err
@@ -64,7 +75,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.ready.Store(true)
 	s.cfg.Log.Info("hub serving", "replica", s.cfg.Replica, "listen", s.Addr().String(), "metrics", s.cfg.AdminListen,
-		"connect", s.cfg.ConnectListen, "connect_uds", s.cfg.ConnectUDS, "peer", s.peerListen())
+		"connect", s.cfg.ConnectListen, "connect_uds", s.cfg.ConnectUDS, "connect_socket_dir", s.cfg.ConnectSocketDir, "peer", s.peerListen())
 	select {
 	case <-ctx.Done():
 		s.drain(bg)

@@ -89,7 +89,7 @@ func TestAdmissionRoute(t *testing.T) {
 	t.Cleanup(rm2)
 
 	dialer := session.NewDialer(reg, nil, session.NewMetrics(prometheus.NewRegistry()), hubtest.WaitBound)
-	route, err := dialer.NodeRoute(netip.MustParseAddr("10.0.0.7"))
+	route, err := dialer.NodeRoute("edge", netip.MustParseAddr("10.0.0.7"))
 	require.NoError(t, err)
 	require.Same(t, routed, route.Local())
 	a := NewAdmission(fakeAuthz{allowed: true}, clusterSet{"edge": true}, dialer)

@@ -109,6 +109,19 @@ func (a *AgentTokens) Known(cluster string) bool {
 	return ok
 }
 
+// Names lists the clusters that have a token (the per-cluster CONNECT
+// sockets follow them).
+func (a *AgentTokens) Names() []string {
+	_ = a.reload(false)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]string, 0, len(a.byName))
+	for n := range a.byName {
+		out = append(out, n)
+	}
+	return out
+}
+
 // reload re-reads the sources when their modification stamp changed, at most
 // once a second unless forced. A broken file keeps the last good set.
 func (a *AgentTokens) reload(force bool) error {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -65,4 +66,21 @@ func sortedKeys(m map[string]v1alpha1.HeldCluster) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// Node addresses are published per held cluster and read back so: two
+// sites reusing an address stay two routes, never one.
+func TestLiveReplicasKeepNodeAddressesPerCluster(t *testing.T) {
+	now := time.Now()
+	e := entry("hub-b", now, "site-a", "site-b")
+	e.Status.Clusters[0].NodeAddresses = []string{"10.0.0.5"}
+	e.Status.Clusters[1].NodeAddresses = []string{"10.0.0.5", "10.0.0.6"}
+	live := liveReplicas("hub-a", []v1alpha1.HubReplica{entry("hub-a", now), e}, nil, now)
+	require.Len(t, live, 2)
+	assert.Equal(t, []string{"10.0.0.5"}, live[1].Clusters["site-a"].NodeAddresses)
+	assert.Equal(t, []string{"10.0.0.5", "10.0.0.6"}, live[1].Clusters["site-b"].NodeAddresses)
+
+	changed := slices.Clone(live)
+	changed[1].Clusters = map[string]v1alpha1.HeldCluster{"site-a": live[1].Clusters["site-a"], "site-b": {Name: "site-b", Sessions: 1, NodeAddresses: []string{"10.0.0.6"}}}
+	assert.False(t, replicasEqual(live, changed), "a cluster's node addresses changing is a change peers must hear of")
 }

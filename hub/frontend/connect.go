@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"k8s.io/apimachinery/pkg/util/validation"
 
 	"backhaul.io/backhaul/hub/auth"
 	"backhaul.io/backhaul/hub/session"
@@ -41,13 +40,16 @@ type ConnectConfig struct {
 
 // Connect is the L4 front end: an HTTP CONNECT proxy whose targets are
 // clusters' API servers (CLUSTER+Suffix:PORT) and node addresses
-// advertised by node-mode agents (IP:PORT). TLS stays end to end between
-// the caller and the member; the hub sees neither requests nor the
-// member's credentials.
+// advertised by node-mode agents (IP.node.CLUSTER+Suffix:PORT, or a bare
+// IP:PORT; see parseTarget). TLS stays end to end between the caller and
+// the member; the hub sees neither requests nor the member's credentials.
 type Connect struct {
 	cfg ConnectConfig
 	// badCredentials logs refused credentials within a limit.
 	badCredentials *logging.Limited
+	// ambiguous logs bare node addresses that several clusters advertise,
+	// within a limit: any caller can ask for one.
+	ambiguous *logging.Limited
 }
 
 // NewConnect returns the CONNECT proxy; callers authenticate with a client
@@ -60,7 +62,7 @@ func NewConnect(cfg ConnectConfig) (*Connect, error) {
 	if !strings.HasPrefix(cfg.Suffix, ".") || len(cfg.Suffix) < 2 {
 		return nil, fmt.Errorf("connect: cluster suffix %q must start with a dot", cfg.Suffix)
 	}
-	return &Connect{cfg: cfg, badCredentials: logging.NewLimited(cfg.Log, time.Second, 20)}, nil
+	return &Connect{cfg: cfg, badCredentials: logging.NewLimited(cfg.Log, time.Second, 20), ambiguous: logging.NewLimited(cfg.Log, time.Second, 20)}, nil
 }
 
 // ServeHTTP serves CONNECT for callers who authenticate.
@@ -73,16 +75,25 @@ func (p *Connect) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.refuseAuth(w, err)
 		return
 	}
-	p.serve(w, r, user)
+	p.serve(w, r, user, "")
 }
 
 // ForSocket serves CONNECT with every caller acting as user: on a Unix
 // socket, file permissions are the authentication (kube-apiserver's egress
 // selector sends no credentials there).
 func (p *Connect) ForSocket(user *auth.User) http.Handler {
+	return p.ForClusterSocket(user, "")
+}
+
+// ForClusterSocket is ForSocket for a socket of one cluster: a bare
+// IP:PORT is that cluster's node address, whoever else advertises it, and
+// targets of other clusters are refused. kube-apiserver's egress selector
+// sends a node's IP:PORT and cannot name a cluster; the socket it is
+// given does. An empty cluster is the shared socket.
+func (p *Connect) ForClusterSocket(user *auth.User, cluster string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if p.isConnect(w, r) {
-			p.serve(w, r, user)
+			p.serve(w, r, user, cluster)
 		}
 	})
 }
@@ -96,14 +107,15 @@ func (p *Connect) isConnect(w http.ResponseWriter, r *http.Request) bool {
 }
 
 // serve admits user's CONNECT, opens the stream and splices it to the
-// caller's connection.
-func (p *Connect) serve(w http.ResponseWriter, r *http.Request, user *auth.User) {
+// caller's connection. scope, when set, is the one cluster the listener
+// serves.
+func (p *Connect) serve(w http.ResponseWriter, r *http.Request, user *auth.User, scope string) {
 	host, port, err := net.SplitHostPort(r.Host)
 	if err != nil || host == "" || port == "" {
 		refuseConnect(w, http.StatusBadRequest, fmt.Sprintf("CONNECT target %q is not host:port", r.Host))
 		return
 	}
-	route, req, ref := p.admit(r.Context(), user, host, r.Host)
+	route, req, ref := p.admit(r.Context(), user, scope, host, port)
 	if ref != nil {
 		retryAfter(w, ref.RetryAfter)
 		p.refuse(w, ref.Code, ref.Reason, ref.Message)
@@ -121,30 +133,91 @@ func (p *Connect) serve(w http.ResponseWriter, r *http.Request, user *auth.User)
 	splice(w, r, stream)
 }
 
-// admit resolves a CONNECT host and admits user to it: CLUSTER+Suffix
-// names a cluster's API server; an IP address goes to the node-mode agent
-// that advertised it.
-func (p *Connect) admit(ctx context.Context, user *auth.User, host, hostport string) (*session.Route, tunnel.Request, *auth.Refusal) {
-	if ip, err := netip.ParseAddr(host); err == nil {
-		req := tunnel.Request{Kind: tunnel.KindTCP, Address: hostport}
-		if why := session.Unroutable(ip); why != "" {
-			return nil, req, &auth.Refusal{Code: http.StatusForbidden, Reason: session.ReasonForbidden, Message: fmt.Sprintf("%s is %s and is never routed", ip, why)}
-		}
-		routed, err := p.cfg.Dialer.NodeRoute(ip)
-		if err != nil {
-			return nil, req, &auth.Refusal{Code: http.StatusNotFound, Reason: session.ReasonNoRoute, Message: fmt.Sprintf("no route to %s: %v", hostport, err)}
-		}
-		route, ref := p.cfg.Admission.AdmitRoute(ctx, user, routed)
-		return route, req, ref
+// admit resolves a CONNECT host (parseTarget) and admits user to it. A
+// node address is looked up only within its cluster, and only once user
+// may reach that cluster, so the answer says nothing about clusters the
+// caller may not reach. scope, when set, is the only cluster allowed.
+func (p *Connect) admit(ctx context.Context, user *auth.User, scope, host, port string) (*session.Route, tunnel.Request, *auth.Refusal) {
+	hostport := net.JoinHostPort(host, port)
+	t, err := parseTarget(host, p.cfg.Suffix)
+	if err != nil {
+		return nil, tunnel.Request{}, &auth.Refusal{Code: http.StatusNotFound, Reason: session.ReasonUnknownCluster,
+			Message: fmt.Sprintf("no route to %s: targets are CLUSTER%[2]s:PORT, IP.%[3]s.CLUSTER%[2]s:PORT (IP as 10-0-0-5 or fd00--5) or a node IP:PORT", hostport, p.cfg.Suffix, NodeLabel)}
 	}
-	req := tunnel.Request{Kind: tunnel.KindAPIServerTCP}
-	name, ok := strings.CutSuffix(strings.ToLower(host), p.cfg.Suffix)
-	if !ok || len(validation.IsDNS1123Label(name)) > 0 {
-		return nil, req, &auth.Refusal{Code: http.StatusNotFound, Reason: session.ReasonUnknownCluster,
-			Message: fmt.Sprintf("no route to %s: targets are CLUSTER%s:PORT or a node IP:PORT", hostport, p.cfg.Suffix)}
+	if !t.node() {
+		if ref := p.inScope(scope, t.cluster, hostport); ref != nil {
+			return nil, tunnel.Request{}, ref
+		}
+		route, ref := p.cfg.Admission.Admit(ctx, user, t.cluster)
+		return route, tunnel.Request{Kind: tunnel.KindAPIServerTCP}, ref
 	}
-	route, ref := p.cfg.Admission.Admit(ctx, user, name)
-	return route, req, ref
+	req := tunnel.Request{Kind: tunnel.KindTCP, Address: net.JoinHostPort(t.addr.String(), port)}
+	if why := session.Unroutable(t.addr); why != "" {
+		return nil, req, &auth.Refusal{Code: http.StatusForbidden, Reason: session.ReasonForbidden, Message: fmt.Sprintf("%s is %s and is never routed", t.addr, why)}
+	}
+	cluster := t.cluster
+	switch {
+	case cluster != "":
+		if ref := p.inScope(scope, cluster, hostport); ref != nil {
+			return nil, req, ref
+		}
+	case scope != "":
+		cluster = scope
+	default:
+		var ref *auth.Refusal
+		if cluster, ref = p.onlyCluster(ctx, user, t.addr, port); ref != nil {
+			return nil, req, ref
+		}
+	}
+	if _, ref := p.cfg.Admission.Admit(ctx, user, cluster); ref != nil {
+		return nil, req, ref
+	}
+	route, err := p.cfg.Dialer.NodeRoute(cluster, t.addr)
+	if err != nil {
+		return nil, req, &auth.Refusal{Code: http.StatusNotFound, Reason: session.ReasonNoRoute, Message: fmt.Sprintf("no route to %s: %v", req.Address, err)}
+	}
+	return route, req, nil
+}
+
+// inScope refuses a target of another cluster than the listener's own.
+func (p *Connect) inScope(scope, cluster, hostport string) *auth.Refusal {
+	if scope == "" || cluster == scope {
+		return nil
+	}
+	return &auth.Refusal{Code: http.StatusForbidden, Reason: session.ReasonForbidden,
+		Message: fmt.Sprintf("%s is a target of cluster %s; this socket serves cluster %s only", hostport, cluster, scope)}
+}
+
+// onlyCluster is the one cluster whose agents advertised the bare node
+// address addr. With none there is no route; with several, the caller
+// must name the cluster: routing to any one of them (the newest claim,
+// say) would let an agent of one site that advertises another's address
+// capture its traffic.
+func (p *Connect) onlyCluster(ctx context.Context, user *auth.User, addr netip.Addr, port string) (string, *auth.Refusal) {
+	clusters := p.cfg.Dialer.NodeClusters(addr)
+	switch len(clusters) {
+	case 0:
+		return "", &auth.Refusal{Code: http.StatusNotFound, Reason: session.ReasonNoRoute,
+			Message: fmt.Sprintf("no route to %s: %v", net.JoinHostPort(addr.String(), port), session.ErrNoRoute)}
+	case 1:
+		return clusters[0], nil
+	}
+	// Name only the clusters the caller may reach: the others' names are
+	// not theirs to learn.
+	var reachable []string
+	for _, c := range clusters {
+		if p.cfg.Admission.Allowed(ctx, user, c) {
+			reachable = append(reachable, c)
+		}
+	}
+	p.ambiguous.Warn("CONNECT to a node address that several clusters advertise refused", "address", addr, "clusters", clusters, "user", user.Name)
+	example, yours := "CLUSTER", ""
+	if len(reachable) > 0 {
+		example, yours = reachable[0], fmt.Sprintf(" (you may reach: %s)", strings.Join(reachable, ", "))
+	}
+	return "", &auth.Refusal{Code: http.StatusConflict, Reason: session.ReasonAmbiguousNode,
+		Message: fmt.Sprintf("%s is advertised by nodes of %d clusters%s; name the cluster: %s:%s, or use that cluster's own socket (--connect-socket-dir)",
+			addr, len(clusters), yours, nodeHost(addr, example, p.cfg.Suffix), port)}
 }
 
 // refuseAuth answers a caller without valid credentials: 407, or 503 when

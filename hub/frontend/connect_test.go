@@ -142,3 +142,102 @@ func TestConnectRefusesPlaintextCredentials(t *testing.T) {
 	assert.True(t, strings.HasPrefix(status, "407 refusing Proxy-Authorization sent in plaintext"), status)
 	assert.Contains(t, status, "--connect-insecure-credentials")
 }
+
+// siteAgent is a node agent whose node answers with the site's name.
+func siteAgent(site string) tunnel.Handler {
+	return func(_ context.Context, in *tunnel.Incoming) {
+		c, err := in.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "%s %s %s\n", site, in.Request.Kind, in.Request.Address)
+		_, _ = io.Copy(c, c)
+	}
+}
+
+// Two edge sites reuse 10.0.0.5. Site b's agent advertised it last (the
+// newest claim, which once took every CONNECT to the address): each
+// per-cluster form still reaches its own site, and the bare form, which
+// cannot say which site is meant, is refused and counted rather than
+// handed to either.
+func TestConnectNodeAddressOfAnotherSiteIsNotCaptured(t *testing.T) {
+	f := newFrontEnds(t, auth.AllowAuthenticated{}, "site-a", "site-b", "site-c")
+	ip := netip.MustParseAddr("10.0.0.5")
+	f.agent(t, "site-a", siteAgent("site-a"), session.Agent{Node: "a-1", Addresses: []netip.Addr{ip}})
+	f.agent(t, "site-b", siteAgent("site-b"), session.Agent{Node: "b-1", Addresses: []netip.Addr{ip}})
+	f.agent(t, "site-c", siteAgent("site-c"), session.Agent{})
+	bearer := "Bearer alice-token"
+	socket := func(cluster string) http.Handler { return f.connect.ForClusterSocket(&auth.User{Name: "system:egress"}, cluster) }
+
+	reached := []struct {
+		name, target, auth string
+		handler            http.Handler
+		want               string
+	}{
+		{"host form, site a", "10-0-0-5.node.site-a.cluster.backhaul:10250", bearer, f.connect, "site-a tcp 10.0.0.5:10250\n"},
+		{"host form, site b", "10-0-0-5.node.site-b.cluster.backhaul:10250", bearer, f.connect, "site-b tcp 10.0.0.5:10250\n"},
+		{"site a's socket, bare address", "10.0.0.5:10250", "", socket("site-a"), "site-a tcp 10.0.0.5:10250\n"},
+		{"site b's socket, bare address", "10.0.0.5:10250", "", socket("site-b"), "site-b tcp 10.0.0.5:10250\n"},
+		{"site a's socket, its own host form", "10-0-0-5.node.site-a.cluster.backhaul:10250", "", socket("site-a"), "site-a tcp 10.0.0.5:10250\n"},
+		{"site a's socket, its API server", "site-a.cluster.backhaul:443", "", socket("site-a"), "site-a apiserver-tcp \n"},
+		{"IPv4-mapped bare address on a socket", "[::ffff:10.0.0.5]:10250", "", socket("site-a"), "site-a tcp 10.0.0.5:10250\n"},
+	}
+	for _, tc := range reached {
+		t.Run(tc.name, func(t *testing.T) {
+			status, br, _ := rawConnect(t, tc.handler, tc.target, tc.auth)
+			require.Equal(t, "200 Connection established", status)
+			first, err := br.ReadString('\n')
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, first)
+		})
+	}
+
+	refused := []struct {
+		name, target, auth string
+		handler            http.Handler
+		want, metric       string
+	}{
+		{"bare address that two sites advertise", "10.0.0.5:10250", bearer, f.connect,
+			"409 10.0.0.5 is advertised by nodes of 2 clusters (you may reach: site-a, site-b); name the cluster: 10-0-0-5.node.site-a.cluster.backhaul:10250", session.ReasonAmbiguousNode},
+		{"the same on the shared socket", "10.0.0.5:10250", "", f.connect.ForSocket(alice), "409 10.0.0.5 is advertised by nodes of 2 clusters", session.ReasonAmbiguousNode},
+		{"a site that did not advertise the address", "10-0-0-5.node.site-c.cluster.backhaul:10250", bearer, f.connect,
+			"404 no route to 10.0.0.5:10250: cluster site-c: no agent advertises this address", session.ReasonNoRoute},
+		{"site c's socket, bare address", "10.0.0.5:10250", "", socket("site-c"), "404 no route to 10.0.0.5:10250", session.ReasonNoRoute},
+		{"site a's socket, site b's node", "10-0-0-5.node.site-b.cluster.backhaul:10250", "", socket("site-a"),
+			"403 10-0-0-5.node.site-b.cluster.backhaul:10250 is a target of cluster site-b; this socket serves cluster site-a only", session.ReasonForbidden},
+		{"site a's socket, site b's API server", "site-b.cluster.backhaul:443", "", socket("site-a"), "403 site-b.cluster.backhaul:443 is a target of cluster site-b", session.ReasonForbidden},
+		{"host form of an unknown cluster", "10-0-0-5.node.site-x.cluster.backhaul:10250", bearer, f.connect, `404 cluster "site-x" not found`, session.ReasonUnknownCluster},
+		{"host form of a metadata address", "169-254-169-254.node.site-a.cluster.backhaul:80", bearer, f.connect, "403 169.254.169.254 is the AWS", session.ReasonForbidden},
+		{"malformed host form", "10-0-0.node.site-a.cluster.backhaul:10250", bearer, f.connect, "404 no route to 10-0-0.node.site-a.cluster.backhaul:10250: targets are", session.ReasonUnknownCluster},
+	}
+	for _, tc := range refused {
+		t.Run(tc.name, func(t *testing.T) {
+			before := f.errors(t, tc.metric)
+			status, _, _ := rawConnect(t, tc.handler, tc.target, tc.auth)
+			assert.True(t, strings.HasPrefix(status, tc.want), "got %q, want %q", status, tc.want)
+			assert.Equal(t, before+1, f.errors(t, tc.metric), "counted as %s", tc.metric)
+		})
+	}
+}
+
+// A caller who may reach only one of the sites learns only that one's
+// name from the ambiguity.
+func TestConnectAmbiguityNamesOnlyReachableClusters(t *testing.T) {
+	f := newFrontEnds(t, onlyCluster("site-b"), "site-a", "site-b")
+	ip := netip.MustParseAddr("10.0.0.5")
+	f.agent(t, "site-a", siteAgent("site-a"), session.Agent{Addresses: []netip.Addr{ip}})
+	f.agent(t, "site-b", siteAgent("site-b"), session.Agent{Addresses: []netip.Addr{ip}})
+	status, _, _ := rawConnect(t, f.connect, "10.0.0.5:10250", "Bearer alice-token")
+	assert.True(t, strings.HasPrefix(status, "409 "), status)
+	assert.Contains(t, status, "10-0-0-5.node.site-b.cluster.backhaul:10250")
+	assert.Contains(t, status, "(you may reach: site-b)")
+	assert.NotContains(t, status, "site-a")
+}
+
+// onlyCluster authorizes every caller for one cluster.
+type onlyCluster string
+
+func (o onlyCluster) Authorize(_ context.Context, _ *auth.User, cluster string) (bool, string, error) {
+	return cluster == string(o), "not granted", nil
+}

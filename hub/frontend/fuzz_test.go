@@ -2,8 +2,11 @@ package frontend
 
 import (
 	"encoding/base64"
+	"errors"
 	"net/http"
 	"testing"
+
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"backhaul.io/backhaul/hub/auth"
 )
@@ -62,6 +65,45 @@ func FuzzWebsocketFrames(f *testing.F) {
 		check.track(bye)
 		if !check.atBoundary() || (len(bye) > 0 && !check.closed) {
 			t.Fatalf("the farewell is not whole frames ending in a close: %q", bye)
+		}
+	})
+}
+
+// A CONNECT host is untrusted: whatever it is, parseTarget either refuses
+// it or names exactly one cluster and/or one routable-form address, and a
+// named node target reads back from the form the hub prints.
+func FuzzParseTarget(f *testing.F) {
+	for _, s := range []string{
+		"edge-1.cluster.backhaul", "10-0-0-5.node.edge-1.cluster.backhaul", "fd00--5.node.e.cluster.backhaul",
+		"--ffff-a00-5.node.e.cluster.backhaul", "10.0.0.5", "fe80::1%eth0", "a.b.cluster.backhaul", ".node..cluster.backhaul",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, host string) {
+		got, err := parseTarget(host, DefaultClusterSuffix)
+		if err != nil {
+			if !errors.Is(err, errNotATarget) {
+				t.Fatalf("%q: error %v is not errNotATarget", host, err)
+			}
+			if got != (connectTarget{}) {
+				t.Fatalf("%q: refused but named %+v", host, got)
+			}
+			return
+		}
+		if got.cluster == "" && !got.node() {
+			t.Fatalf("%q names nothing", host)
+		}
+		if got.cluster != "" && len(validation.IsDNS1123Label(got.cluster)) > 0 {
+			t.Fatalf("%q: cluster %q is not a DNS label", host, got.cluster)
+		}
+		if got.node() && (got.addr.Zone() != "" || got.addr.Is4In6()) {
+			t.Fatalf("%q: address %v is not in the form routes use", host, got.addr)
+		}
+		if got.node() && got.cluster != "" {
+			again, err := parseTarget(nodeHost(got.addr, got.cluster, DefaultClusterSuffix), DefaultClusterSuffix)
+			if err != nil || again != got {
+				t.Fatalf("%q: %+v does not read back (%+v, %v)", host, got, again, err)
+			}
 		}
 	})
 }

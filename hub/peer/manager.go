@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -23,9 +24,10 @@ type Member struct {
 	Address  string
 	Draining bool
 	// Clusters it holds sessions of, and the node addresses their agents
-	// advertised (address → cluster).
+	// advertised (cluster → addresses): sites reuse private ranges, so an
+	// address means something only within its cluster.
 	Clusters []string
-	Nodes    map[string]string
+	Nodes    map[string][]string
 }
 
 // Config is what the Manager needs.
@@ -56,7 +58,9 @@ type Manager struct {
 	members map[string]Member
 	conns   map[string]*conn
 	holders map[string][]string // cluster → peer names, best first
-	nodes   map[string]nodeRoute
+	// nodes: node address → cluster → the peers whose agents of that
+	// cluster advertised it.
+	nodes map[netip.Addr]map[string][]string
 
 	replicas atomic.Int32
 	wake     chan struct{} // the desired connections changed
@@ -78,7 +82,7 @@ func NewManager(cfg Config) (*Manager, error) {
 	if cfg.OnChange == nil {
 		cfg.OnChange = func(string) {}
 	}
-	m := &Manager{cfg: cfg, members: map[string]Member{}, conns: map[string]*conn{}, holders: map[string][]string{}, nodes: map[string]nodeRoute{}, wake: make(chan struct{}, 1)}
+	m := &Manager{cfg: cfg, members: map[string]Member{}, conns: map[string]*conn{}, holders: map[string][]string{}, nodes: map[netip.Addr]map[string][]string{}, wake: make(chan struct{}, 1)}
 	m.replicas.Store(1)
 	return m, nil
 }
@@ -109,7 +113,7 @@ func (m *Manager) Update(members []Member) {
 // Callers hold mu.
 func (m *Manager) rebuild() {
 	holders := map[string][]string{}
-	nodes := map[string]nodeRoute{}
+	nodes := map[netip.Addr]map[string][]string{}
 	for name, mb := range m.members {
 		if m.conns[name] == nil {
 			continue
@@ -117,29 +121,46 @@ func (m *Manager) rebuild() {
 		for _, c := range mb.Clusters {
 			holders[c] = append(holders[c], name)
 		}
-		for addr, c := range mb.Nodes {
-			nr := nodes[addr]
-			nr.cluster = c
-			nr.peers = append(nr.peers, name)
-			nodes[addr] = nr
+		for c, addrs := range mb.Nodes {
+			for _, a := range addrs {
+				ip, err := netip.ParseAddr(a)
+				if err != nil {
+					continue // a peer's entry we cannot read routes nothing
+				}
+				ip = ip.Unmap()
+				if nodes[ip] == nil {
+					nodes[ip] = map[string][]string{}
+				}
+				if !slices.Contains(nodes[ip][c], name) {
+					nodes[ip][c] = append(nodes[ip][c], name)
+				}
+			}
 		}
 	}
-	for c, names := range holders {
-		slices.SortFunc(names, func(a, b string) int {
-			// Replicas that are not draining first, then by name so every
-			// replica picks the same one and pools stay warm.
-			da, db := m.members[a].Draining, m.members[b].Draining
-			if da != db {
-				if da {
-					return 1
-				}
-				return -1
-			}
-			return cmp.Compare(a, b)
-		})
-		holders[c] = names
+	for _, byCluster := range nodes {
+		for _, names := range byCluster {
+			m.sortPeers(names)
+		}
+	}
+	for _, names := range holders {
+		m.sortPeers(names)
 	}
 	m.holders, m.nodes = holders, nodes
+}
+
+// sortPeers puts replicas that are not draining first, then sorts by name
+// so every replica picks the same one and pools stay warm. Callers hold mu.
+func (m *Manager) sortPeers(names []string) {
+	slices.SortFunc(names, func(a, b string) int {
+		da, db := m.members[a].Draining, m.members[b].Draining
+		if da != db {
+			if da {
+				return 1
+			}
+			return -1
+		}
+		return cmp.Compare(a, b)
+	})
 }
 
 // notify reports clusters whose holders appeared or disappeared.
@@ -162,7 +183,34 @@ func (m *Manager) notify(before, after map[string][]string) {
 func (m *Manager) Holders(cluster string) []session.Peer {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
-	names := m.holders[cluster]
+	return m.connected(m.holders[cluster])
+}
+
+// NodeHolders implements session.Peers.
+func (m *Manager) NodeHolders(cluster string, addr netip.Addr) []session.Peer {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.connected(m.nodes[addr.Unmap()][cluster])
+}
+
+// NodeClusters implements session.Peers.
+func (m *Manager) NodeClusters(addr netip.Addr) []string {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	byCluster := m.nodes[addr.Unmap()]
+	out := make([]string, 0, len(byCluster))
+	for c, names := range byCluster {
+		if len(m.connected(names)) > 0 {
+			out = append(out, c)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// connected is the live connections of the named peers, in order.
+// Callers hold mu.
+func (m *Manager) connected(names []string) []session.Peer {
 	out := make([]session.Peer, 0, len(names))
 	for _, n := range names {
 		if c := m.conns[n]; c != nil {
@@ -170,27 +218,6 @@ func (m *Manager) Holders(cluster string) []session.Peer {
 		}
 	}
 	return out
-}
-
-// nodeRoute is which cluster's agent advertised a node address, and on
-// which peers.
-type nodeRoute struct {
-	cluster string
-	peers   []string
-}
-
-// NodeHolder implements session.Peers.
-func (m *Manager) NodeHolder(addr string) (string, []session.Peer) {
-	m.mu.RLock()
-	defer m.mu.RUnlock()
-	nr := m.nodes[addr]
-	var out []session.Peer
-	for _, n := range nr.peers {
-		if c := m.conns[n]; c != nil {
-			out = append(out, c)
-		}
-	}
-	return nr.cluster, out
 }
 
 // Replicas implements session.Peers.

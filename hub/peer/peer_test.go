@@ -210,3 +210,66 @@ func TestForwardCarriesRawStreams(t *testing.T) {
 	require.Error(t, err, "the replica holding the session checks the node route, forwarded or not")
 	assert.Empty(t, seen, "the agent was not asked")
 }
+
+// nodeAgent connects a node-mode agent of cluster to r advertising addr,
+// whose node answers each stream with the cluster's name.
+func (r *replica) nodeAgent(t *testing.T, cluster string, addr netip.Addr) {
+	hubSide, agentSide := hubtest.PipeSessions(t)
+	hubtest.ServeAgent(t, agentSide, func(_ context.Context, in *tunnel.Incoming) {
+		c, err := in.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_, _ = io.WriteString(c, cluster+" "+in.Request.Address)
+	})
+	_, remove, err := r.sessions.Add(cluster, hubSide, session.Agent{Node: cluster + "-node", Addresses: []netip.Addr{addr}})
+	require.NoError(t, err)
+	t.Cleanup(remove)
+}
+
+// Two sites whose agents sit on different replicas advertise the same
+// node address. Through the directory each replica routes a cluster's
+// address to that cluster's agent only, knows the bare address is
+// ambiguous, and the replica holding a session refuses a forwarded stream
+// for a cluster whose agent there did not advertise the address.
+func TestPeerNodeRoutesArePerCluster(t *testing.T) {
+	ca := hubtest.NewCA(t, "hub CA")
+	a, b, c := newReplica(t, ca, "hub-a"), newReplica(t, ca, "hub-b"), newReplica(t, ca, "hub-c")
+	ip := netip.MustParseAddr("10.0.0.5")
+	b.nodeAgent(t, "site-b", ip)
+	c.nodeAgent(t, "site-c", ip)
+	members := []Member{
+		{Name: "hub-a", Address: a.addr},
+		{Name: "hub-b", Address: b.addr, Clusters: []string{"site-b"}, Nodes: map[string][]string{"site-b": {"10.0.0.5"}}},
+		{Name: "hub-c", Address: c.addr, Clusters: []string{"site-c"}, Nodes: map[string][]string{"site-c": {"10.0.0.5", "not-an-address"}}},
+	}
+	for _, r := range []*replica{a, b, c} {
+		r.peers.Update(members)
+	}
+	require.Eventually(t, func() bool { return len(a.peers.Connected()) == 2 }, hubtest.WaitBound, 10*time.Millisecond)
+	assert.Equal(t, []string{"site-b", "site-c"}, a.dialer.NodeClusters(ip))
+
+	for _, tc := range []struct{ cluster, via string }{{"site-b", "hub-b"}, {"site-c", "hub-c"}} {
+		t.Run(tc.cluster, func(t *testing.T) {
+			route, err := a.dialer.NodeRoute(tc.cluster, ip)
+			require.NoError(t, err)
+			assert.Equal(t, []string{tc.via}, route.Via())
+			conn, err := a.dialer.Open(t.Context(), route, tunnel.Request{Kind: tunnel.KindTCP, Address: "10.0.0.5:10250"})
+			require.NoError(t, err)
+			defer conn.Close()
+			got, err := io.ReadAll(conn)
+			require.NoError(t, err)
+			assert.Equal(t, tc.cluster+" 10.0.0.5:10250", string(got))
+		})
+	}
+	_, err := a.dialer.NodeRoute("site-d", ip)
+	require.ErrorIs(t, err, session.ErrNoRoute)
+
+	// A forwarded stream names its cluster; hub-b holds no agent of
+	// site-c, so it does not hand site-c's address to site-b's agent.
+	_, err = b.sessions.OpenLocal(t.Context(), "site-c", tunnel.Request{Kind: tunnel.KindTCP, Address: "10.0.0.5:10250"})
+	var de *tunnel.DialError
+	require.ErrorAs(t, err, &de)
+	assert.Equal(t, tunnel.CodeUnavailable, de.Code)
+}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net"
 	"net/http"
-	"net/netip"
 	"sync"
 	"time"
 
@@ -74,18 +73,6 @@ func (d *Dialer) routeExcept(cluster string, s *Session) (*Route, error) {
 		return &Route{cluster: cluster, peers: peers}, nil
 	}
 	return nil, &ClusterError{Cluster: cluster, Err: ErrNotConnected}
-}
-
-// NodeRoute finds the session whose agent advertised node address addr:
-// here, else on a peer. It fails with ErrNoRoute.
-func (d *Dialer) NodeRoute(addr netip.Addr) (*Route, error) {
-	if s, err := d.registry.Route(addr); err == nil {
-		return &Route{cluster: s.Cluster(), local: s}, nil
-	}
-	if cluster, peers := d.peers.NodeHolder(addr.Unmap().String()); len(peers) > 0 {
-		return &Route{cluster: cluster, peers: peers}, nil
-	}
-	return nil, ErrNoRoute
 }
 
 // Connected says whether any replica holds a session of cluster.

@@ -33,11 +33,7 @@ func (r *Registry) localFor(cluster string, req tunnel.Request) (*Session, error
 	if req.Kind == tunnel.KindTCP {
 		host, _, err := net.SplitHostPort(req.Address)
 		if ip, perr := netip.ParseAddr(host); err == nil && perr == nil {
-			s, err := r.Route(ip)
-			if err != nil || s.Cluster() != cluster {
-				return nil, &ClusterError{Cluster: cluster, Err: ErrNoRoute}
-			}
-			return s, nil
+			return r.Route(cluster, ip)
 		}
 	}
 	return r.Get(cluster)

@@ -17,16 +17,20 @@ import (
 // Registry holds the live sessions of every cluster on this hub, and the
 // node routes their agents advertised. A cluster may have several
 // sessions (agent replicas, or an agent that reconnected before the hub
-// noticed its old session die); the newest serves new streams.
+// noticed its old session die); the newest serves new streams. Node
+// routes belong to their cluster: edge sites reuse private ranges, so the
+// same address may be a node of several clusters, and one cluster's agent
+// never takes over another's address.
 type Registry struct {
 	log     hclog.Logger
 	metrics *Metrics
 
 	mu       sync.RWMutex
 	sessions map[string][]*Session
-	// routes sends node addresses to the sessions whose agents advertised
-	// them; the newest claim wins, and a route goes with its session.
-	routes map[netip.Addr][]*Session
+	// nodes sends a node address of a cluster to the sessions of that
+	// cluster whose agents advertised it (address, then cluster); within a
+	// cluster the newest claim wins, and a route goes with its session.
+	nodes  map[netip.Addr]map[string][]*Session
 	nextID uint64
 	// closed is set by CloseAll: a hub that is stopping takes no sessions.
 	closed bool
@@ -39,7 +43,7 @@ type Registry struct {
 
 // NewRegistry returns an empty registry.
 func NewRegistry(log hclog.Logger, m *Metrics) *Registry {
-	return &Registry{log: log, metrics: m, sessions: map[string][]*Session{}, routes: map[netip.Addr][]*Session{}}
+	return &Registry{log: log, metrics: m, sessions: map[string][]*Session{}, nodes: map[netip.Addr]map[string][]*Session{}}
 }
 
 // Watch calls fn, outside the registry's lock, each time a cluster gains
@@ -74,14 +78,26 @@ func (r *Registry) Add(cluster string, ts *tunnel.Session, a Agent) (*Session, f
 		Remote: ts.RemoteAddr().String(), Since: time.Now(), Node: a.Node, Addresses: a.Addresses,
 	}}
 	r.sessions[cluster] = append(r.sessions[cluster], s)
+	var shared []string
 	for _, addr := range a.Addresses {
-		if prev := r.routes[addr]; len(prev) > 0 && prev[len(prev)-1].Cluster() != cluster {
-			r.log.Warn("node address moves to another cluster", "address", addr, "from", prev[len(prev)-1].Cluster(), "to", cluster)
+		byCluster := r.nodes[addr]
+		if byCluster == nil {
+			byCluster = map[string][]*Session{}
+			r.nodes[addr] = byCluster
 		}
-		r.routes[addr] = append(r.routes[addr], s)
+		if len(byCluster[cluster]) == 0 && len(byCluster) > 0 {
+			shared = append(shared, addr.String())
+		}
+		byCluster[cluster] = append(byCluster[cluster], s)
 	}
 	n := len(r.sessions[cluster])
 	r.mu.Unlock()
+	if len(shared) > 0 {
+		// Legitimate where sites reuse ranges; also what an agent claiming
+		// another site's node looks like. Either way the bare IP:PORT form
+		// is now ambiguous for these addresses and is refused.
+		r.log.Warn("node addresses advertised by more than one cluster: CONNECT must name the cluster for them", "cluster", cluster, "node", a.Node, "addresses", shared)
+	}
 	r.metrics.sessionUp()
 	r.log.Info("agent connected", "cluster", cluster, "session", s.info.ID, "remote", s.info.Remote, "agent_version", a.Version, "sessions", n)
 	r.notify(cluster)
@@ -93,10 +109,14 @@ func (r *Registry) remove(s *Session) {
 	cluster := s.Cluster()
 	r.mu.Lock()
 	for _, a := range s.info.Addresses {
-		if rs := slices.DeleteFunc(r.routes[a], func(x *Session) bool { return x == s }); len(rs) > 0 {
-			r.routes[a] = rs
+		byCluster := r.nodes[a]
+		if rs := slices.DeleteFunc(byCluster[cluster], func(x *Session) bool { return x == s }); len(rs) > 0 {
+			byCluster[cluster] = rs
 		} else {
-			delete(r.routes, a)
+			delete(byCluster, cluster)
+		}
+		if len(byCluster) == 0 {
+			delete(r.nodes, a)
 		}
 	}
 	list := slices.DeleteFunc(r.sessions[cluster], func(x *Session) bool { return x == s })
@@ -123,14 +143,32 @@ func (r *Registry) Get(cluster string) (*Session, error) {
 	return nil, &ClusterError{Cluster: cluster, Err: ErrNotConnected}
 }
 
-// Route returns the session of the agent that advertised node address addr.
-func (r *Registry) Route(addr netip.Addr) (*Session, error) {
+// Route returns the session of cluster whose agent advertised node
+// address addr (the newest such). It fails with a *ClusterError wrapping
+// ErrNoRoute: an agent of another cluster that advertised addr is never
+// the answer.
+func (r *Registry) Route(cluster string, addr netip.Addr) (*Session, error) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	if s := newestAlive(r.routes[addr.Unmap()]); s != nil {
+	if s := newestAlive(r.nodes[addr.Unmap()][cluster]); s != nil {
 		return s, nil
 	}
-	return nil, ErrNoRoute
+	return nil, &ClusterError{Cluster: cluster, Err: ErrNoRoute}
+}
+
+// NodeClusters lists, sorted, the clusters whose live sessions here
+// advertised node address addr.
+func (r *Registry) NodeClusters(addr netip.Addr) []string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	var out []string
+	for c, list := range r.nodes[addr.Unmap()] {
+		if newestAlive(list) != nil {
+			out = append(out, c)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // newestExcept is cluster's newest live session other than s.

@@ -3,9 +3,16 @@ package session
 import (
 	"context"
 	"net"
+	"net/netip"
+	"slices"
 
 	"backhaul.io/backhaul/tunnel"
 )
+
+// ReasonAmbiguousNode is the backhaul_hub_errors_total reason of a CONNECT
+// to a bare node address that agents of more than one cluster advertise;
+// it belongs to the closed set of Reason constants in metrics.go.
+const ReasonAmbiguousNode = "ambiguous_node_address"
 
 // Peer is another hub replica, reached over the one peer connection this
 // replica keeps with it (package peer implements it).
@@ -27,9 +34,12 @@ type Peers interface {
 	// Holders lists the connected peers that hold a session of cluster,
 	// best first (replicas that are not draining before those that are).
 	Holders(cluster string) []Peer
-	// NodeHolder names the cluster whose agent advertised node address
-	// addr on a peer, and the peers that hold it.
-	NodeHolder(addr string) (cluster string, peers []Peer)
+	// NodeHolders lists the connected peers holding a session of cluster
+	// whose agent advertised node address addr, best first.
+	NodeHolders(cluster string, addr netip.Addr) []Peer
+	// NodeClusters lists, sorted, the clusters whose agents on connected
+	// peers advertised node address addr.
+	NodeClusters(addr netip.Addr) []string
 	// Replicas is how many replicas serve, this one included.
 	Replicas() int
 }
@@ -37,9 +47,10 @@ type Peers interface {
 // NoPeers is a hub that is the only replica.
 type NoPeers struct{}
 
-func (NoPeers) Holders(string) []Peer              { return nil }
-func (NoPeers) NodeHolder(string) (string, []Peer) { return "", nil }
-func (NoPeers) Replicas() int                      { return 1 }
+func (NoPeers) Holders(string) []Peer                 { return nil }
+func (NoPeers) NodeHolders(string, netip.Addr) []Peer { return nil }
+func (NoPeers) NodeClusters(netip.Addr) []string      { return nil }
+func (NoPeers) Replicas() int                         { return 1 }
 
 var _ Peers = NoPeers{}
 
@@ -65,4 +76,31 @@ func (r *Route) Via() []string {
 		names[i] = p.Name()
 	}
 	return names
+}
+
+// NodeRoute finds how to reach node address addr of cluster: this
+// replica's session of cluster whose agent advertised addr, else the peers
+// holding one. Only cluster's agents are considered, so an agent of
+// another site that advertises the same address (sites reuse private
+// ranges, or it lies) is never used. It fails with a *ClusterError
+// wrapping ErrNoRoute.
+func (d *Dialer) NodeRoute(cluster string, addr netip.Addr) (*Route, error) {
+	addr = addr.Unmap()
+	if s, err := d.registry.Route(cluster, addr); err == nil {
+		return &Route{cluster: cluster, local: s}, nil
+	}
+	if peers := d.peers.NodeHolders(cluster, addr); len(peers) > 0 {
+		return &Route{cluster: cluster, peers: peers}, nil
+	}
+	return nil, &ClusterError{Cluster: cluster, Err: ErrNoRoute}
+}
+
+// NodeClusters lists, sorted, the clusters whose agents, here or on a
+// peer, advertised node address addr: a CONNECT to a bare IP:PORT is
+// routed only when there is exactly one.
+func (d *Dialer) NodeClusters(addr netip.Addr) []string {
+	addr = addr.Unmap()
+	out := append(d.registry.NodeClusters(addr), d.peers.NodeClusters(addr)...)
+	slices.Sort(out)
+	return slices.Compact(out)
 }
