@@ -18,13 +18,21 @@ import (
 )
 
 // Edge topology: a cloud kube-apiserver whose "cluster" egress goes to the
-// hub's CONNECT Unix socket reaches a kubelet on an edge node that accepts
-// no inbound connection, through the node-mode agent there.
+// edge site's own CONNECT Unix socket (--connect-socket-dir) reaches a
+// kubelet on an edge node that accepts no inbound connection, through the
+// node-mode agent there. The socket names the site, so the node's address
+// is looked up among that site's agents only.
 func TestEgressSelectorReachesEdgeKubelet(t *testing.T) {
 	e := requireEnv(t)
 	ctx := context.Background()
 	edge := e.members["m2"]
 	const nodeIP, nodeName = "10.252.2.1", "edge-node-1"
+	h := startSocketHub(t, e)
+	// The site's own agent, besides the node's: without the node agent
+	// the hub knows the cluster but has no route to the node.
+	site, err := harness.StartAgent(ctx, h.Hub, edge, harness.AgentConfig{Binary: e.agentBin, Name: "agent-m2-egress", Cluster: "m2"})
+	require.NoError(t, err)
+	t.Cleanup(site.Stop)
 
 	// The cloud control plane.
 	dir := t.TempDir()
@@ -38,7 +46,7 @@ egressSelections:
     transport:
       uds:
         udsName: %s
-`, e.hub.ConnectUDS)), 0o600))
+`, h.socket("m2"))), 0o600))
 	cloud, err := harness.StartMember(ctx, harness.MemberConfig{
 		Name: "cloud", Index: 43, Dir: filepath.Join(dir, "cloud"),
 		APIServerArgs: []string{"--egress-selector-config-file=" + egress},
@@ -61,7 +69,7 @@ egressSelections:
 	t.Cleanup(kubelet.Proc.Stop)
 	require.NoError(t, os.WriteFile(filepath.Join(kubelet.LogDir, "default_edge-pod_app.log"),
 		[]byte("log line from default/edge-pod/app on the edge node\n"), 0o644))
-	agent, err := harness.StartAgent(ctx, e.hub, edge, harness.AgentConfig{
+	agent, err := harness.StartAgent(ctx, h.Hub, edge, harness.AgentConfig{
 		Binary: e.agentBin, Name: "agent-" + nodeName, Cluster: "m2",
 		Args: []string{"--node-name", nodeName, "--node-addresses", nodeIP},
 	})

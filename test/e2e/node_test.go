@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -24,17 +25,22 @@ import (
 // (run inside a member's namespace), answering every request with it.
 const envServe = "BACKHAUL_E2E_SERVE"
 
+// envServeSays, with envServe, is what the stand-in answers instead of
+// its address: two sites' nodes may share an address.
+const envServeSays = "BACKHAUL_E2E_SERVE_SAYS"
+
 // nodeRange holds the tests' node addresses (inside member namespaces).
 const nodeRange = "10.252.0.0/16"
 
 func serveNodeStandIn(addr string) int {
+	says := cmp.Or(os.Getenv(envServeSays), addr)
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		_, _ = io.WriteString(w, addr)
+		_, _ = io.WriteString(w, says)
 	}), ReadHeaderTimeout: 5 * time.Second}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
@@ -48,11 +54,24 @@ func serveNodeStandIn(addr string) int {
 // response body.
 func connectGet(t *testing.T, e *environment, target string) (status, body string) {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", e.hub.ConnectAddr, 5*time.Second)
+	return connectGetVia(t, "tcp", e.hub.ConnectAddr, target, callers["admin"].Token)
+}
+
+// connectGetVia is connectGet through the CONNECT front end listening at
+// network address addr (a hub's TCP listener, or one of its Unix
+// sockets, where token is "" since the socket's permissions vouch for
+// the caller).
+func connectGetVia(t *testing.T, network, addr, target, token string) (status, body string) {
+	t.Helper()
+	c, err := net.DialTimeout(network, addr, 5*time.Second)
 	require.NoError(t, err)
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: Bearer %s\r\n\r\n", target, target, callers["admin"].Token)
+	auth := ""
+	if token != "" {
+		auth = "Proxy-Authorization: Bearer " + token + "\r\n"
+	}
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n%s\r\n", target, target, auth)
 	br := bufio.NewReader(c)
 	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
 	require.NoError(t, err)
@@ -162,7 +181,14 @@ func (e *environment) nodeSessions(t *testing.T) []string {
 // hubCounter reads one sample from the hub's /metrics (0 when absent).
 func (e *environment) hubCounter(t *testing.T, series string) float64 {
 	t.Helper()
-	resp, err := http.Get(e.hub.AdminURL + "/metrics")
+	return counterAt(t, e.hub.AdminURL, series)
+}
+
+// counterAt reads one sample from the /metrics of the hub whose admin
+// listener is adminURL (0 when absent).
+func counterAt(t *testing.T, adminURL, series string) float64 {
+	t.Helper()
+	resp, err := http.Get(adminURL + "/metrics")
 	require.NoError(t, err)
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
