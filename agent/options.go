@@ -47,6 +47,10 @@ type Options struct {
 	BackoffBase time.Duration
 	BackoffMax  time.Duration
 	Log         logging.Options
+
+	// StreamWindow bounds what one stream buffers here (the hub's
+	// requests, exec stdin, port-forward uploads).
+	StreamWindow tunnel.Window
 }
 
 // NewOptions returns the defaults.
@@ -63,6 +67,8 @@ func NewOptions() *Options {
 		BackoffBase: b.Base,
 		BackoffMax:  b.Max,
 		Log:         logging.Options{Name: "backhaul-agent", Format: "text", Level: "info"},
+
+		StreamWindow: tunnel.Window(t.StreamWindow),
 	}
 }
 
@@ -86,6 +92,7 @@ func (o *Options) Flags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.KeepWait, "keepalive-timeout", o.KeepWait, "how long a ping may go unanswered before reconnecting")
 	fs.DurationVar(&o.BackoffBase, "backoff-base", o.BackoffBase, "first reconnect backoff ceiling (full jitter)")
 	fs.DurationVar(&o.BackoffMax, "backoff-max", o.BackoffMax, "largest reconnect backoff")
+	fs.Var(&o.StreamWindow, "stream-window", "largest receive window of one tunnel stream, a `size` from 256Ki to 64Mi: a stream moves at most this much per round trip, and one the member side stops reading pins this much agent memory")
 	fs.StringVar(&o.Log.Format, "log-format", o.Log.Format, "log format: text or json")
 	fs.StringVar(&o.Log.Level, "log-level", o.Log.Level, "log level: trace, debug, info, warn, error")
 }
@@ -118,6 +125,9 @@ func (o *Options) Validate() error {
 	}
 	if o.KeepAlive <= 0 || o.KeepWait <= 0 || o.BackoffBase <= 0 || o.BackoffMax < o.BackoffBase {
 		errs = append(errs, errors.New("keepalive and backoff durations must be positive, and --backoff-max at least --backoff-base"))
+	}
+	if _, err := tunnel.ParseWindow(o.StreamWindow.String()); err != nil {
+		errs = append(errs, fmt.Errorf("--stream-window: %w", err))
 	}
 	if _, err := ParseAllowlist(splitList(o.Allow)); err != nil {
 		errs = append(errs, err)
@@ -167,6 +177,7 @@ func (o *Options) Config(log hclog.Logger) (Config, error) {
 	}
 	tcfg := tunnel.DefaultConfig()
 	tcfg.KeepAliveInterval, tcfg.KeepAliveTimeout = o.KeepAlive, o.KeepWait
+	tcfg.StreamWindow = uint32(o.StreamWindow)
 	tcfg.Logger = log.Named(logging.Tunnel)
 	h := http.Header{}
 	var creds *Credentials

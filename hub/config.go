@@ -77,6 +77,10 @@ type Config struct {
 
 	Tunnel      *tunnel.Config
 	DialTimeout time.Duration
+	// Limits bound the streams callers hold through the gateway and
+	// CONNECT, and refuse new ones above the memory budget (Limits.Memory);
+	// New fills in Metrics and Log. The zero value limits nothing.
+	Limits frontend.LimitsConfig
 	// ShutdownGrace is the most, and ShutdownDelay the least, this replica
 	// keeps serving after it is told to stop, while its agents move away.
 	ShutdownGrace time.Duration
@@ -120,6 +124,7 @@ func DefaultConfig() Config {
 		ProbeInterval: 15 * time.Second,
 		Tunnel:        tunnel.DefaultConfig(),
 		DialTimeout:   10 * time.Second,
+		Limits:        frontend.DefaultLimitsConfig(),
 		ShutdownGrace: 20 * time.Second,
 		ShutdownDelay: 3 * time.Second,
 	}

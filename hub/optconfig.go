@@ -20,6 +20,7 @@ import (
 	"backhaul.io/backhaul/hub/auth"
 	"backhaul.io/backhaul/hub/enrollment"
 	"backhaul.io/backhaul/hub/fleet"
+	"backhaul.io/backhaul/hub/frontend"
 	"backhaul.io/backhaul/hub/propagation"
 	"backhaul.io/backhaul/pkg/logging"
 	"backhaul.io/backhaul/tunnel"
@@ -42,6 +43,9 @@ func (o *Options) Config(ctx context.Context, log hclog.Logger) (Config, error) 
 	cfg.SessionMaxAge = o.SessionMaxAge
 	cfg.ConnectSocketDir = o.ConnectSocketDir
 	var err error
+	if cfg.Limits, err = o.limits(log); err != nil {
+		return Config{}, err
+	}
 	if cfg.TLS, err = o.servingTLS(&cfg); err != nil {
 		return Config{}, err
 	}
@@ -82,7 +86,29 @@ func (o *Options) Config(ctx context.Context, log hclog.Logger) (Config, error) 
 func (o *Options) tunnelConfig() *tunnel.Config {
 	t := tunnel.DefaultConfig()
 	t.KeepAliveInterval, t.KeepAliveTimeout = o.KeepAlive, o.KeepAliveWait
+	t.StreamWindow = uint32(o.StreamWindow)
 	return t
+}
+
+// limits are the stream limits, with a memory budget when a memory limit
+// is known (--memory-limit, GOMEMLIMIT or the cgroup's).
+func (o *Options) limits(log hclog.Logger) (frontend.LimitsConfig, error) {
+	l := frontend.DefaultLimitsConfig()
+	l.PerCaller, l.PerCluster = o.MaxStreamsPerCaller, o.MaxStreamsPerCluster
+	flag, err := frontend.ParseMemoryLimit(o.MemoryLimit)
+	if err != nil {
+		return l, err
+	}
+	limit, source := frontend.DetectMemoryLimit(flag)
+	if limit == 0 || o.MemoryBudget == 0 {
+		log.Info("no memory budget for new streams", "memory_limit", limit, "memory_budget", o.MemoryBudget)
+		return l, nil
+	}
+	if l.Memory, err = frontend.NewMemoryBudget(limit, o.MemoryBudget, source); err != nil {
+		return l, err
+	}
+	log.Info("new streams refused above the memory budget", "memory_limit", limit, "source", source, "budget_bytes", l.Memory.RefuseAbove())
+	return l, nil
 }
 
 // callers are the caller authenticators from files, and the CAs of caller

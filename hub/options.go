@@ -39,6 +39,12 @@ type Options struct {
 	MaxHandshakes              int
 	SessionMaxAge              time.Duration
 	Log                        logging.Options
+	// Memory bounds (issue 14, item 4): see Config.
+	StreamWindow         tunnel.Window
+	MaxStreamsPerCaller  int
+	MaxStreamsPerCluster int
+	MemoryLimit          string
+	MemoryBudget         float64
 	// certReloadEvery overrides reloadEvery (tests).
 	certReloadEvery time.Duration
 
@@ -94,6 +100,11 @@ func NewOptions() *Options {
 		ConnectUDSUser: "system:backhaul:uds",
 		ClusterSuffix:  frontend.DefaultClusterSuffix,
 		Log:            logging.Options{Name: "backhaul-hub", Format: "text", Level: "info"},
+
+		StreamWindow:         tunnel.Window(t.StreamWindow),
+		MaxStreamsPerCaller:  frontend.DefaultMaxStreamsPerCaller,
+		MaxStreamsPerCluster: frontend.DefaultMaxStreamsPerCluster,
+		MemoryBudget:         frontend.DefaultMemoryBudget,
 
 		EnrollLimits: enrollment.DefaultLimits(),
 
@@ -173,6 +184,11 @@ func (o *Options) Flags(fs *flag.FlagSet) {
 	fs.BoolVar(&o.Propagation, "propagation", o.Propagation, "with --registry=kube, run the Propagation controller, which pushes objects to members through their tunnels")
 	fs.IntVar(&o.PropagationWorkers, "propagation-workers", o.PropagationWorkers, "Propagations reconciled at once")
 	fs.DurationVar(&o.PropagationResync, "propagation-resync", o.PropagationResync, "how often every Propagation is re-applied, reverting drift in members")
+	fs.Var(&o.StreamWindow, "stream-window", "largest receive window of one tunnel stream, a `size` from 256Ki to 64Mi: a stream moves at most this much per round trip, and a caller that stops reading pins this much hub memory per stream")
+	fs.IntVar(&o.MaxStreamsPerCaller, "max-streams-per-caller", o.MaxStreamsPerCaller, "streams (gateway requests in progress, CONNECT tunnels) one caller, by user name, may hold through this replica at once; beyond it 429 with Retry-After (0: no limit)")
+	fs.IntVar(&o.MaxStreamsPerCluster, "max-streams-per-cluster", o.MaxStreamsPerCluster, "streams all callers together may hold to one cluster through this replica at once; beyond it 429 with Retry-After (0: no limit)")
+	fs.StringVar(&o.MemoryLimit, "memory-limit", o.MemoryLimit, "memory limit the stream budget is taken from, e.g. 1Gi (empty: GOMEMLIMIT, else the cgroup's limit, else no budget)")
+	fs.Float64Var(&o.MemoryBudget, "memory-budget", o.MemoryBudget, "share of the memory limit in use above which new streams are refused with 503 and Retry-After, while open ones go on (0: never refuse)")
 	fs.StringVar(&o.Log.Format, "log-format", o.Log.Format, "log format: text or json")
 	fs.StringVar(&o.Log.Level, "log-level", o.Log.Level, "log level: trace, debug, info, warn, error")
 }

@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"cmp"
 	"fmt"
 	"net"
 	"net/http"
@@ -112,9 +113,15 @@ func (s *Server) mountFrontEnds(mux *http.ServeMux, m *frontend.Metrics) error {
 	// Reviews the host could not answer make this replica not ready.
 	cfg.Authn, cfg.Authz = s.health.authn(cfg.Authn), s.health.authz(cfg.Authz)
 	admission := auth.NewAdmission(cfg.Authz, cfg.Clusters, s.dialer)
-	var err error
+	lc := cfg.Limits
+	lc.Metrics, lc.Log = m, cfg.Log.Named(frontend.LimitsLogName)
+	lc.RetryAfter = cmp.Or(lc.RetryAfter, frontend.DefaultLimitRetryAfter)
+	limits, err := frontend.NewLimits(lc)
+	if err != nil {
+		return err
+	}
 	s.gateway, err = frontend.NewGateway(frontend.GatewayConfig{
-		Authn: cfg.Authn, Admission: admission, Dialer: s.dialer, Metrics: m, Log: cfg.Log.Named(logging.Gateway),
+		Authn: cfg.Authn, Admission: admission, Dialer: s.dialer, Limits: limits, Metrics: m, Log: cfg.Log.Named(logging.Gateway),
 	})
 	if err != nil {
 		return err
@@ -124,7 +131,7 @@ func (s *Server) mountFrontEnds(mux *http.ServeMux, m *frontend.Metrics) error {
 		return err
 	}
 	s.connect, err = frontend.NewConnect(frontend.ConnectConfig{
-		Authn: cfg.Authn, Admission: admission, Dialer: s.dialer,
+		Authn: cfg.Authn, Admission: admission, Dialer: s.dialer, Limits: limits,
 		Suffix: cfg.ClusterSuffix, Metrics: m, Log: cfg.Log.Named(logging.Connect),
 		InsecureCredentials: cfg.ConnectInsecureCredentials,
 	})

@@ -6,6 +6,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"backhaul.io/backhaul/hub/frontend"
 )
 
 // Validate reports every problem at once.
@@ -51,6 +53,12 @@ func (o *Options) Validate() error {
 	}
 	if o.MaxHandshakes < 1 {
 		errs = append(errs, errors.New("--max-handshakes must be at least 1"))
+	}
+	if o.MaxStreamsPerCaller < 0 || o.MaxStreamsPerCluster < 0 || !(o.MemoryBudget >= 0 && o.MemoryBudget <= 1) {
+		errs = append(errs, errors.New("--max-streams-per-caller and --max-streams-per-cluster must not be negative (0: no limit), --memory-budget must be within 0 and 1"))
+	}
+	if _, err := frontend.ParseMemoryLimit(o.MemoryLimit); err != nil {
+		errs = append(errs, fmt.Errorf("--memory-limit: %w", err))
 	}
 	if o.PeerListen != "" && (!kube || o.PeersService == "") {
 		errs = append(errs, errors.New("--peer-listen needs --registry=kube and --peers-service (the directory lives in the host cluster)"))

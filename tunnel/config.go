@@ -18,8 +18,10 @@ type Config struct {
 	// the session is declared dead.
 	KeepAliveTimeout time.Duration
 	// StreamWindow is the largest per-stream receive window. Larger windows
-	// let one stream fill a fast link; a stalled reader can hold at most this
-	// much of buffered data per stream.
+	// let one stream fill a long fat link (one stream moves at most
+	// StreamWindow per round trip); a reader that stalls holds up to this
+	// much buffered data per stream in this process's memory, and there
+	// may be thousands of streams. See DefaultStreamWindow.
 	StreamWindow uint32
 	// AcceptBacklog bounds streams opened by the peer but not yet accepted.
 	AcceptBacklog int
@@ -37,7 +39,7 @@ func DefaultConfig() *Config {
 	return &Config{
 		KeepAliveInterval:  15 * time.Second,
 		KeepAliveTimeout:   10 * time.Second,
-		StreamWindow:       16 << 20,
+		StreamWindow:       DefaultStreamWindow,
 		AcceptBacklog:      1024,
 		HeaderTimeout:      10 * time.Second,
 		DefaultDialTimeout: 10 * time.Second,
@@ -54,8 +56,11 @@ func (c *Config) Validate() error {
 	if c.KeepAliveTimeout <= 0 {
 		errs = append(errs, errors.New("keepalive timeout must be positive"))
 	}
-	if c.StreamWindow < 256<<10 {
+	if c.StreamWindow < MinStreamWindow {
 		errs = append(errs, fmt.Errorf("stream window %d is below yamux's minimum of 256 KiB", c.StreamWindow))
+	}
+	if c.StreamWindow > MaxStreamWindow {
+		errs = append(errs, fmt.Errorf("stream window %d is above %d: one stalled reader would hold that much memory", c.StreamWindow, MaxStreamWindow))
 	}
 	if c.AcceptBacklog <= 0 {
 		errs = append(errs, errors.New("accept backlog must be positive"))

@@ -29,7 +29,9 @@ type ConnectConfig struct {
 	// Dialer opens the streams and resolves node routes (CONNECT IP:PORT).
 	Dialer *session.Dialer
 	// Suffix marks cluster targets: NAME+Suffix:port.
-	Suffix  string
+	Suffix string
+	// Limits, when set, bounds the streams callers hold (limits.go).
+	Limits  *Limits
 	Metrics *Metrics
 	Log     hclog.Logger
 	// InsecureCredentials accepts Proxy-Authorization on a plaintext
@@ -116,6 +118,8 @@ func (p *Connect) serve(w http.ResponseWriter, r *http.Request, user *auth.User,
 		return
 	}
 	route, req, ref := p.admit(r.Context(), user, scope, host, port)
+	release, ref := p.cfg.Limits.admit(frontEndConnect, user, route, ref)
+	defer release() // splice returns when the tunnel closes
 	if ref != nil {
 		retryAfter(w, ref.RetryAfter)
 		p.refuse(w, ref.Code, ref.Reason, ref.Message)

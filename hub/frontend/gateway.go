@@ -22,8 +22,10 @@ type GatewayConfig struct {
 	Authn     auth.Authenticator
 	Admission *auth.Admission
 	Dialer    *session.Dialer
-	Metrics   *Metrics
-	Log       hclog.Logger
+	// Limits, when set, bounds the streams callers hold (limits.go).
+	Limits  *Limits
+	Metrics *Metrics
+	Log     hclog.Logger
 }
 
 // Gateway serves /clusters/{name}/<kubernetes path> through the cluster's
@@ -76,6 +78,8 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	route, ref := g.cfg.Admission.Admit(r.Context(), user, name)
+	release, ref := g.cfg.Limits.admit(frontEndGateway, user, route, ref)
+	defer release() // after the response, a watch's or an exec's too: ServeHTTP returns then
 	if ref != nil {
 		retryAfter(rec, ref.RetryAfter)
 		g.refuse(rec, ref.Code, ref.Reason, ref.Message)

@@ -38,6 +38,8 @@ func reasonFor(code int) metav1.StatusReason {
 		return metav1.StatusReasonNotFound
 	case http.StatusBadRequest:
 		return metav1.StatusReasonBadRequest
+	case http.StatusTooManyRequests:
+		return metav1.StatusReasonTooManyRequests
 	case http.StatusServiceUnavailable:
 		return metav1.StatusReasonServiceUnavailable
 	case http.StatusGatewayTimeout:

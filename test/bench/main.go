@@ -19,7 +19,7 @@
 //
 // Targets are reported, never asserted: the exit status is non-zero only
 // when a figure could not be measured. Run it as `make bench` or
-// `go run ./test/bench [-quick] [-skip-connect] [-skip-kube] [-skip-streams] [-skip-ha]`
+// `go run ./test/bench [-quick] [-skip-window] [-skip-connect] [-skip-kube] [-skip-streams] [-skip-ha]`
 // from the repository root, as root (the apiserver and HA figures use network
 // namespaces).
 package main
@@ -45,6 +45,7 @@ import (
 type options struct {
 	quick       bool
 	skipTunnel  bool
+	skipWindow  bool
 	skipConnect bool
 	skipKube    bool
 	skipStreams bool
@@ -81,6 +82,7 @@ func parseOptions(args []string) (*options, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.BoolVar(&o.quick, "quick", false, "short smoke run (under a minute)")
 	fs.BoolVar(&o.skipTunnel, "skip-tunnel", false, "skip the in-process tunnel figures")
+	fs.BoolVar(&o.skipWindow, "skip-window", false, "skip the stream-window figures (download MB/s per window size over emulated round trips)")
 	fs.BoolVar(&o.skipConnect, "skip-connect", false, "skip the in-process CONNECT front end figures")
 	fs.BoolVar(&o.skipKube, "skip-kube", false, "skip the kube-apiserver gateway and streams figures (they need root)")
 	fs.BoolVar(&o.skipStreams, "skip-streams", false, "skip the exec, port-forward and GET-under-logs figures")
@@ -176,6 +178,9 @@ func run() int {
 	t := &table{}
 	if !o.skipTunnel {
 		benchTunnel(ctx, o, dir, t)
+	}
+	if !o.skipWindow && ctx.Err() == nil {
+		benchWindow(ctx, o, dir, t)
 	}
 	if !o.skipConnect && ctx.Err() == nil {
 		benchConnect(ctx, o, dir, t)

@@ -31,7 +31,23 @@ const smallBody = 100
 type tunnelRig struct {
 	origin string          // host:port of the origin
 	hub    *tunnel.Session // hub side of the one tunnel
+	link   rigLink
 	stopList
+}
+
+// rigLink shapes the tunnel of a rig: its stream window (0: the default)
+// and a delay each way between agent and hub (0: plain loopback).
+type rigLink struct {
+	window uint32
+	oneWay time.Duration
+}
+
+func (l rigLink) tunnelConfig() *tunnel.Config {
+	c := tunnel.DefaultConfig()
+	if l.window > 0 {
+		c.StreamWindow = l.window
+	}
+	return c
 }
 
 // stopList stops what a rig started, last first.
@@ -48,7 +64,12 @@ func (l *stopList) close() {
 // startTunnelRig starts origin, hub side and agent and returns once the
 // agent's tunnel is up. big is the size of the origin's /big response.
 func startTunnelRig(ctx context.Context, dir string, big int64) (_ *tunnelRig, err error) {
-	r := &tunnelRig{}
+	return startLinkRig(ctx, dir, big, rigLink{})
+}
+
+// startLinkRig is startTunnelRig over link.
+func startLinkRig(ctx context.Context, dir string, big int64, link rigLink) (_ *tunnelRig, err error) {
+	r := &tunnelRig{link: link}
 	defer func() {
 		if err != nil {
 			r.close()
@@ -127,7 +148,7 @@ func (r *tunnelRig) startHubSide(dir string) (url string, caPEM []byte, _ <-chan
 	sessions := make(chan *tunnel.Session, 1)
 	mux := http.NewServeMux()
 	mux.HandleFunc(tunnel.Path, func(w http.ResponseWriter, req *http.Request) {
-		sess, err := tunnel.Accept(w, req, tunnel.DefaultConfig())
+		sess, err := tunnel.Accept(w, req, r.link.tunnelConfig())
 		if err != nil {
 			return
 		}
@@ -153,7 +174,16 @@ func (r *tunnelRig) startHubSide(dir string) (url string, caPEM []byte, _ <-chan
 		_ = srv.Close()
 		wg.Wait()
 	})
-	return "wss://" + ln.Addr().String(), caPEM, sessions, nil
+	addr := ln.Addr().String()
+	if r.link.oneWay > 0 {
+		relay, stop, err := startDelayRelay(addr, r.link.oneWay)
+		if err != nil {
+			return "", nil, nil, err
+		}
+		r.add(stop)
+		addr = relay
+	}
+	return "wss://" + addr, caPEM, sessions, nil
 }
 
 // servingTLS issues a certificate for 127.0.0.1 from a throwaway CA, with
@@ -184,8 +214,10 @@ func (r *tunnelRig) startAgent(ctx context.Context, hubURL string, caPEM []byte)
 	}
 	h := http.Header{}
 	h.Set(tunnel.HeaderCluster, "bench")
+	d := agentDialer(hubURL, caPEM, h)
+	d.Config = r.link.tunnelConfig()
 	stop, err := runAgent(ctx, agent.Config{
-		Dialer: agentDialer(hubURL, caPEM, h),
+		Dialer: d,
 		Member: &rest.Config{Host: "https://127.0.0.1:1"},
 		Allow:  allow,
 	})
