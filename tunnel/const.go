@@ -26,6 +26,18 @@ const (
 	// routes to this session.
 	HeaderNode          = "Backhaul-Node"
 	HeaderNodeAddresses = "Backhaul-Node-Addresses"
+	// HeaderAgentFeatures carries, on the upgrade, the comma-separated
+	// features the agent serves beyond this Version's baseline, so a hub
+	// speaks them only to agents that understand them.
+	HeaderAgentFeatures = "Backhaul-Agent-Features"
+	// FeatureHubAPIServer: the agent serves [KindHubAPIServer] and refuses
+	// identities in the "backhaul:" space on every other stream.
+	FeatureHubAPIServer = "hub-apiserver"
+	// FeatureImpersonation: the agent honours a caller's own impersonation
+	// (kubectl --as), which the hub sends as Backhaul-Impersonate-* headers,
+	// after checking it with the member. A hub refuses --as towards an
+	// agent that did not announce it rather than drop it silently.
+	FeatureImpersonation = "impersonation"
 
 	// HeaderHubReplica, on the hub's 101 answer, names the hub replica that
 	// accepted the session; an agent holding several sessions uses it to
@@ -98,6 +110,14 @@ const (
 	// inner Kind in decimal ([Forward], [Request.Forwarded]). Only hub
 	// replicas speak it to each other; agents refuse it.
 	KindForward Kind = 5
+	// KindHubAPIServer is KindAPIServer for the hub's own controllers and
+	// probes, and the only stream on which an agent accepts an identity in
+	// the reserved "backhaul:" space (the hub's push identity). The
+	// gateway, which carries callers, never opens it, so no caller can act
+	// as the hub in a member whatever headers it sends. A hub opens it only
+	// on sessions whose agent announced [FeatureHubAPIServer]; to an older
+	// agent it opens KindAPIServer instead.
+	KindHubAPIServer Kind = 6
 )
 
 // DefaultDrainGrace is the acceptor's grace for a drain that names none.
@@ -115,6 +135,8 @@ func (k Kind) String() string {
 		return "drain"
 	case KindForward:
 		return "forward"
+	case KindHubAPIServer:
+		return "hub-apiserver"
 	default:
 		return fmt.Sprintf("kind(%d)", uint8(k))
 	}

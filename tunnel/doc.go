@@ -38,7 +38,7 @@
 // request id (at most [MaxRequestIDLen] printable ASCII bytes) ties hub and
 // agent logs together; the address is host:port for [KindTCP], the target
 // for [KindForward] (see below) and empty for [KindAPIServer],
-// [KindAPIServerTCP] and [KindDrain]. The whole request is at most
+// [KindHubAPIServer], [KindAPIServerTCP] and [KindDrain]. The whole request is at most
 // [MaxRequestLen] bytes.
 //
 // The acceptor answers before any payload:
@@ -51,6 +51,16 @@
 // code is a [Code] ([CodeOK] or a typed failure) and the message, at most
 // [MaxMessageLen] bytes, says why. After [CodeOK] the stream is a plain byte
 // pipe; after any other code the acceptor closes it.
+//
+// # The hub's own identity
+//
+// The gateway's requests for callers travel on [KindAPIServer] streams; the
+// hub's own (propagation, probes) on [KindHubAPIServer] streams, the only
+// ones on which an agent accepts an identity in the reserved "backhaul:"
+// space. An agent announces that it knows the kind with
+// [HeaderAgentFeatures] on its upgrade; a hub opens [KindAPIServer] towards
+// an agent that did not (an agent from before the kind, which does not
+// refuse reserved identities either).
 //
 // # Draining
 //

@@ -14,7 +14,7 @@ const maxClusterLen = 63
 // the outer's.
 func Forward(cluster string, inner Request) (Request, error) {
 	switch inner.Kind {
-	case KindAPIServer, KindAPIServerTCP, KindTCP:
+	case KindAPIServer, KindAPIServerTCP, KindTCP, KindHubAPIServer:
 	default:
 		return Request{}, fmt.Errorf("%w: %s cannot be forwarded", ErrMalformed, inner.Kind)
 	}
@@ -51,7 +51,7 @@ func (r Request) Forwarded() (cluster string, inner Request, err error) {
 		inner.Address = parts[2]
 	}
 	switch inner.Kind {
-	case KindAPIServer, KindAPIServerTCP, KindTCP:
+	case KindAPIServer, KindAPIServerTCP, KindTCP, KindHubAPIServer:
 	default:
 		return "", Request{}, fmt.Errorf("%w: %s cannot be forwarded", ErrMalformed, inner.Kind)
 	}

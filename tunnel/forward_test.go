@@ -13,6 +13,7 @@ func TestForwardRoundTrip(t *testing.T) {
 	for _, inner := range []Request{
 		{Kind: KindAPIServer, RequestID: "r1", Timeout: time.Second},
 		{Kind: KindAPIServerTCP},
+		{Kind: KindHubAPIServer, RequestID: "hub"},
 		{Kind: KindTCP, Address: "10.0.0.7:10250", RequestID: "r2"},
 		{Kind: KindTCP, Address: "[fd00::7]:10250"},
 	} {

@@ -25,6 +25,7 @@ func FuzzReadRequest(f *testing.F) {
 		{Kind: KindAPIServerTCP, RequestID: "c"},
 		{Kind: KindDrain},
 		{Kind: KindDrain, Timeout: 30 * time.Second, RequestID: "drain"},
+		{Kind: KindHubAPIServer, RequestID: "hub"},
 	}
 	extra := [][]byte{
 		{Version, byte(KindTCP), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff},

@@ -26,7 +26,7 @@ type Request struct {
 // Validate reports whether r can be put on the wire and served.
 func (r Request) Validate() error {
 	switch r.Kind {
-	case KindAPIServer, KindAPIServerTCP, KindDrain:
+	case KindAPIServer, KindAPIServerTCP, KindDrain, KindHubAPIServer:
 		if r.Address != "" {
 			return fmt.Errorf("%w: %s request carries an address", ErrMalformed, r.Kind)
 		}

@@ -46,6 +46,7 @@ func TestRequestRoundTrip(t *testing.T) {
 		{name: "max timeout", req: Request{Kind: KindAPIServer, Timeout: (1<<32 - 1) * time.Millisecond}},
 		{name: "drain with grace", req: Request{Kind: KindDrain, Timeout: 30 * time.Second, RequestID: "drain-1"}},
 		{name: "drain without grace", req: Request{Kind: KindDrain}},
+		{name: "hub apiserver", req: Request{Kind: KindHubAPIServer, RequestID: "hub-1"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -81,6 +82,7 @@ func TestRequestMarshalRejects(t *testing.T) {
 		{name: "unknown kind", req: Request{Kind: 9}},
 		{name: "apiserver with address", req: Request{Kind: KindAPIServer, Address: "10.0.0.1:443"}},
 		{name: "drain with address", req: Request{Kind: KindDrain, Address: "10.0.0.1:443"}},
+		{name: "hub apiserver with address", req: Request{Kind: KindHubAPIServer, Address: "10.0.0.1:443"}},
 		{name: "drain with negative grace", req: Request{Kind: KindDrain, Timeout: -time.Second}},
 		{name: "tcp without address", req: Request{Kind: KindTCP}},
 		{name: "tcp without port", req: Request{Kind: KindTCP, Address: "10.0.0.1"}},
@@ -282,6 +284,7 @@ func TestKindAndCodeStrings(t *testing.T) {
 	assert.Equal(t, "tcp", KindTCP.String())
 	assert.Equal(t, "apiserver-tcp", KindAPIServerTCP.String())
 	assert.Equal(t, "drain", KindDrain.String())
+	assert.Equal(t, "hub-apiserver", KindHubAPIServer.String())
 	assert.Equal(t, "kind(9)", Kind(9).String())
 	names := map[string]bool{}
 	for c := CodeOK; c <= maxCode; c++ {
