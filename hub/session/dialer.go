@@ -32,6 +32,7 @@ type Dialer struct {
 // remoteKey names the HTTP pool of one cluster through one peer
 // connection.
 type remoteKey struct {
+	kind    tunnel.Kind
 	peer    Peer
 	cluster string
 }
@@ -88,7 +89,7 @@ func (d *Dialer) Replicas() int { return d.peers.Replicas() }
 // the *tunnel.DialError of an agent or peer that refused.
 func (d *Dialer) Open(ctx context.Context, r *Route, req tunnel.Request) (net.Conn, error) {
 	if r.local != nil {
-		c, err := d.open(ctx, r.cluster, req, func(req tunnel.Request) (net.Conn, error) { return r.local.tunnel.Open(ctx, req) })
+		c, err := d.open(ctx, r.cluster, req, func(req tunnel.Request) (net.Conn, error) { return r.local.open(ctx, req) })
 		var de *tunnel.DialError
 		if err == nil || errors.As(err, &de) || ctx.Err() != nil {
 			return c, err
@@ -147,18 +148,27 @@ func requestID(ctx context.Context) string {
 	return id
 }
 
-// HTTP carries HTTP/1.1 to the member's API server along r. Connections
-// are pooled with the local session, or per peer connection and cluster,
-// and go when those go; the request's URL host is not used for dialing.
-func (d *Dialer) HTTP(r *Route) http.RoundTripper {
+// HTTP carries a caller's HTTP/1.1 to the member's API server along r
+// (tunnel.KindAPIServer streams, on which agents refuse the hub's own
+// identity). Connections are pooled with the local session, or per peer
+// connection and cluster, and go when those go; the request's URL host is
+// not used for dialing.
+func (d *Dialer) HTTP(r *Route) http.RoundTripper { return d.http(r, tunnel.KindAPIServer) }
+
+// HubHTTP is HTTP for the hub's own requests (tunnel.KindHubAPIServer
+// streams), the only ones that may carry the hub's identity. No front end
+// that carries callers uses it.
+func (d *Dialer) HubHTTP(r *Route) http.RoundTripper { return d.http(r, tunnel.KindHubAPIServer) }
+
+func (d *Dialer) http(r *Route, kind tunnel.Kind) http.RoundTripper {
 	if r.local != nil {
-		return r.local.transport(func() *http.Transport {
+		return r.local.transport(kind, func() *http.Transport {
 			return newTransport(func(ctx context.Context) (net.Conn, error) {
-				return d.Open(ctx, r, tunnel.Request{Kind: tunnel.KindAPIServer, RequestID: requestID(ctx)})
+				return d.Open(ctx, r, tunnel.Request{Kind: kind, RequestID: requestID(ctx)})
 			})
 		})
 	}
-	return remoteTransport{d: d, r: r}
+	return remoteTransport{d: d, r: r, kind: kind}
 }
 
 func newTransport(dial func(ctx context.Context) (net.Conn, error)) *http.Transport {
@@ -174,8 +184,9 @@ func newTransport(dial func(ctx context.Context) (net.Conn, error)) *http.Transp
 // remoteTransport tries the route's peers in order while a peer turns out
 // not to hold the cluster any more and the request can be sent again.
 type remoteTransport struct {
-	d *Dialer
-	r *Route
+	d    *Dialer
+	r    *Route
+	kind tunnel.Kind
 }
 
 func (t remoteTransport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -187,7 +198,7 @@ func (t remoteTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 		}
 		var resp *http.Response
-		if resp, err = t.d.pool(p, t.r.cluster).RoundTrip(req); !stale(err) {
+		if resp, err = t.d.pool(p, t.r.cluster, t.kind).RoundTrip(req); !stale(err) {
 			return resp, err
 		}
 	}
@@ -213,15 +224,15 @@ func rewound(req *http.Request) (*http.Request, error) {
 
 // pool is the HTTP pool of cluster through p's current connection; it is
 // dropped when that connection ends.
-func (d *Dialer) pool(p Peer, cluster string) *http.Transport {
-	k := remoteKey{peer: p, cluster: cluster}
+func (d *Dialer) pool(p Peer, cluster string, kind tunnel.Kind) *http.Transport {
+	k := remoteKey{kind: kind, peer: p, cluster: cluster}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if t := d.pools[k]; t != nil {
 		return t
 	}
 	t := newTransport(func(ctx context.Context) (net.Conn, error) {
-		return d.openVia(ctx, p, cluster, tunnel.Request{Kind: tunnel.KindAPIServer, RequestID: requestID(ctx)})
+		return d.openVia(ctx, p, cluster, tunnel.Request{Kind: kind, RequestID: requestID(ctx)})
 	})
 	d.pools[k] = t
 	// The pool lives as long as the peer connection (its streams die with
@@ -238,7 +249,8 @@ func (d *Dialer) pool(p Peer, cluster string) *http.Transport {
 
 // Config returns a client configuration that reaches cluster's API server
 // along whichever route serves the cluster at each request, acting as the
-// given identity. Calls fail with a *ClusterError wrapping ErrNotConnected
+// given identity on tunnel.KindHubAPIServer streams: it is the hub's own
+// client, for its controllers, never a caller's. Calls fail with a *ClusterError wrapping ErrNotConnected
 // while no replica holds a session, and work again as soon as one does: a
 // client built once stays usable.
 func (d *Dialer) Config(cluster string, as rest.ImpersonationConfig) *rest.Config {
@@ -267,5 +279,5 @@ func (t clusterTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		}
 		return nil, err
 	}
-	return t.d.HTTP(route).RoundTrip(r)
+	return t.d.HubHTTP(route).RoundTrip(r)
 }

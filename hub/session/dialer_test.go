@@ -68,7 +68,7 @@ func TestDialerConfigFollowsSessions(t *testing.T) {
 	_, err = get()
 	require.NoError(t, err, "and again after the agent reconnects")
 	<-seen
-	assert.Equal(t, 2.0, hubtest.Counter(t, reg, "backhaul_hub_streams_opened_total", map[string]string{"kind": "apiserver"}),
+	assert.Equal(t, 2.0, hubtest.Counter(t, reg, "backhaul_hub_streams_opened_total", map[string]string{"kind": "hub-apiserver"}),
 		"one stream per session: requests reuse it")
 }
 
@@ -123,4 +123,46 @@ func TestDialerFallsBackFromAFailingSession(t *testing.T) {
 	c, err := d.Open(t.Context(), route, tunnel.Request{Kind: tunnel.KindAPIServer})
 	require.NoError(t, err, "the older session carries the stream")
 	_ = c.Close()
+}
+
+// TestHubRequestsTravelOnTheirOwnStreamKind: the hub's own client (Config,
+// and the prober) opens tunnel.KindHubAPIServer, which agents accept the
+// hub's identity on, only towards agents that announced it; callers'
+// requests (HTTP) are always tunnel.KindAPIServer.
+func TestHubRequestsTravelOnTheirOwnStreamKind(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		features       []string
+		wantHub, wantC tunnel.Kind
+	}{
+		{name: "agent serves the hub's kind", features: []string{tunnel.FeatureHubAPIServer}, wantHub: tunnel.KindHubAPIServer, wantC: tunnel.KindAPIServer},
+		{name: "older agent", wantHub: tunnel.KindAPIServer, wantC: tunnel.KindAPIServer},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, m, _ := newTestRegistry(t)
+			d := NewDialer(r, nil, m, time.Second)
+			kinds := make(chan tunnel.Kind, 4)
+			serve := hubtest.HTTPAgent(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") }))
+			hubSide, agentSide := hubtest.PipeSessions(t)
+			hubtest.ServeAgent(t, agentSide, func(ctx context.Context, in *tunnel.Incoming) {
+				kinds <- in.Request.Kind
+				serve(ctx, in)
+			})
+			s, _ := add(t, r, "edge", hubSide, Agent{Features: tc.features})
+
+			get := func(rt http.RoundTripper) {
+				req, err := http.NewRequest(http.MethodGet, "http://edge/version", nil)
+				require.NoError(t, err)
+				resp, err := rt.RoundTrip(req)
+				require.NoError(t, err)
+				_, _ = io.Copy(io.Discard, resp.Body)
+				require.NoError(t, resp.Body.Close())
+			}
+			route := &Route{cluster: "edge", local: s}
+			get(d.HubHTTP(route))
+			assert.Equal(t, tc.wantHub, <-kinds)
+			get(d.HTTP(route))
+			assert.Equal(t, tc.wantC, <-kinds, "a caller's request never rides the hub's kind")
+		})
+	}
 }

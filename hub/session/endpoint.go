@@ -164,7 +164,10 @@ func (e *Endpoint) agent(r *http.Request, cluster string) (Agent, error) {
 	if err != nil {
 		return Agent{}, err
 	}
-	return Agent{Version: r.Header.Get(tunnel.HeaderAgentVersion), Node: r.Header.Get(tunnel.HeaderNode), Addresses: addrs}, nil
+	return Agent{
+		Version: r.Header.Get(tunnel.HeaderAgentVersion), Node: r.Header.Get(tunnel.HeaderNode), Addresses: addrs,
+		Features: parseFeatures(r.Header),
+	}, nil
 }
 
 // serve keeps ts registered until it ends: the agent closes it, a ping

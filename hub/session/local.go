@@ -21,7 +21,7 @@ func (r *Registry) OpenLocal(ctx context.Context, cluster string, req tunnel.Req
 		return nil, &tunnel.DialError{Code: tunnel.CodeUnavailable, Message: err.Error()}
 	}
 	start := time.Now()
-	c, err := s.tunnel.Open(ctx, req)
+	c, err := s.open(ctx, req)
 	if err != nil {
 		return nil, err
 	}

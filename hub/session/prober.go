@@ -188,7 +188,7 @@ func (p *Prober) probe(ctx context.Context, s *Session) {
 		h.RTT = rtt
 	}
 	s.rtt.Store(int64(h.RTT))
-	rt := p.dialer.HTTP(&Route{cluster: s.Cluster(), local: s})
+	rt := p.dialer.HubHTTP(&Route{cluster: s.Cluster(), local: s})
 	body, err := p.get(ctx, rt, "/readyz")
 	switch {
 	case err != nil:

@@ -73,7 +73,7 @@ func (r *Registry) Add(cluster string, ts *tunnel.Session, a Agent) (*Session, f
 		return nil, nil, ErrShutdown
 	}
 	r.nextID++
-	s := &Session{tunnel: ts, info: Info{
+	s := &Session{tunnel: ts, features: a.Features, info: Info{
 		Cluster: cluster, ID: r.nextID, AgentVersion: a.Version,
 		Remote: ts.RemoteAddr().String(), Since: time.Now(), Node: a.Node, Addresses: a.Addresses,
 	}}

@@ -1,8 +1,12 @@
 package session
 
 import (
+	"context"
+	"net"
 	"net/http"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,6 +20,25 @@ type Agent struct {
 	// Node and Addresses are set for agents in node mode.
 	Node      string
 	Addresses []netip.Addr
+	// Features are the tunnel features the agent announced
+	// (tunnel.HeaderAgentFeatures).
+	Features []string
+}
+
+// maxFeatures bounds what an agent may announce; more are ignored.
+const maxFeatures = 16
+
+// parseFeatures reads an upgrade's tunnel.HeaderAgentFeatures.
+func parseFeatures(h http.Header) []string {
+	var out []string
+	for _, v := range h.Values(tunnel.HeaderAgentFeatures) {
+		for _, f := range strings.Split(v, ",") {
+			if f = strings.TrimSpace(f); f != "" && len(out) < maxFeatures {
+				out = append(out, f)
+			}
+		}
+	}
+	return out
 }
 
 // Info describes one registered session, as the status page shows it.
@@ -45,8 +68,10 @@ type Session struct {
 	// its maximum age: it carries no new streams while it winds down.
 	retired atomic.Bool
 
+	features []string // what the agent announced
+
 	mu   sync.Mutex
-	http *http.Transport // built on first use by Dialer.HTTP
+	http map[tunnel.Kind]*http.Transport // by stream kind, built on first use by Dialer
 }
 
 // Cluster is the name of the cluster the session serves.
@@ -75,24 +100,45 @@ func (s *Session) alive() bool {
 	}
 }
 
-// transport returns the session's HTTP transport, building it with build
-// the first time.
-func (s *Session) transport(build func() *http.Transport) *http.Transport {
+// Serves says whether the session's agent announced feature f.
+func (s *Session) Serves(f string) bool { return slices.Contains(s.features, f) }
+
+// open opens a stream for req. The hub's own API requests go as
+// tunnel.KindHubAPIServer only to an agent that serves the kind; an older
+// agent gets them as tunnel.KindAPIServer, as before the kind existed.
+func (s *Session) open(ctx context.Context, req tunnel.Request) (net.Conn, error) {
+	if req.Kind == tunnel.KindHubAPIServer && !s.Serves(tunnel.FeatureHubAPIServer) {
+		req.Kind = tunnel.KindAPIServer
+	}
+	return s.tunnel.Open(ctx, req)
+}
+
+// transport returns the session's HTTP transport for streams of kind,
+// building it with build the first time.
+func (s *Session) transport(kind tunnel.Kind, build func() *http.Transport) *http.Transport {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.http == nil {
-		s.http = build()
+		s.http = map[tunnel.Kind]*http.Transport{}
 	}
-	return s.http
+	t := s.http[kind]
+	if t == nil {
+		t = build()
+		s.http[kind] = t
+	}
+	return t
 }
 
 // closeIdle drops pooled HTTP connections once the session has left the
 // registry; their streams are gone with it.
 func (s *Session) closeIdle() {
 	s.mu.Lock()
-	t := s.http
+	ts := make([]*http.Transport, 0, len(s.http))
+	for _, t := range s.http {
+		ts = append(ts, t)
+	}
 	s.mu.Unlock()
-	if t != nil {
+	for _, t := range ts {
 		t.CloseIdleConnections()
 	}
 }
