@@ -98,20 +98,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	// API server streams are served by one http.Server fed from a listener.
-	lis := newStreamListener(ctx)
-	srv := &http.Server{
-		Handler:           a.api,
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       10 * time.Minute,
-		ErrorLog:          a.log.Named("http").StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
-	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		_ = srv.Serve(lis)
-	}()
-	context.AfterFunc(ctx, func() { _ = srv.Close(); _ = lis.Close() })
+	// API server streams are served by an http.Server fed from a listener:
+	// one for callers' streams, one for the hub's own.
+	lis := a.serveAPI(ctx, &wg, a.api)
+	hubLis := a.serveAPI(ctx, &wg, a.api.forHub())
 
 	if a.cfg.AdminListen != "" {
 		aln, err := net.Listen("tcp", a.cfg.AdminListen)
@@ -150,7 +140,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		Log:         a.log.Named(logging.Tunnel),
 		// Every session serves the hub's streams alike; drains are the
 		// supervisor's and never reach serveStream.
-		Handler: func(ctx context.Context, in *tunnel.Incoming) { a.serveStream(ctx, lis, in) },
+		Handler: func(ctx context.Context, in *tunnel.Incoming) { a.serveStream(ctx, lis, hubLis, in) },
 		OnSessions: func(n int) {
 			a.sessions.Store(int64(n))
 			a.metrics.setSessions(n)
@@ -183,17 +173,40 @@ func (a *Agent) adminHandler() http.Handler {
 	return mux
 }
 
-func (a *Agent) serveStream(ctx context.Context, lis *streamListener, in *tunnel.Incoming) {
+// serveAPI serves HTTP requests to the member's API server with h on the
+// streams it is given, until ctx ends.
+func (a *Agent) serveAPI(ctx context.Context, wg *sync.WaitGroup, h http.Handler) *streamListener {
+	lis := newStreamListener(ctx)
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       10 * time.Minute,
+		ErrorLog:          a.log.Named("http").StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_ = srv.Serve(lis)
+	}()
+	context.AfterFunc(ctx, func() { _ = srv.Close(); _ = lis.Close() })
+	return lis
+}
+
+func (a *Agent) serveStream(ctx context.Context, lis, hubLis *streamListener, in *tunnel.Incoming) {
 	req := in.Request
 	kind := req.Kind.String()
 	switch req.Kind {
-	case tunnel.KindAPIServer:
+	case tunnel.KindAPIServer, tunnel.KindHubAPIServer:
 		c, err := in.Accept()
 		if err != nil {
 			return
 		}
 		a.metrics.streams.WithLabelValues(kind, tunnel.CodeOK.String()).Inc()
-		lis.deliver(c)
+		if req.Kind == tunnel.KindHubAPIServer {
+			hubLis.deliver(c)
+		} else {
+			lis.deliver(c)
+		}
 	case tunnel.KindTCP:
 		a.serveTCP(ctx, in)
 	case tunnel.KindAPIServerTCP:

@@ -7,7 +7,6 @@ import (
 	"net/http/httputil"
 	"net/textproto"
 	"net/url"
-	"slices"
 	"strings"
 
 	"github.com/hashicorp/go-hclog"
@@ -20,10 +19,12 @@ import (
 // the agent's own credentials. The hub has authenticated the caller and set
 // Impersonate-* for them, so the member's RBAC decides what they may do.
 type apiProxy struct {
-	target     *url.URL
-	proxy      *httputil.ReverseProxy
-	denyGroups []string
-	log        hclog.Logger
+	target *url.URL
+	proxy  *httputil.ReverseProxy
+	// caller serves the hub's callers' requests (tunnel.KindAPIServer),
+	// hub the hub's own (tunnel.KindHubAPIServer); see identity.go.
+	caller, hub http.Handler
+	log         hclog.Logger
 }
 
 func newAPIProxy(cfg *rest.Config, denyGroups []string, log hclog.Logger) (*apiProxy, error) {
@@ -46,7 +47,11 @@ func newAPIProxy(cfg *rest.Config, denyGroups []string, log hclog.Logger) (*apiP
 			return nil, fmt.Errorf("member API host %q: %w", cfg.Host, err)
 		}
 	}
-	p := &apiProxy{target: u, denyGroups: denyGroups, log: log}
+	checks, err := newIdentityChecks(cfg, denyGroups, log)
+	if err != nil {
+		return nil, err
+	}
+	p := &apiProxy{target: u, log: log}
 	p.proxy = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(u)
@@ -60,6 +65,8 @@ func newAPIProxy(cfg *rest.Config, denyGroups []string, log hclog.Logger) (*apiP
 		},
 		ErrorLog: log.StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
 	}
+	p.caller = checks.handler(p.proxy, false)
+	p.hub = checks.handler(p.proxy, true)
 	return p, nil
 }
 
@@ -74,28 +81,27 @@ func (p *apiProxy) hostPort() string {
 	return net.JoinHostPort(p.target.Hostname(), "443")
 }
 
+// ServeHTTP serves a caller's request (tunnel.KindAPIServer).
 func (p *apiProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	// Whatever the hub sent, credentials never pass: the agent's own are used.
-	for k := range r.Header {
+	stripCredentials(r.Header)
+	p.caller.ServeHTTP(w, r)
+}
+
+// forHub serves the hub's own requests (tunnel.KindHubAPIServer).
+func (p *apiProxy) forHub() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		stripCredentials(r.Header)
+		p.hub.ServeHTTP(w, r)
+	})
+}
+
+// stripCredentials removes whatever credentials the hub sent: the agent's
+// own are used.
+func stripCredentials(h http.Header) {
+	for k := range h {
 		ck := textproto.CanonicalMIMEHeaderKey(k)
 		if ck == "Authorization" || ck == "Proxy-Authorization" || ck == "Cookie" || strings.HasPrefix(ck, "X-Remote-") {
-			delete(r.Header, k)
+			delete(h, k)
 		}
 	}
-	// Without an identity the request would run as the agent itself.
-	if r.Header.Get("Impersonate-User") == "" {
-		kubestatus.Write(w, http.StatusForbidden, "request carries no caller identity; the agent does not act on its own behalf")
-		return
-	}
-	if groups := r.Header.Values("Impersonate-Group"); len(groups) > 0 {
-		kept := slices.DeleteFunc(slices.Clone(groups), func(g string) bool { return slices.Contains(p.denyGroups, g) })
-		if len(kept) != len(groups) {
-			p.log.Debug("dropped denied groups from caller identity", "user", r.Header.Get("Impersonate-User"), "request_id", r.Header.Get("Backhaul-Request-Id"))
-		}
-		r.Header.Del("Impersonate-Group")
-		for _, g := range kept {
-			r.Header.Add("Impersonate-Group", g)
-		}
-	}
-	p.proxy.ServeHTTP(w, r)
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"encoding/json"
 	"encoding/pem"
 	"net/http"
 	"net/http/httptest"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"go.uber.org/goleak"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	"k8s.io/client-go/rest"
 
 	"backhaul.io/backhaul/pkg/testutil"
@@ -25,16 +27,25 @@ const waitBound = 10 * time.Second
 // testLogger writes through t.Log.
 func testLogger(t testing.TB) hclog.Logger { return testutil.Logger(t) }
 
-// fakeMember is a member API server that records requests.
+// fakeMember is a member API server that records requests. It answers
+// SubjectAccessReviews with allow (nil: deny), recording them apart.
 type fakeMember struct {
-	srv  *httptest.Server
-	mu   sync.Mutex
-	reqs []*http.Request
+	srv     *httptest.Server
+	mu      sync.Mutex
+	reqs    []*http.Request
+	allow   func(authorizationv1.SubjectAccessReviewSpec) bool
+	reviews []authorizationv1.SubjectAccessReviewSpec
 }
+
+const reviewPath = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
 
 func newFakeMember(t *testing.T) *fakeMember {
 	m := &fakeMember{}
 	m.srv = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && r.URL.Path == reviewPath {
+			m.review(w, r)
+			return
+		}
 		m.mu.Lock()
 		m.reqs = append(m.reqs, r.Clone(r.Context()))
 		m.mu.Unlock()
@@ -43,6 +54,36 @@ func newFakeMember(t *testing.T) *fakeMember {
 	}))
 	t.Cleanup(m.srv.Close)
 	return m
+}
+
+func (m *fakeMember) review(w http.ResponseWriter, r *http.Request) {
+	var sar authorizationv1.SubjectAccessReview
+	if err := json.NewDecoder(r.Body).Decode(&sar); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	m.mu.Lock()
+	m.reviews = append(m.reviews, sar.Spec)
+	allow := m.allow
+	m.mu.Unlock()
+	sar.Status.Allowed = allow != nil && allow(sar.Spec)
+	if !sar.Status.Allowed {
+		sar.Status.Reason = "no RBAC policy matched"
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(&sar)
+}
+
+func (m *fakeMember) setAllow(allow func(authorizationv1.SubjectAccessReviewSpec) bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.allow = allow
+}
+
+func (m *fakeMember) reviewed() []authorizationv1.SubjectAccessReviewSpec {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]authorizationv1.SubjectAccessReviewSpec(nil), m.reviews...)
 }
 
 func (m *fakeMember) requests() []*http.Request {

@@ -203,6 +203,7 @@ func (o *Options) Config(log hclog.Logger) (Config, error) {
 	}
 	h.Set(tunnel.HeaderCluster, o.Cluster)
 	h.Set(tunnel.HeaderAgentVersion, version.Version)
+	h.Set(tunnel.HeaderAgentFeatures, strings.Join(Features(), ","))
 	nodeAddrs, err := parseAddrs(o.NodeAddrs)
 	if err != nil {
 		return Config{}, err

@@ -364,6 +364,7 @@ for r in serviceaccounts roles rolebindings configmaps secrets; do
 	can_i create "$r" -n "$NAMESPACE"
 done
 can_i patch secrets -n "$NAMESPACE"
+can_i create subjectaccessreviews.authorization.k8s.io
 for r in namespaces clusterroles clusterrolebindings; do
 	can_i create "$r"
 done

@@ -190,6 +190,8 @@ var (
 		// uids and userextras/KEY for any KEY (RBAC has no "all
 		// subresources of userextras"; userextras/* matches only "*").
 		{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"*"}, Verbs: []string{"impersonate"}},
+		// Checking a caller's own impersonation (kubectl --as) with the member.
+		{APIGroups: []string{"authorization.k8s.io"}, Resources: []string{"subjectaccessreviews"}, Verbs: []string{"create"}},
 	}
 	wantAgentRoleRules = []rbacv1.PolicyRule{
 		{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{agentName}, Verbs: []string{"get", "update", "patch"}},

@@ -133,6 +133,7 @@ func TestAgentRBAC(t *testing.T) {
 			{name: "impersonate users", attrs: sar(authzv1.ResourceAttributes{Verb: "impersonate", Resource: "users", Name: "alice"}), allow: true},
 			{name: "impersonate uids", attrs: sar(authzv1.ResourceAttributes{Verb: "impersonate", Group: "authentication.k8s.io", Resource: "uids", Name: "x"}), allow: true},
 			{name: "impersonate any user extra", attrs: sar(authzv1.ResourceAttributes{Verb: "impersonate", Group: "authentication.k8s.io", Resource: "userextras", Subresource: "authentication.kubernetes.io/credential-id", Name: "JTI=1"}), allow: true},
+			{name: "create subjectaccessreviews", attrs: sar(authzv1.ResourceAttributes{Verb: "create", Group: "authorization.k8s.io", Resource: "subjectaccessreviews"}), allow: true},
 			{name: "create tokenreviews", attrs: sar(authzv1.ResourceAttributes{Verb: "create", Group: "authentication.k8s.io", Resource: "tokenreviews"})},
 			{name: "create serviceaccount tokens", attrs: sar(authzv1.ResourceAttributes{Namespace: agentNamespace, Verb: "create", Resource: "serviceaccounts", Subresource: "token", Name: agentName})},
 			{name: "delete secrets cluster-wide", attrs: sar(authzv1.ResourceAttributes{Verb: "delete", Resource: "secrets"})},
