@@ -55,6 +55,9 @@ type Config struct {
 	Clusters  auth.Clusters
 	Authn     auth.Authenticator
 	Authz     auth.Authorizer
+	// Mapping turns callers' host identities into members' (zero:
+	// auth.DefaultMapping).
+	Mapping auth.Mapping
 
 	// Host, when set (--registry=kube), is the host cluster that holds
 	// Cluster objects: the hub then serves enrollment, revokes removed

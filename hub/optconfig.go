@@ -42,6 +42,7 @@ func (o *Options) Config(ctx context.Context, log hclog.Logger) (Config, error) 
 	cfg.Metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	cfg.SessionMaxAge = o.SessionMaxAge
 	cfg.ConnectSocketDir = o.ConnectSocketDir
+	cfg.Mapping = auth.Mapping{UserPrefix: o.MemberUserPrefix, SystemUserPrefix: o.MemberSystemUserPrefix, GroupPrefix: o.MemberGroupPrefix}
 	var err error
 	if cfg.Limits, err = o.limits(log); err != nil {
 		return Config{}, err

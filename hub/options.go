@@ -5,6 +5,7 @@ import (
 	"os"
 	"time"
 
+	"backhaul.io/backhaul/hub/auth"
 	"backhaul.io/backhaul/hub/enrollment"
 	"backhaul.io/backhaul/hub/frontend"
 	"backhaul.io/backhaul/pkg/identity"
@@ -39,14 +40,14 @@ type Options struct {
 	MaxHandshakes              int
 	SessionMaxAge              time.Duration
 	Log                        logging.Options
+	// certReloadEvery overrides reloadEvery (tests).
+	certReloadEvery time.Duration
 	// Memory bounds (issue 14, item 4): see Config.
 	StreamWindow         tunnel.Window
 	MaxStreamsPerCaller  int
 	MaxStreamsPerCluster int
 	MemoryLimit          string
 	MemoryBudget         float64
-	// certReloadEvery overrides reloadEvery (tests).
-	certReloadEvery time.Duration
 
 	// EnrollLimits bound /v1/enroll and /v1/enroll/status.
 	EnrollLimits enrollment.Limits
@@ -63,12 +64,16 @@ type Options struct {
 	TokenReview       bool
 	AuthorizationMode string
 	AuthCacheTTL      time.Duration
-	StatusInterval    time.Duration
-	Heartbeat         time.Duration
-	ReplicaName       string
-	LeaderElect       bool
-	PeerListen        string
-	PeersService      string
+	// Identity mapping into members (auth.Mapping).
+	MemberUserPrefix       string
+	MemberSystemUserPrefix string
+	MemberGroupPrefix      string
+	StatusInterval         time.Duration
+	Heartbeat              time.Duration
+	ReplicaName            string
+	LeaderElect            bool
+	PeerListen             string
+	PeersService           string
 	// Propagation controller (--registry=kube).
 	Propagation        bool
 	PropagationWorkers int
@@ -108,15 +113,16 @@ func NewOptions() *Options {
 
 		EnrollLimits: enrollment.DefaultLimits(),
 
-		Registry:          RegistryStatic,
-		Namespace:         identity.DefaultNamespace,
-		AgentCertValidity: 30 * 24 * time.Hour,
-		TokenReview:       true,
-		AuthCacheTTL:      10 * time.Second,
-		StatusInterval:    15 * time.Second,
-		Heartbeat:         time.Minute,
-		ReplicaName:       hostname(),
-		PeersService:      "backhaul-hub-peers",
+		Registry:               RegistryStatic,
+		Namespace:              identity.DefaultNamespace,
+		AgentCertValidity:      30 * 24 * time.Hour,
+		TokenReview:            true,
+		AuthCacheTTL:           10 * time.Second,
+		MemberSystemUserPrefix: auth.DefaultMapping().SystemUserPrefix,
+		StatusInterval:         15 * time.Second,
+		Heartbeat:              time.Minute,
+		ReplicaName:            hostname(),
+		PeersService:           "backhaul-hub-peers",
 
 		LeaderElect:        true,
 		Propagation:        true,
@@ -175,6 +181,9 @@ func (o *Options) Flags(fs *flag.FlagSet) {
 	fs.BoolVar(&o.TokenReview, "token-review", o.TokenReview, "with --registry=kube, authenticate callers' bearer tokens by TokenReview against the host cluster")
 	fs.StringVar(&o.AuthorizationMode, "authorization-mode", o.AuthorizationMode, "AlwaysAllow or SubjectAccessReview (get clusters/proxy in backhaul.io, by cluster name, against the host cluster); empty: SubjectAccessReview with --registry=kube, else AlwaysAllow")
 	fs.DurationVar(&o.AuthCacheTTL, "auth-cache-ttl", o.AuthCacheTTL, "how long TokenReview and SubjectAccessReview answers are cached")
+	fs.StringVar(&o.MemberUserPrefix, "member-username-prefix", o.MemberUserPrefix, "prefix of callers' user names as members see them (impersonated by the agent); names in the system: space get --member-system-username-prefix instead")
+	fs.StringVar(&o.MemberSystemUserPrefix, "member-system-username-prefix", o.MemberSystemUserPrefix, "prefix of callers' system: user names (host service accounts, nodes) as members see them, so a host service account never acts as a member's; not empty, and within backhaul: only backhaul:host:")
+	fs.StringVar(&o.MemberGroupPrefix, "member-groups-prefix", o.MemberGroupPrefix, "prefix of callers' groups as members see them; system: groups other than system:authenticated are dropped")
 	fs.DurationVar(&o.StatusInterval, "cluster-status-interval", o.StatusInterval, "how often the hub probes each connected member's /readyz through the tunnel")
 	fs.DurationVar(&o.Heartbeat, "cluster-heartbeat-interval", o.Heartbeat, "how often Cluster status is written when nothing changed")
 	fs.StringVar(&o.ReplicaName, "replica-name", o.ReplicaName, "this hub replica's name in Cluster status (default: $POD_NAME or the host name)")

@@ -121,7 +121,7 @@ func (s *Server) mountFrontEnds(mux *http.ServeMux, m *frontend.Metrics) error {
 		return err
 	}
 	s.gateway, err = frontend.NewGateway(frontend.GatewayConfig{
-		Authn: cfg.Authn, Admission: admission, Dialer: s.dialer, Limits: limits, Metrics: m, Log: cfg.Log.Named(logging.Gateway),
+		Authn: cfg.Authn, Admission: admission, Dialer: s.dialer, Mapping: cfg.Mapping, Limits: limits, Metrics: m, Log: cfg.Log.Named(logging.Gateway),
 	})
 	if err != nil {
 		return err

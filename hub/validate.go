@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"backhaul.io/backhaul/hub/auth"
 	"backhaul.io/backhaul/hub/frontend"
 )
 
@@ -39,6 +40,9 @@ func (o *Options) Validate() error {
 		}
 	default:
 		errs = append(errs, fmt.Errorf("--authorization-mode %q: want AlwaysAllow or SubjectAccessReview", o.AuthorizationMode))
+	}
+	if err := (auth.Mapping{UserPrefix: o.MemberUserPrefix, SystemUserPrefix: o.MemberSystemUserPrefix, GroupPrefix: o.MemberGroupPrefix}).Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("--member-*-prefix: %w", err))
 	}
 	if o.AgentCertValidity < time.Minute || o.StatusInterval <= 0 || o.Heartbeat <= 0 || o.AuthCacheTTL < 0 {
 		errs = append(errs, errors.New("--agent-cert-validity must be at least 1m; status intervals positive; --auth-cache-ttl not negative"))

@@ -83,6 +83,9 @@ func (a *Admission) Allowed(ctx context.Context, u *User, cluster string) bool {
 }
 
 func (a *Admission) check(ctx context.Context, u *User, cluster string) *Refusal {
+	if ref := refuseReserved(u); ref != nil {
+		return ref
+	}
 	allowed, why, err := a.authz.Authorize(ctx, u, cluster)
 	switch {
 	case errors.Is(err, ErrUnavailable):

@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"k8s.io/client-go/rest"
+
+	"backhaul.io/backhaul/pkg/identity"
 )
 
 // User is the identity of a caller: who a request through the hub is
@@ -19,12 +21,11 @@ type User struct {
 	Extra  map[string][]string
 }
 
-// Identity the hub's own controllers act as in members. Members grant it
-// (onboard.sh binds the group) like any other user: the agent impersonates
-// it, so the member's RBAC and audit log see who wrote.
+// Identity the hub's own controllers act as in members (identity.HubUser
+// and identity.HubGroup); only the hub's own stream kind carries it.
 const (
-	HubUser        = "backhaul:hub"
-	HubPusherGroup = "backhaul:propagators"
+	HubUser        = identity.HubUser
+	HubPusherGroup = identity.HubGroup
 )
 
 // Hub is the hub's own identity in members.

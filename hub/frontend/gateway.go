@@ -22,6 +22,9 @@ type GatewayConfig struct {
 	Authn     auth.Authenticator
 	Admission *auth.Admission
 	Dialer    *session.Dialer
+	// Mapping turns callers' host identities into members' (zero:
+	// auth.DefaultMapping).
+	Mapping auth.Mapping
 	// Limits, when set, bounds the streams callers hold (limits.go).
 	Limits  *Limits
 	Metrics *Metrics
@@ -54,6 +57,12 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 	if cfg.Authn == nil || cfg.Admission == nil || cfg.Dialer == nil || cfg.Metrics == nil || cfg.Log == nil {
 		return nil, errors.New("gateway: Authn, Admission, Dialer, Metrics and Log are required")
 	}
+	if cfg.Mapping == (auth.Mapping{}) {
+		cfg.Mapping = auth.DefaultMapping()
+	}
+	if err := cfg.Mapping.Validate(); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
 	return &Gateway{
 		cfg:            cfg,
 		errorLog:       cfg.Log.Named("reverseproxy").StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
@@ -78,6 +87,9 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	route, ref := g.cfg.Admission.Admit(r.Context(), user, name)
+	if ref == nil {
+		ref = refuseUncheckedImpersonation(r, route)
+	}
 	release, ref := g.cfg.Limits.admit(frontEndGateway, user, route, ref)
 	defer release() // after the response, a watch's or an exec's too: ServeHTTP returns then
 	if ref != nil {
@@ -95,7 +107,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // and identity out of the context.)
 func (g *Gateway) proxy(cluster string, route *session.Route, u *auth.User, id string) *httputil.ReverseProxy {
 	return &httputil.ReverseProxy{
-		Rewrite:   func(pr *httputil.ProxyRequest) { rewrite(pr, cluster, u, id) },
+		Rewrite:   func(pr *httputil.ProxyRequest) { rewrite(pr, cluster, g.cfg.Mapping.Member(u), id) },
 		Transport: g.cfg.Dialer.HTTP(route),
 		// 0, not -1: ReverseProxy flushes responses of unknown length
 		// (watches, chunked lists) on every write anyway, and a small

@@ -15,6 +15,7 @@ import (
 	"backhaul.io/backhaul/hub/auth"
 	"backhaul.io/backhaul/hub/internal/hubtest"
 	"backhaul.io/backhaul/hub/session"
+	"backhaul.io/backhaul/tunnel"
 )
 
 var gatewayRefusals = []struct {
@@ -78,7 +79,7 @@ func TestGatewayProxiesWithCallerIdentity(t *testing.T) {
 		seen <- r
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = io.WriteString(w, `{"kind":"NamespaceList"}`)
-	})), session.Agent{})
+	})), session.Agent{Features: []string{tunnel.FeatureHubAPIServer, tunnel.FeatureImpersonation}})
 
 	do := func() *httptest.ResponseRecorder {
 		r := httptest.NewRequest(http.MethodGet, "/clusters/alpha/api/v1/namespaces?limit=1", nil)
@@ -102,6 +103,10 @@ func TestGatewayProxiesWithCallerIdentity(t *testing.T) {
 	assert.Equal(t, []string{"alice"}, got.Header.Values("Impersonate-User"))
 	assert.Equal(t, []string{"uid-1"}, got.Header.Values("Impersonate-Uid"))
 	assert.Equal(t, []string{"dev", "ops"}, got.Header.Values("Impersonate-Group"))
+	// The caller's own impersonation goes aside, for the agent to check
+	// with the member (agent/identity.go).
+	assert.Equal(t, []string{"system:admin"}, got.Header.Values("Backhaul-Impersonate-User"))
+	assert.Equal(t, []string{"system:masters"}, got.Header.Values("Backhaul-Impersonate-Group"))
 	id := rec.Header().Get("Backhaul-Request-Id")
 	assert.Len(t, id, 16)
 	assert.Equal(t, id, got.Header.Get("Backhaul-Request-Id"))
@@ -111,6 +116,23 @@ func TestGatewayProxiesWithCallerIdentity(t *testing.T) {
 	second := <-seen
 	assert.NotEqual(t, id, second.Header.Get("Backhaul-Request-Id"), "each request has its own id")
 	assert.Equal(t, 1.0, hubtest.Counter(t, f.metrics, "backhaul_hub_streams_opened_total", map[string]string{"kind": "apiserver"}))
+}
+
+// TestGatewayRefusesImpersonationAnOldAgentWouldDrop plays kubectl --as
+// towards an agent that does not announce the check: refused, where the
+// agent would have answered for the caller instead.
+func TestGatewayRefusesImpersonationAnOldAgentWouldDrop(t *testing.T) {
+	f := newFrontEnds(t, auth.AllowAuthenticated{}, "alpha")
+	f.agent(t, "alpha", hubtest.HTTPAgent(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t.Errorf("the member was reached: %s", r.URL)
+	})), session.Agent{})
+	r := httptest.NewRequest(http.MethodGet, "/clusters/alpha/api/v1/namespaces", nil)
+	r.Header.Set("Authorization", "Bearer alice-token")
+	r.Header.Set("Impersonate-User", "bob")
+	rec := httptest.NewRecorder()
+	f.mux.ServeHTTP(rec, r)
+	require.Equal(t, http.StatusForbidden, rec.Code, "body: %s", rec.Body)
+	assert.Contains(t, rec.Body.String(), "impersonation (Impersonate-User) is not supported by the agent of cluster alpha")
 }
 
 // leakyAuthn refuses credentials with the host's own words, as a

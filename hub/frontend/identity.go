@@ -8,12 +8,17 @@ import (
 	"strings"
 
 	"backhaul.io/backhaul/hub/auth"
+	"backhaul.io/backhaul/hub/session"
+	"backhaul.io/backhaul/pkg/identity"
+	"backhaul.io/backhaul/tunnel"
 )
 
 // rewrite turns the caller's request for cluster into the member's: the
 // path below /clusters/NAME, the caller's credentials and identity claims
-// stripped and replaced with the identity the hub authenticated, for the
-// agent to impersonate, and the request id.
+// stripped and replaced with u, the caller's identity as members see it
+// (auth.Mapping), for the agent to impersonate; the impersonation the
+// caller asked for itself (kubectl --as) moved aside for the agent to check
+// with the member; and the request id.
 func rewrite(pr *httputil.ProxyRequest, cluster string, u *auth.User, id string) {
 	prefix := "/clusters/" + cluster
 	pr.Out.URL.Scheme = "http"
@@ -30,9 +35,28 @@ func rewrite(pr *httputil.ProxyRequest, cluster string, u *auth.User, id string)
 	}
 	pr.Out.URL.RawQuery = pr.In.URL.RawQuery
 
+	asked := requestedImpersonation(pr.Out.Header)
 	stripIdentity(pr.Out.Header)
+	for k, vs := range asked {
+		pr.Out.Header[k] = vs
+	}
 	setImpersonation(pr.Out.Header, u)
 	pr.Out.Header.Set("Backhaul-Request-Id", id)
+}
+
+// requestedImpersonation is the caller's Impersonate-* headers renamed to
+// identity.HeaderImpersonatePrefix, which only the hub sets.
+func requestedImpersonation(h http.Header) http.Header {
+	var out http.Header
+	for k, vs := range h {
+		if rest, ok := strings.CutPrefix(textproto.CanonicalMIMEHeaderKey(k), "Impersonate-"); ok {
+			if out == nil {
+				out = http.Header{}
+			}
+			out[identity.HeaderImpersonatePrefix+rest] = vs
+		}
+	}
+	return out
 }
 
 // stripIdentity removes every header by which a caller could claim an
@@ -41,7 +65,8 @@ func stripIdentity(h http.Header) {
 	for k := range h {
 		ck := textproto.CanonicalMIMEHeaderKey(k)
 		if ck == "Authorization" || ck == "Proxy-Authorization" || ck == "Cookie" ||
-			strings.HasPrefix(ck, "Impersonate-") || strings.HasPrefix(ck, "X-Remote-") {
+			strings.HasPrefix(ck, "Impersonate-") || strings.HasPrefix(ck, "X-Remote-") ||
+			strings.HasPrefix(ck, identity.HeaderImpersonatePrefix) {
 			delete(h, k)
 		}
 	}
@@ -59,20 +84,26 @@ func setImpersonation(h http.Header, u *auth.User) {
 	}
 	for k, vs := range u.Extra {
 		for _, v := range vs {
-			h.Add("Impersonate-Extra-"+escapeExtraKey(k), v)
+			h.Add("Impersonate-Extra-"+identity.EscapeExtraKey(k), v)
 		}
 	}
 }
 
-func escapeExtraKey(k string) string {
-	var b strings.Builder
-	for i := 0; i < len(k); i++ {
-		c := k[i]
-		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("-!#$&'*+.^_`|~", c) >= 0 {
-			b.WriteByte(c)
-		} else {
-			fmt.Fprintf(&b, "%%%02X", c)
+// refuseUncheckedImpersonation refuses a caller's own impersonation
+// (kubectl --as) towards an agent that cannot check it with its member: an
+// agent from before the check would drop it silently and answer for the
+// caller, which is worse than a refusal. (On a route through a peer the
+// replica does not know the far agent's features; docs/security.md says
+// so for mixed-version fleets.)
+func refuseUncheckedImpersonation(r *http.Request, route *session.Route) *auth.Refusal {
+	if route == nil || route.Local() == nil || route.Local().Serves(tunnel.FeatureImpersonation) {
+		return nil
+	}
+	for k := range r.Header {
+		if strings.HasPrefix(textproto.CanonicalMIMEHeaderKey(k), "Impersonate-") {
+			return &auth.Refusal{Code: http.StatusForbidden, Reason: session.ReasonForbidden,
+				Message: fmt.Sprintf("impersonation (%s) is not supported by the agent of cluster %s: upgrade the agent", k, route.Cluster())}
 		}
 	}
-	return b.String()
+	return nil
 }
