@@ -14,7 +14,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	authnv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -78,21 +77,6 @@ func TestGatewayErrors(t *testing.T) {
 			assert.Contains(t, st.Message, tc.message)
 		})
 	}
-}
-
-// A caller cannot pick its identity in the member: Impersonate-* headers it
-// sends are dropped and the member sees the identity the hub authenticated.
-func TestCallerImpersonationHeadersStripped(t *testing.T) {
-	e := requireEnv(t)
-	cfg := e.restConfig("m1", "admin")
-	cfg.Impersonate.UserName = "system:admin"
-	cfg.Impersonate.Groups = []string{"system:masters"}
-	c := clientFor(t, cfg)
-	ssr, err := c.AuthenticationV1().SelfSubjectReviews().Create(context.Background(), &authnv1.SelfSubjectReview{}, metav1.CreateOptions{})
-	require.NoError(t, err)
-	assert.Equal(t, "fleet-admin", ssr.Status.UserInfo.Username)
-	assert.Contains(t, ssr.Status.UserInfo.Groups, "fleet-admins")
-	assert.NotContains(t, ssr.Status.UserInfo.Groups, "system:masters")
 }
 
 // RBAC is the member's: a hub caller without grants there gets the member's

@@ -26,6 +26,11 @@ var callers = map[string]harness.Caller{
 	"admin":   {Token: "e2e-fleet-admin-token-0123456789", User: "fleet-admin", Groups: []string{"fleet-admins"}},
 	"mallory": {Token: "e2e-mallory-token-0123456789abcd", User: "mallory"},
 	"masters": {Token: "e2e-masters-token-0123456789abcd", User: "root-on-hub", Groups: []string{"system:masters"}},
+	// impostor's host identity claims the hub's own group; hostsa is
+	// named like a service account of the host (the static token file
+	// lets a test mint both).
+	"impostor": {Token: "e2e-impostor-token-0123456789abc", User: "impostor", Groups: []string{"backhaul:propagators"}},
+	"hostsa":   {Token: "e2e-hostsa-token-0123456789abcde", User: "system:serviceaccount:ci:deployer", Groups: []string{"system:serviceaccounts", "system:serviceaccounts:ci"}},
 }
 
 // agentAdminPort is where each member's main agent serves /metrics, on
