@@ -168,7 +168,9 @@ func TestConnectNodeAddressOfAnotherSiteIsNotCaptured(t *testing.T) {
 	f.agent(t, "site-b", siteAgent("site-b"), session.Agent{Node: "b-1", Addresses: []netip.Addr{ip}})
 	f.agent(t, "site-c", siteAgent("site-c"), session.Agent{})
 	bearer := "Bearer alice-token"
-	socket := func(cluster string) http.Handler { return f.connect.ForClusterSocket(&auth.User{Name: "system:egress"}, cluster) }
+	socket := func(cluster string) http.Handler {
+		return f.connect.ForClusterSocket(&auth.User{Name: "system:egress"}, cluster)
+	}
 
 	reached := []struct {
 		name, target, auth string

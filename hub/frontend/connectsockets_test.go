@@ -82,8 +82,10 @@ func TestClusterSocketsFollowClusters(t *testing.T) {
 	log := testutil.Logger(t)
 	cs, err := f.connect.Sockets(ClusterSocketsConfig{
 		Dir: dir, User: &auth.User{Name: "system:egress"}, Clusters: clusters, Resync: time.Hour,
-		Server: func(h http.Handler) *http.Server { return &http.Server{Handler: h, ReadHeaderTimeout: hubtest.WaitBound} },
-		Log:    log,
+		Server: func(h http.Handler) *http.Server {
+			return &http.Server{Handler: h, ReadHeaderTimeout: hubtest.WaitBound}
+		},
+		Log: log,
 	})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(t.Context())
