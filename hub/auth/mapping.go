@@ -47,18 +47,18 @@ func (m Mapping) Validate() error {
 	var errs []error
 	for _, p := range []struct{ flag, v string }{{"user prefix", m.UserPrefix}, {"group prefix", m.GroupPrefix}} {
 		if strings.HasPrefix(p.v, "system:") || strings.HasPrefix(p.v, identity.ReservedPrefix) {
-			errs = append(errs, fmt.Errorf("member %s %q: must not start with system: or %s", p.flag, p.v, identity.ReservedPrefix))
+			errs = append(errs, fmt.Errorf("member %s %q starts with %q or %q, where mapped names must not land", p.flag, p.v, "system:", identity.ReservedPrefix))
 		}
 	}
 	switch p := m.SystemUserPrefix; {
 	case p == "":
 		errs = append(errs, errors.New("member system user prefix must not be empty: host service accounts would act as members' service accounts"))
 	case strings.HasPrefix(p, "system:"):
-		errs = append(errs, fmt.Errorf("member system user prefix %q must not start with system:", p))
+		errs = append(errs, fmt.Errorf("member system user prefix %q starts with %q, where mapped names must not land", p, "system:"))
 	case strings.HasPrefix(p, identity.ReservedPrefix) && !strings.HasPrefix(p, identity.HostPrefix):
 		// Agents accept the rest of the reserved space only from the hub
 		// itself.
-		errs = append(errs, fmt.Errorf("member system user prefix %q: within %s only %s... may be used", p, identity.ReservedPrefix, identity.HostPrefix))
+		errs = append(errs, fmt.Errorf("member system user prefix %q is in %q outside %q, which agents accept only from the hub itself", p, identity.ReservedPrefix, identity.HostPrefix))
 	}
 	return errors.Join(errs...)
 }
