@@ -94,8 +94,9 @@ func New(cfg Config) (*Server, error) {
 	// which clusters and callers are busy, and costs a scrape to anyone):
 	// it is served on the private --metrics-listen only, and here answers
 	// the 404 Status below.
-	for _, p := range []string{"GET /healthz", "GET /readyz"} {
-		mux.Handle(p, s.admin)
+	for _, p := range []string{"/healthz", "/readyz"} {
+		mux.Handle("GET "+p, s.admin)
+		mux.Handle(p, kubestatus.MethodNotAllowed(http.MethodGet))
 	}
 	// Every other path (also /clusters and /clusters/) answers as an API
 	// server would, with a Status a client can decode.
@@ -141,6 +142,7 @@ func (s *Server) mountFrontEnds(mux *http.ServeMux, m *frontend.Metrics) error {
 	mux.Handle("/clusters/{name}/{path...}", s.gateway)
 	mux.Handle("/clusters/{name}", s.gateway)
 	mux.Handle("GET /status", status)
+	mux.Handle("/status", kubestatus.MethodNotAllowed(http.MethodGet))
 	return nil
 }
 

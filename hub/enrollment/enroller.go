@@ -87,6 +87,9 @@ func (e *Enroller) Register(mux *http.ServeMux) {
 	mux.HandleFunc("POST "+identity.PathEnroll, e.limited("enroll", e.enroll))
 	mux.HandleFunc("POST "+identity.PathRenew, e.renew)
 	mux.HandleFunc("GET "+identity.PathEnrollStatus, e.limited("status", e.status))
+	mux.Handle(identity.PathEnroll, kubestatus.MethodNotAllowed(http.MethodPost))
+	mux.Handle(identity.PathRenew, kubestatus.MethodNotAllowed(http.MethodPost))
+	mux.Handle(identity.PathEnrollStatus, kubestatus.MethodNotAllowed(http.MethodGet))
 }
 
 // limited answers 429 with Retry-After, before anything else is read,

@@ -4,6 +4,7 @@ package kubestatus
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 
@@ -62,4 +63,16 @@ func Message(body []byte) string {
 		body = body[:512]
 	}
 	return strings.TrimSpace(string(body))
+}
+
+// MethodNotAllowed answers 405 with a Status and an Allow header naming
+// allow. Register it at the method-less pattern of a path whose handlers
+// are all method-specific, so a wrong method gets a Status instead of
+// net/http's plain-text 405.
+func MethodNotAllowed(allow ...string) http.Handler {
+	a := strings.Join(allow, ", ")
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", a)
+		Write(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s is not allowed on %s; use %s", r.Method, r.URL.Path, a))
+	})
 }
