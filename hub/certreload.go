@@ -85,30 +85,34 @@ func notAfter(cert tls.Certificate) time.Time {
 // certificates, naming the CAs the hub trusts: the authenticators verify
 // them. The --client-ca-file bundle is read again when it changes, for
 // the caller authenticator and for the CAs the handshake names (a client
-// sends only a certificate of a CA it is asked for). cas are the CAs
-// trusted at start, the hub CA among them.
-func (o *Options) requestClientCerts(cfg *Config, callers auth.Union, cas []*x509.Certificate) {
-	if len(cas) == 0 {
+// sends only a certificate of a CA it is asked for); so is the hub CA
+// (hubCAs, nil without one; caReload). fileCAs are the client CAs at
+// start.
+func (o *Options) requestClientCerts(cfg *Config, callers auth.Union, fileCAs []*x509.Certificate, hubCAs func() []*x509.Certificate) {
+	if len(fileCAs) == 0 && hubCAs == nil {
 		return
 	}
-	var hint atomic.Pointer[x509.CertPool]
-	hint.Store(poolOf(cas))
-	cfg.TLS.ClientAuth = tls.RequestClientCert
-	cfg.TLS.ClientCAs = hint.Load()
 	var cc *auth.ClientCerts
 	for _, a := range callers {
 		if c, ok := a.(*auth.ClientCerts); ok {
 			cc = c
 		}
 	}
-	if o.ClientCAFile == "" || cc == nil {
-		return
+	var hint atomic.Pointer[x509.CertPool]
+	// named recomputes the hint from both sources as they are now.
+	named := func() {
+		cas := slices.Clone(fileCAs)
+		if cc != nil && o.ClientCAFile != "" {
+			cas = cc.CAs()
+		}
+		if hubCAs != nil {
+			cas = append(cas, hubCAs()...)
+		}
+		hint.Store(poolOf(cas))
 	}
-	// The CAs that are not the file's (the hub CA) stay named.
-	fromFile := cc.CAs()
-	others := slices.DeleteFunc(slices.Clone(cas), func(c *x509.Certificate) bool {
-		return slices.ContainsFunc(fromFile, c.Equal)
-	})
+	named()
+	cfg.TLS.ClientAuth = tls.RequestClientCert
+	cfg.TLS.ClientCAs = hint.Load()
 	base := cfg.TLS
 	base.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
 		c := base.Clone()
@@ -116,11 +120,15 @@ func (o *Options) requestClientCerts(cfg *Config, callers auth.Union, cas []*x50
 		c.ClientCAs = hint.Load()
 		return c, nil
 	}
+	cfg.caNamesChanged = named
+	if o.ClientCAFile == "" || cc == nil {
+		return
+	}
 	cfg.Reloaders = append(cfg.Reloaders, &caFile{
 		path: o.ClientCAFile, every: o.reloadEvery(), log: cfg.Log.Named("certs"),
 		apply: func(file []*x509.Certificate) {
 			cc.SetCAs(file...)
-			hint.Store(poolOf(append(slices.Clone(file), others...)))
+			named()
 		},
 	})
 }

@@ -77,6 +77,9 @@ type Config struct {
 	SessionMaxAge time.Duration
 	// Reloaders keep certificates read from files current while Run runs.
 	Reloaders []Reloader
+	// caNamesChanged, when set, recomputes the CAs the TLS handshake names
+	// (a CA bundle changed).
+	caNamesChanged func()
 
 	Tunnel      *tunnel.Config
 	DialTimeout time.Duration

@@ -67,7 +67,6 @@ func (o *Options) Config(ctx context.Context, log hclog.Logger) (Config, error) 
 		// agents.
 		agents = append(auth.AgentAuthChain{&auth.AgentCerts{Roots: cfg.Host.CA.Pool, Clusters: cfg.Host.Clusters}}, agents...)
 		cfg.Clusters = cfg.Host.Clusters
-		clientCAs = append(clientCAs, cfg.Host.CA.Cert)
 		if callers, cfg.Authz, err = o.hostReviews(cfg.Host.Host, callers, cfg.Metrics); err != nil {
 			return Config{}, err
 		}
@@ -79,7 +78,14 @@ func (o *Options) Config(ctx context.Context, log hclog.Logger) (Config, error) 
 	// certificate against what they trust (client CAs for callers, the
 	// hub CA for agents), so a stray certificate next to a good token
 	// does not fail the handshake.
-	o.requestClientCerts(&cfg, callers, clientCAs)
+	var hubCAs func() []*x509.Certificate
+	if cfg.Host != nil {
+		hubCAs = cfg.Host.CA.Certs
+	}
+	o.requestClientCerts(&cfg, callers, clientCAs, hubCAs)
+	if cfg.Host != nil {
+		cfg.Reloaders = append(cfg.Reloaders, o.caReload(&cfg))
+	}
 	cfg.AgentAuth, cfg.Authn = agents, callers
 	return cfg, nil
 }
@@ -247,10 +253,10 @@ func (o *Options) servingCert(ctx context.Context, h *fleet.Host, ca *enrollment
 		// signed it, else the chain's last certificate, the closest to a
 		// root the hub knows.
 		chain := cert.Certificate
-		if leaf, err := x509.ParseCertificate(chain[0]); err != nil || !verifies(leaf, ca.Pool) {
+		if leaf, err := x509.ParseCertificate(chain[0]); err != nil || !verifies(leaf, ca.Pool()) {
 			return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: chain[len(chain)-1]}), nil
 		}
-		return ca.PEM, nil
+		return ca.PEM(), nil
 	}
 	var extra []string
 	if o.TLSSANs != "" {
@@ -264,7 +270,7 @@ func (o *Options) servingCert(ctx context.Context, h *fleet.Host, ca *enrollment
 		return nil, err
 	}
 	tlsCfg.Certificates = []tls.Certificate{cert}
-	return ca.PEM, nil
+	return ca.PEM(), nil
 }
 
 func (o *Options) hostRESTConfig() (*rest.Config, error) {

@@ -80,7 +80,7 @@ func TestSessionEndsAtCertificateExpiryAndAgentReconnects(t *testing.T) {
 		ClientCAs:    ca.Pool, ClientAuth: tls.RequestClientCert,
 		MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"},
 	}
-	cfg.AgentAuth = auth.AgentAuthChain{&auth.AgentCerts{Roots: ca.Pool, Clusters: uids{}}}
+	cfg.AgentAuth = auth.AgentAuthChain{&auth.AgentCerts{Roots: func() *x509.CertPool { return ca.Pool }, Clusters: uids{}}}
 	cfg.Clusters, cfg.Authn, cfg.Authz = tokens, callers, auth.AllowAuthenticated{}
 	cfg.DialTimeout, cfg.ShutdownGrace, cfg.ShutdownDelay = 5*time.Second, 5*time.Second, 0
 	cfg.Log, cfg.Metrics = testutil.Logger(t), prometheus.NewRegistry()

@@ -24,8 +24,9 @@ type ClusterUIDs interface {
 // Backhaul-Cluster header naming another is refused, and so is a
 // certificate whose Cluster was removed or re-created since.
 type AgentCerts struct {
-	// Roots holds the CA that issues agent certificates.
-	Roots    *x509.CertPool
+	// Roots returns the CAs that issue agent certificates, as they are in
+	// force at each call (the hub CA may be replaced while it runs).
+	Roots    func() *x509.CertPool
 	Clusters ClusterUIDs
 }
 
@@ -55,7 +56,7 @@ func (a *AgentCerts) Identify(r *http.Request) (identity.AgentIdentity, error) {
 	for _, c := range r.TLS.PeerCertificates[1:] {
 		inter.AddCert(c)
 	}
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: a.Roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: a.Roots(), Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		// A caller's certificate from another CA is not an agent's.
 		return identity.AgentIdentity{}, fmt.Errorf("%w: %v", errNoAgentCredentials, err)
 	}

@@ -43,7 +43,7 @@ func presenting(cert tls.Certificate, header string) *http.Request {
 
 func TestAgentCerts(t *testing.T) {
 	ca, other := hubtest.NewCA(t, "agents"), hubtest.NewCA(t, "callers")
-	a := &AgentCerts{Roots: ca.Pool, Clusters: staticUIDs{"edge": "uid-2"}}
+	a := &AgentCerts{Roots: func() *x509.CertPool { return ca.Pool }, Clusters: staticUIDs{"edge": "uid-2"}}
 	current := agentCert(t, ca, identity.AgentIdentity{Cluster: "edge", UID: "uid-2"})
 
 	tests := []struct {

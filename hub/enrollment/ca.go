@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"sync/atomic"
 	"time"
 
 	certutil "k8s.io/client-go/util/cert"
@@ -24,14 +25,51 @@ import (
 
 // CA signs agent certificates (and, when the hub provisions its own, the
 // hub's serving certificate). Its key stays in the hub's memory and in the
-// Secret or file it came from.
+// Secret or file it came from. It may be replaced while the hub runs
+// ([CA.Replace]): every reader takes the state in force at that moment.
 type CA struct {
-	Cert *x509.Certificate
-	Key  crypto.Signer
-	// PEM is the CA certificate as agents and callers trust it.
-	PEM []byte
-	// Pool holds Cert, for verifying agents' client certificates.
-	Pool *x509.CertPool
+	state atomic.Pointer[caState]
+}
+
+// caState is one version of the CA: the certificate that signs and its
+// key, and the bundle trusted, which holds the signer and, while a CA is
+// rotated, the one before it.
+type caState struct {
+	cert  *x509.Certificate
+	key   crypto.Signer
+	certs []*x509.Certificate
+	pem   []byte
+	pool  *x509.CertPool
+}
+
+// Cert is the CA certificate that signs.
+func (ca *CA) Cert() *x509.Certificate { return ca.state.Load().cert }
+
+// Key is the signing key.
+func (ca *CA) Key() crypto.Signer { return ca.state.Load().key }
+
+// PEM is the trusted bundle as agents and callers trust it.
+func (ca *CA) PEM() []byte { return ca.state.Load().pem }
+
+// Pool holds the trusted bundle, for verifying agents' and replicas'
+// certificates.
+func (ca *CA) Pool() *x509.CertPool { return ca.state.Load().pool }
+
+// Certs is the trusted bundle.
+func (ca *CA) Certs() []*x509.Certificate { return ca.state.Load().certs }
+
+// Replace puts a new version of the CA in force: certPEM is a bundle of CA
+// certificates, all trusted, one of which belongs to keyPEM and signs from
+// now on. To rotate without refusing agents whose certificates the old CA
+// signed, give the old certificate in the bundle too until they renewed.
+// A bundle or key that does not parse leaves the CA as it was.
+func (ca *CA) Replace(certPEM, keyPEM []byte) error {
+	st, err := parseState(certPEM, keyPEM)
+	if err != nil {
+		return err
+	}
+	ca.state.Store(st)
+	return nil
 }
 
 // NewCA returns a fresh self-signed ECDSA P-256 CA, valid ten years (a CA
@@ -49,16 +87,40 @@ func NewCA(name string) (*CA, error) {
 }
 
 func newCA(cert *x509.Certificate, key crypto.Signer) (*CA, error) {
-	if !cert.IsCA {
-		return nil, fmt.Errorf("certificate %q is not a CA", cert.Subject.CommonName)
+	st, err := newState([]*x509.Certificate{cert}, key)
+	if err != nil {
+		return nil, err
 	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &CA{Cert: cert, Key: key, PEM: pem.EncodeToMemory(&pem.Block{Type: certutil.CertificateBlockType, Bytes: cert.Raw}), Pool: pool}, nil
+	ca := &CA{}
+	ca.state.Store(st)
+	return ca, nil
 }
 
-// ParseCA reads a PEM certificate and key.
-func ParseCA(certPEM, keyPEM []byte) (*CA, error) {
+func newState(certs []*x509.Certificate, key crypto.Signer) (*caState, error) {
+	st := &caState{key: key, certs: certs, pool: x509.NewCertPool()}
+	for _, c := range certs {
+		if !c.IsCA {
+			return nil, fmt.Errorf("certificate %q is not a CA", c.Subject.CommonName)
+		}
+		if st.cert == nil && publicKeyOf(key, c) {
+			st.cert = c
+		}
+		st.pool.AddCert(c)
+		st.pem = append(st.pem, pem.EncodeToMemory(&pem.Block{Type: certutil.CertificateBlockType, Bytes: c.Raw})...)
+	}
+	if st.cert == nil {
+		return nil, errors.New("no CA certificate in the bundle belongs to the CA key")
+	}
+	return st, nil
+}
+
+// publicKeyOf says whether c certifies key's public key.
+func publicKeyOf(key crypto.Signer, c *x509.Certificate) bool {
+	pub, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool })
+	return ok && pub.Equal(c.PublicKey)
+}
+
+func parseState(certPEM, keyPEM []byte) (*caState, error) {
 	certs, err := certutil.ParseCertsPEM(certPEM)
 	if err != nil {
 		return nil, fmt.Errorf("CA certificate: %w", err)
@@ -71,7 +133,19 @@ func ParseCA(certPEM, keyPEM []byte) (*CA, error) {
 	if !ok {
 		return nil, errors.New("CA key cannot sign")
 	}
-	return newCA(certs[0], signer)
+	return newState(certs, signer)
+}
+
+// ParseCA reads a PEM bundle of CA certificates and the key of one of
+// them, which signs.
+func ParseCA(certPEM, keyPEM []byte) (*CA, error) {
+	st, err := parseState(certPEM, keyPEM)
+	if err != nil {
+		return nil, err
+	}
+	ca := &CA{}
+	ca.state.Store(st)
+	return ca, nil
 }
 
 // LoadCAFiles reads a CA from PEM files.
@@ -88,7 +162,7 @@ func LoadCAFiles(certFile, keyFile string) (*CA, error) {
 }
 
 // KeyPEM encodes the CA key for storage.
-func (ca *CA) KeyPEM() ([]byte, error) { return keyutil.MarshalPrivateKeyToPEM(ca.Key) }
+func (ca *CA) KeyPEM() ([]byte, error) { return keyutil.MarshalPrivateKeyToPEM(ca.Key()) }
 
 // SignAgent issues a client certificate for id to the CSR's key, valid for
 // validity from now (back-dated a little for clock skew).
@@ -129,14 +203,15 @@ func (ca *CA) sign(tmpl *x509.Certificate, pub crypto.PublicKey, validity time.D
 	if err != nil {
 		return nil, err
 	}
+	st := ca.state.Load() // one version for the whole certificate
 	now := time.Now()
 	tmpl.SerialNumber = serial
 	tmpl.NotBefore = now.Add(-clockSkew)
 	tmpl.NotAfter = now.Add(validity)
-	if tmpl.NotAfter.After(ca.Cert.NotAfter) {
-		tmpl.NotAfter = ca.Cert.NotAfter
+	if tmpl.NotAfter.After(st.cert.NotAfter) {
+		tmpl.NotAfter = st.cert.NotAfter
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, pub, ca.Key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, st.cert, pub, st.key)
 	if err != nil {
 		return nil, fmt.Errorf("sign certificate: %w", err)
 	}

@@ -163,7 +163,7 @@ func (e *Enroller) issue(w http.ResponseWriter, r *http.Request, kind string, cs
 	e.cfg.Metrics.request(kind, "ok")
 	e.cfg.Log.Info("issued agent certificate", "kind", kind, "cluster", id.Cluster, "remote", r.RemoteAddr, "validity", e.cfg.Validity)
 	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(identity.EnrollResponse{Certificate: string(certPEM), CA: string(e.cfg.CA.PEM)})
+	_ = json.NewEncoder(w).Encode(identity.EnrollResponse{Certificate: string(certPEM), CA: string(e.cfg.CA.PEM())})
 }
 
 func (e *Enroller) status(w http.ResponseWriter, r *http.Request) {

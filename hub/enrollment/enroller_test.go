@@ -54,7 +54,7 @@ func newEnrollEnv(t *testing.T) *enrollEnv {
 	mux := http.NewServeMux()
 	e.Register(mux)
 	env.srv = httptest.NewUnstartedServer(mux)
-	env.srv.TLS = &tls.Config{ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: ca.Pool}
+	env.srv.TLS = &tls.Config{ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: ca.Pool()}
 	env.srv.StartTLS()
 	t.Cleanup(env.srv.Close)
 	return env
@@ -103,7 +103,7 @@ func TestEnroller(t *testing.T) {
 	id, err := identity.AgentIdentityOf(cert.Leaf)
 	require.NoError(t, err)
 	assert.Equal(t, identity.AgentIdentity{Cluster: "alpha", UID: "uid-1"}, id)
-	assert.Equal(t, string(env.ca.PEM), er.CA)
+	assert.Equal(t, string(env.ca.PEM()), er.CA)
 
 	resp, _ = env.post(t, identity.PathEnroll, "alpha", env.tok.String(), nil, csr)
 	assert.Equal(t, http.StatusUnauthorized, resp.StatusCode, "second use")

@@ -55,7 +55,7 @@ func EnsureCA(ctx context.Context, c client.Client, ns, name string) (*CA, error
 	s = corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
 		Type:       corev1.SecretTypeTLS,
-		Data:       map[string][]byte{corev1.TLSCertKey: ca.PEM, corev1.TLSPrivateKeyKey: key},
+		Data:       map[string][]byte{corev1.TLSCertKey: ca.PEM(), corev1.TLSPrivateKeyKey: key},
 	}
 	if err := c.Create(ctx, &s); err != nil {
 		if apierrors.IsAlreadyExists(err) {
@@ -112,7 +112,7 @@ func usableServing(data map[string][]byte, ca *CA, hosts []string) (tls.Certific
 	if err != nil || time.Until(leaf.NotAfter) < servingRenewBefore {
 		return cert, false
 	}
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: ca.Pool}); err != nil {
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: ca.Pool()}); err != nil {
 		return cert, false
 	}
 	for _, h := range hosts {

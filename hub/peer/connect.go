@@ -27,7 +27,7 @@ func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		kubestatus.Write(w, http.StatusUnauthorized, "peer connections need a replica certificate")
 		return
 	}
-	name, err := verifyReplica(r.TLS.PeerCertificates, m.cfg.Identity.roots, x509.ExtKeyUsageClientAuth)
+	name, err := verifyReplica(r.TLS.PeerCertificates, m.cfg.Identity.roots(), x509.ExtKeyUsageClientAuth)
 	if err != nil || name == m.cfg.Self {
 		m.cfg.Log.Warn("refused a peer connection", "remote", r.RemoteAddr, "error", err, "name", name)
 		kubestatus.Write(w, http.StatusForbidden, "not a peer replica")

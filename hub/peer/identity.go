@@ -26,7 +26,7 @@ type Sign func(pub crypto.PublicKey, validity time.Duration) ([]byte, error)
 // the hub CA at start and renewed at two thirds of its life.
 type Identity struct {
 	name     string
-	roots    *x509.CertPool
+	roots    func() *x509.CertPool
 	sign     Sign
 	validity time.Duration
 	log      hclog.Logger
@@ -35,7 +35,7 @@ type Identity struct {
 
 // NewIdentity issues replica name's first certificate; roots holds the CA
 // every replica's certificate comes from.
-func NewIdentity(name string, roots *x509.CertPool, sign Sign, validity time.Duration, log hclog.Logger) (*Identity, error) {
+func NewIdentity(name string, roots func() *x509.CertPool, sign Sign, validity time.Duration, log hclog.Logger) (*Identity, error) {
 	if validity < time.Minute {
 		return nil, fmt.Errorf("peer identity: validity %v is under a minute", validity)
 	}
@@ -88,8 +88,13 @@ func (id *Identity) ServerTLS() *tls.Config {
 		MinVersion:     tls.VersionTLS13,
 		NextProtos:     []string{"http/1.1"},
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return id.current() },
-		ClientAuth:     tls.RequireAndVerifyClientCert,
-		ClientCAs:      id.roots,
+		// The chain is verified against the CA in force at each
+		// handshake (VerifyConnection), not a pool fixed at start.
+		ClientAuth: tls.RequireAnyClientCert,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			_, err := verifyReplica(cs.PeerCertificates, id.roots(), x509.ExtKeyUsageClientAuth)
+			return err
+		},
 	}
 }
 
@@ -104,7 +109,7 @@ func (id *Identity) ClientTLS(peer string) *tls.Config {
 		// Verification is VerifyConnection's, by replica identity.
 		InsecureSkipVerify: true, //nolint:gosec // verified below against the hub CA
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			name, err := verifyReplica(cs.PeerCertificates, id.roots, x509.ExtKeyUsageServerAuth)
+			name, err := verifyReplica(cs.PeerCertificates, id.roots(), x509.ExtKeyUsageServerAuth)
 			if err != nil {
 				return err
 			}

@@ -60,7 +60,7 @@ func newReplica(t *testing.T, ca *hubtest.CA, name string) *replica {
 	reg := prometheus.NewRegistry()
 	tm := session.NewMetrics(reg)
 	r := &replica{name: name, metrics: reg, sessions: session.NewRegistry(log, tm)}
-	id, err := NewIdentity(name, ca.Pool, signer(ca, name), time.Hour, log)
+	id, err := NewIdentity(name, func() *x509.CertPool { return ca.Pool }, signer(ca, name), time.Hour, log)
 	require.NoError(t, err)
 	r.peers, err = NewManager(Config{Self: name, Identity: id, Sessions: r.sessions, Tunnel: tunnel.DefaultConfig(), Log: log})
 	require.NoError(t, err)
