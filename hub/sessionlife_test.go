@@ -2,15 +2,9 @@ package hub
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"math/big"
 	"net/http"
-	"net/url"
 	"path/filepath"
 	"slices"
 	"sync/atomic"
@@ -40,23 +34,8 @@ func (uids) UID(cluster string) (types.UID, bool) { return "uid-alpha", cluster 
 // notAfter, as the hub's enrollment issues it.
 func issueAgentCert(t *testing.T, ca *hubtest.CA, notAfter time.Time) *tls.Certificate {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	require.NoError(t, err)
-	id := identity.AgentIdentity{Cluster: "alpha", UID: "uid-alpha"}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: id.CommonName(), Organization: []string{identity.AgentGroup}},
-		URIs:         []*url.URL{id.URI()},
-		NotBefore:    time.Now().Add(-time.Minute),
-		NotAfter:     notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
-	require.NoError(t, err)
-	leaf, err := x509.ParseCertificate(der)
-	require.NoError(t, err)
-	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
+	c := ca.AgentCert(t, identity.AgentIdentity{Cluster: "alpha", UID: "uid-alpha"}, notAfter)
+	return &c
 }
 
 // A real agent whose certificate is short-lived and renewed before it

@@ -10,11 +10,14 @@ import (
 	"encoding/pem"
 	"math/big"
 	"net"
+	"net/url"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"backhaul.io/backhaul/pkg/identity"
 )
 
 // CA is a throwaway certificate authority.
@@ -53,11 +56,28 @@ var serial atomic.Int64
 // Issue signs tmpl (serial, validity and key usage filled in) for a new key.
 func (ca *CA) Issue(t *testing.T, tmpl *x509.Certificate) tls.Certificate {
 	t.Helper()
+	return ca.IssueUntil(t, tmpl, time.Now().Add(time.Hour))
+}
+
+// AgentCert is id's agent certificate, as the hub's enrollment issues
+// it, valid until notAfter (x509 keeps whole seconds).
+func (ca *CA) AgentCert(t *testing.T, id identity.AgentIdentity, notAfter time.Time) tls.Certificate {
+	t.Helper()
+	return ca.IssueUntil(t, &x509.Certificate{
+		Subject:     pkix.Name{CommonName: id.CommonName(), Organization: []string{identity.AgentGroup}},
+		URIs:        []*url.URL{id.URI()},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}, notAfter)
+}
+
+// IssueUntil is Issue valid until notAfter.
+func (ca *CA) IssueUntil(t *testing.T, tmpl *x509.Certificate, notAfter time.Time) tls.Certificate {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	require.NoError(t, err)
 	tmpl.SerialNumber = big.NewInt(100 + serial.Add(1))
 	tmpl.NotBefore = time.Now().Add(-time.Hour)
-	tmpl.NotAfter = time.Now().Add(time.Hour)
+	tmpl.NotAfter = notAfter
 	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
 	require.NoError(t, err)
