@@ -126,7 +126,7 @@ demo: deps kube-bins build
 # (go.dev/issue/75804, fixed in Go 1.27), which failed CI once.
 FUZZ_TARGETS := \
 	./tunnel/:FuzzReadRequest ./tunnel/:FuzzReadReply \
-	./hub/session/:FuzzParseNodeAddresses ./hub/frontend/:FuzzCredentialHeaders ./hub/frontend/:FuzzWebsocketFrames ./hub/frontend/:FuzzParseTarget \
+	./hub/session/:FuzzParseNodeAddresses ./hub/session/:FuzzParseFeatures ./agent/:FuzzCallerIdentityRoundTrip ./hub/frontend/:FuzzCredentialHeaders ./hub/frontend/:FuzzWebsocketFrames ./hub/frontend/:FuzzParseTarget \
 	./hub/enrollment/:FuzzParseCSR ./pkg/identity/:FuzzParseToken ./pkg/denylist/:FuzzCheck
 FUZZTIME ?= 1000000x
 FUZZTIME_SHORT ?= 60000x
