@@ -107,7 +107,7 @@ func waitReached(t *testing.T, network, addr, target, token string) string {
 }
 
 // Two edge sites, each in its own network namespace, reuse node address
-// 10.252.3.1, each with its own service there. Through the hub each
+// 10.252.5.1, each with its own service there. Through the hub each
 // per-cluster form (the host form over TCP, the cluster's own socket with
 // the bare address) reaches its own site's service; the bare address on
 // the shared listeners is refused as ambiguous, counted, and routed again
@@ -115,7 +115,7 @@ func waitReached(t *testing.T, network, addr, target, token string) string {
 func TestSameNodeIPTwoSites(t *testing.T) {
 	e := requireEnv(t)
 	h := startSocketHub(t, e)
-	const ip = "10.252.3.1"
+	const ip = "10.252.5.1"
 	token := callers["admin"].Token
 	agents := map[string]*harness.Process{}
 	for _, site := range []string{"m1", "m2"} {
@@ -135,7 +135,7 @@ func TestSameNodeIPTwoSites(t *testing.T) {
 	before := counterAt(t, h.AdminURL, ambiguousSeries)
 	for _, l := range []struct{ network, addr, token string }{{"tcp", h.ConnectAddr, token}, {"unix", h.ConnectUDS, ""}} {
 		status, _ := connectGetVia(t, l.network, l.addr, ip+":10250", l.token)
-		assert.True(t, strings.HasPrefix(status, "409 10.252.3.1 is advertised by nodes of 2 clusters (you may reach: m1, m2); name the cluster: 10-252-3-1.node.m1.cluster.backhaul:10250"),
+		assert.True(t, strings.HasPrefix(status, "409 10.252.5.1 is advertised by nodes of 2 clusters (you may reach: m1, m2); name the cluster: 10-252-5-1.node.m1.cluster.backhaul:10250"),
 			"bare address on the shared %s listener: %s", l.network, status)
 	}
 	assert.Equal(t, before+2, counterAt(t, h.AdminURL, ambiguousSeries), "each ambiguous CONNECT is counted")

@@ -103,11 +103,19 @@ func TestCallerAuthorization(t *testing.T) {
 		assert.Equal(t, http.StatusUnauthorized, he.StatusCode)
 	})
 
-	t.Run("impersonation headers are stripped", func(t *testing.T) {
+	t.Run("impersonation is the member's decision", func(t *testing.T) {
+		// A host service account reaches members under the hub's prefix,
+		// without the host's system: groups.
+		user, groups := e.whoami(t, "f1", alice, nil)
+		assert.Equal(t, memberAlice, user)
+		assert.NotContains(t, groups, "system:serviceaccounts")
+		// Its own impersonation is checked with the member, which does not
+		// let alice impersonate: refused, never dropped.
 		hdr := http.Header{"Impersonate-User": {"system:admin"}, "Impersonate-Group": {"system:masters"}}
-		user, groups := e.whoami(t, "f1", alice, hdr)
-		assert.Equal(t, saAlice, user)
-		assert.NotContains(t, groups, "system:masters")
+		code, body := e.gatewayDo(t, http.MethodPost, "/clusters/f1/apis/authentication.k8s.io/v1/selfsubjectreviews", alice, hdr,
+			`{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}`)
+		assert.Equal(t, http.StatusForbidden, code, body)
+		assert.Contains(t, body, `cannot impersonate resource \"users\"`)
 	})
 }
 

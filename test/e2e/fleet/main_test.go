@@ -27,10 +27,13 @@ const ns = "backhaul-system"
 var memberNames = []string{"f1", "f2", "f3"}
 
 // Host-cluster service accounts used as callers: fleet-admin may reach
-// every cluster, alice only f1. Members grant both by name.
+// every cluster, alice only f1. Members grant both by the names the hub
+// gives host service accounts there (--member-system-username-prefix).
 const (
-	saAdmin = "system:serviceaccount:default:fleet-admin"
-	saAlice = "system:serviceaccount:default:alice"
+	saAdmin     = "system:serviceaccount:default:fleet-admin"
+	saAlice     = "system:serviceaccount:default:alice"
+	memberAdmin = "backhaul:host:" + saAdmin
+	memberAlice = "backhaul:host:" + saAlice
 )
 
 type environment struct {
@@ -298,9 +301,9 @@ subjects: [{kind: ServiceAccount, name: alice, namespace: default}]
 // controller manager aggregates it.)
 func (e *environment) grantCallers(ctx context.Context, m *harness.Member) error {
 	for _, args := range [][]string{
-		{"create", "clusterrolebinding", "fleet-admin", "--clusterrole=cluster-admin", "--user=" + saAdmin},
+		{"create", "clusterrolebinding", "fleet-admin", "--clusterrole=cluster-admin", "--user=" + memberAdmin},
 		{"create", "clusterrole", "fleet-reader", "--verb=get,list,watch", "--resource=namespaces,configmaps"},
-		{"create", "clusterrolebinding", "alice-read", "--clusterrole=fleet-reader", "--user=" + saAlice},
+		{"create", "clusterrolebinding", "alice-read", "--clusterrole=fleet-reader", "--user=" + memberAlice},
 	} {
 		if _, stderr, err := m.Kubectl(ctx, args...); err != nil {
 			return fmt.Errorf("%s: %v: %w: %s", m.Name, args, err, stderr)
