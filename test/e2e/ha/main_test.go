@@ -199,7 +199,7 @@ func setup(ctx context.Context, cl *harness.Cleanups) (_ *environment, err error
 	for _, n := range memberNames {
 		m := e.members[n]
 		if _, stderr, err := m.Kubectl(ctx, "create", "clusterrolebinding", "ha-admin",
-			"--clusterrole=cluster-admin", "--user=system:serviceaccount:default:"+callerSA); err != nil {
+			"--clusterrole=cluster-admin", "--user=backhaul:host:system:serviceaccount:default:"+callerSA); err != nil {
 			return nil, fmt.Errorf("grant %s in %s: %w: %s", callerSA, n, err, stderr)
 		}
 		if _, stderr, err := m.Kubectl(ctx, "create", "namespace", watchNS); err != nil {
