@@ -6,6 +6,8 @@
 // pair on 10.251.<index>.0/30 and its nftables input chain drops every inbound
 // NEW connection, so a hub running in the root namespace can reach the member's
 // apiserver only through a tunnel that an agent inside the namespace dials out.
+// For fleet-sized runs, members may instead share one etcd ([StartSharedEtcd]),
+// each API server under its own key prefix, still in its own namespace.
 //
 // The package needs root, iproute2 (ip), nftables (nft), etcd and the
 // kube-apiserver and kubectl binaries (see [LocateBinaries]). It only ever

@@ -35,6 +35,12 @@ type MemberConfig struct {
 	// APIServerArgs are appended to kube-apiserver's flags (e.g. an egress
 	// selector for a "cloud" control plane).
 	APIServerArgs []string
+	// EtcdServers, when set, is an etcd the member's API server uses
+	// instead of starting its own in the namespace (for example a
+	// [SharedEtcd]'s URL), under the key prefix EtcdPrefix, which must
+	// then be set and distinct from every other member's in that etcd.
+	EtcdServers string
+	EtcdPrefix  string
 }
 
 // Member is a running member cluster: etcd and kube-apiserver inside a
@@ -57,7 +63,7 @@ type Member struct {
 
 	bins     Binaries
 	logDir   string
-	etcdArgs []string
+	etcdArgs []string // empty when the member uses an external etcd
 	apiArgs  []string
 	// extraArgs come from MemberConfig.APIServerArgs.
 	extraArgs []string
@@ -83,6 +89,9 @@ func StartMember(ctx context.Context, cfg MemberConfig) (_ *Member, err error) {
 	}
 	if cfg.Dir == "" {
 		return nil, fmt.Errorf("member %s: empty Dir", cfg.Name)
+	}
+	if (cfg.EtcdServers == "") != (cfg.EtcdPrefix == "") {
+		return nil, fmt.Errorf("member %s: EtcdServers and EtcdPrefix go together", cfg.Name)
 	}
 	dir, err := filepath.Abs(cfg.Dir)
 	if err != nil {
@@ -113,16 +122,18 @@ func StartMember(ctx context.Context, cfg MemberConfig) (_ *Member, err error) {
 			err = fmt.Errorf("member %s: %w", cfg.Name, err)
 		}
 	}()
-	if err := m.prepare(); err != nil {
+	if err := m.prepare(cfg.EtcdServers, cfg.EtcdPrefix); err != nil {
 		return nil, err
 	}
 
 	start := time.Now()
-	m.mu.Lock()
-	m.etcd, err = Start(ctx, "etcd", m.logDir, ns.Command(context.WithoutCancel(ctx), bins.Etcd, m.etcdArgs...))
-	m.mu.Unlock()
-	if err != nil {
-		return nil, err
+	if m.etcdArgs != nil {
+		m.mu.Lock()
+		m.etcd, err = Start(ctx, "etcd", m.logDir, ns.Command(context.WithoutCancel(ctx), bins.Etcd, m.etcdArgs...))
+		m.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
 	}
 	if err := m.StartAPIServer(ctx); err != nil {
 		return nil, err
@@ -132,8 +143,9 @@ func StartMember(ctx context.Context, cfg MemberConfig) (_ *Member, err error) {
 }
 
 // prepare writes certificates, keys, the token file and the kubeconfig, and
-// computes the etcd and apiserver command lines.
-func (m *Member) prepare() error {
+// computes the etcd and apiserver command lines: no etcd of its own when
+// etcdServers names one, whose keys under etcdPrefix are the member's.
+func (m *Member) prepare(etcdServers, etcdPrefix string) error {
 	for _, d := range []string{m.Dir, m.logDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return err
@@ -176,21 +188,24 @@ func (m *Member) prepare() error {
 		return err
 	}
 
-	m.etcdArgs = []string{
-		"--name=" + m.Name,
-		"--data-dir=" + filepath.Join(m.Dir, "etcd"),
-		"--listen-client-urls=http://127.0.0.1:2379",
-		"--advertise-client-urls=http://127.0.0.1:2379",
-		"--listen-peer-urls=http://127.0.0.1:2380",
-		"--initial-advertise-peer-urls=http://127.0.0.1:2380",
-		"--initial-cluster=" + m.Name + "=http://127.0.0.1:2380",
-		"--initial-cluster-state=new",
-		fmt.Sprintf("--quota-backend-bytes=%d", etcdQuotaBytes),
-		"--logger=zap",
-		"--log-outputs=stderr",
+	if etcdServers == "" {
+		etcdServers = "http://127.0.0.1:2379"
+		m.etcdArgs = []string{
+			"--name=" + m.Name,
+			"--data-dir=" + filepath.Join(m.Dir, "etcd"),
+			"--listen-client-urls=http://127.0.0.1:2379",
+			"--advertise-client-urls=http://127.0.0.1:2379",
+			"--listen-peer-urls=http://127.0.0.1:2380",
+			"--initial-advertise-peer-urls=http://127.0.0.1:2380",
+			"--initial-cluster=" + m.Name + "=http://127.0.0.1:2380",
+			"--initial-cluster-state=new",
+			fmt.Sprintf("--quota-backend-bytes=%d", etcdQuotaBytes),
+			"--logger=zap",
+			"--log-outputs=stderr",
+		}
 	}
 	m.apiArgs = []string{
-		"--etcd-servers=http://127.0.0.1:2379",
+		"--etcd-servers=" + etcdServers,
 		"--bind-address=0.0.0.0",
 		fmt.Sprintf("--secure-port=%d", APIServerPort),
 		"--advertise-address=" + m.Netns.NSIP.String(),
@@ -216,6 +231,9 @@ func (m *Member) prepare() error {
 		"--kubelet-certificate-authority=" + ca.CertFile,
 		"--kubelet-preferred-address-types=InternalIP",
 		"--v=1",
+	}
+	if etcdPrefix != "" {
+		m.apiArgs = append(m.apiArgs, "--etcd-prefix="+etcdPrefix)
 	}
 	m.apiArgs = append(m.apiArgs, m.extraArgs...)
 	return nil
@@ -262,7 +280,10 @@ func (m *Member) waitReady(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, ReadyTimeout)
 	defer cancel()
 	m.mu.Lock()
-	procs := []*Process{m.etcd, m.apiserver}
+	procs := []*Process{m.apiserver}
+	if m.etcd != nil {
+		procs = append(procs, m.etcd)
+	}
 	m.mu.Unlock()
 
 	var lastErr error
@@ -329,7 +350,8 @@ func (m *Member) StopAPIServer() {
 	}
 }
 
-// Stop stops kube-apiserver and etcd and deletes the namespace. Data and logs
+// Stop stops kube-apiserver and etcd (its own: an external etcd keeps
+// running, with the member's keys) and deletes the namespace. Data and logs
 // stay in Dir. It is idempotent and safe to call concurrently.
 func (m *Member) Stop() error {
 	m.stopOnce.Do(func() {
@@ -354,6 +376,9 @@ func (m *Member) Logs() string {
 		name  string
 		lines int
 	}{{"etcd", 15}, {"kube-apiserver", 40}} {
+		if l.name == "etcd" && m.etcdArgs == nil {
+			continue // external: its log is its owner's
+		}
 		path := filepath.Join(m.logDir, l.name+".log")
 		fmt.Fprintf(&b, "--- %s (last %d lines of %s) ---\n%s\n", l.name, l.lines, path, tailFile(path, l.lines))
 	}
