@@ -107,11 +107,14 @@ unit:
 e2e: deps kube-bins build
 	go run ./test/testsummary go test -json -count=1 -p 1 -timeout 25m $(GOTEST_FLAGS) ./test/...
 
-## bench: tunnel and gateway figures side by side with direct connections
+## bench: tunnel and gateway figures side by side with direct connections,
+## and Propagation at fleet size (1,000 x 20 members through real tunnels;
+## BACKHAUL_BENCH_STEADY sets its steady-state window, default 2m)
 bench: deps kube-bins build
 	go run ./test/bench
 	BACKHAUL_BENCH=1 go test -count=1 -v -timeout 30m -run 'TestConverge1000' ./test/e2e/propagation/
 	BACKHAUL_BENCH=1 go test -count=1 -v -timeout 30m -run 'TestPropagationBench' ./test/e2e/fleet/ | grep -E 'BENCH|^(ok|FAIL|---)'
+	BACKHAUL_BENCH=1 go test -count=1 -v -timeout 60m -run 'TestPropagationScale' ./test/e2e/scale/
 
 ## demo: a hub and two member clusters on this machine; Ctrl-C stops all
 demo: deps kube-bins build
