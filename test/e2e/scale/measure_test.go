@@ -76,6 +76,7 @@ func (m *meter) measure(ctx context.Context, name string, fn func(notes map[stri
 	// peak, and VmHWM is the whole life's.
 	sctx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
+	defer func() { stop(); wg.Wait() }() // also when fn fails the test
 	var maxRSS int64
 	wg.Go(func() {
 		for {
