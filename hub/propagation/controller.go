@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/controller/priorityqueue"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
@@ -39,9 +40,12 @@ type Options struct {
 	// ClusterParallelism is how many clusters one reconcile writes to at
 	// once.
 	ClusterParallelism int
-	// Resync is how often every Propagation is re-applied to every
-	// connected cluster, which reverts drift in members. Each reconcile
-	// requeues after Resync plus up to 10% jitter.
+	// Resync is how often every Propagation is checked in full in every
+	// connected cluster: a safety net, since drift is seen by watching the
+	// copies in members. A copy the member's watch shows as applied is not
+	// written again; one it cannot vouch for (no watch: the member
+	// forbids it) is re-applied. Each reconcile requeues after Resync plus
+	// up to 10% jitter.
 	Resync time.Duration
 	// RetryBase and RetryMax bound the exponential backoff of a
 	// Propagation that failed in some cluster.
@@ -58,6 +62,8 @@ type Options struct {
 	// SkipNameValidation lets several managers in one process register the
 	// controller (tests).
 	SkipNameValidation bool
+	// Metrics receives the controller's series; nil records none.
+	Metrics *Metrics
 }
 
 // DefaultOptions returns the options for a hub in production.
@@ -65,7 +71,7 @@ func DefaultOptions() Options {
 	return Options{
 		Workers:             8,
 		ClusterParallelism:  8,
-		Resync:              30 * time.Second,
+		Resync:              30 * time.Minute,
 		RetryBase:           250 * time.Millisecond,
 		RetryMax:            2 * time.Minute,
 		MissingKindRetry:    2 * time.Second,
@@ -149,6 +155,15 @@ func Setup(mgr ctrl.Manager, members Members, opts Options) error {
 	copts := controller.Options{
 		MaxConcurrentReconciles: opts.Workers,
 		RateLimiter:             workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](opts.RetryBase, opts.RetryMax),
+		// controller-runtime's own priority queue, with its series on the
+		// hub's registry instead of controller-runtime's global one.
+		NewQueue: func(name string, rl workqueue.TypedRateLimiter[reconcile.Request]) workqueue.TypedRateLimitingInterface[reconcile.Request] {
+			return priorityqueue.New(name, func(o *priorityqueue.Opts[reconcile.Request]) {
+				o.RateLimiter = rl
+				o.MetricProvider = opts.Metrics.queueProvider()
+				o.Log = mgr.GetLogger().WithValues("controller", name)
+			})
+		},
 	}
 	if opts.SkipNameValidation {
 		copts.SkipNameValidation = &opts.SkipNameValidation
@@ -245,8 +260,12 @@ func (r *reconciler) memberChanged(cluster string) {
 }
 
 // startWakeups is the source the controller starts: it enqueues, for each
-// cluster whose connection changed, the Propagations indexed to it.
+// cluster whose connection changed, the Propagations indexed to it, and
+// restarts the cluster's watches of copies; and it enqueues the
+// Propagations the member watches report (drift, leftovers). The watches
+// live as long as ctx: the controller's run.
 func (r *reconciler) startWakeups(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
+	r.watches = newCopyWatches(ctx, r.log.Named("watch"), r.members.Config, r.metrics, r.copyChanged)
 	go func() {
 		for {
 			select {
@@ -255,15 +274,26 @@ func (r *reconciler) startWakeups(ctx context.Context, q workqueue.TypedRateLimi
 			case <-r.wake:
 			}
 			r.wakeMu.Lock()
-			pending := r.wakePending
-			r.wakePending = map[string]struct{}{}
+			pending, props := r.wakePending, r.wakeProps
+			r.wakePending, r.wakeProps = map[string]struct{}{}, map[types.NamespacedName]struct{}{}
 			r.wakeMu.Unlock()
 			for c := range pending {
+				connected := r.members.Connected(c)
 				keys := r.index.lookup(c)
-				r.log.Debug("cluster connection changed", "cluster", c, "connected", r.members.Connected(c), "propagations", len(keys))
+				r.log.Debug("cluster connection changed", "cluster", c, "connected", connected, "propagations", len(keys))
+				// The watches went down with the tunnel, or run through
+				// one that is gone: start them afresh. Their first list
+				// shows what changed there while the cluster was away.
+				r.watches.stop(c)
+				if connected {
+					go r.watchKinds(c)
+				}
 				for _, k := range keys {
 					q.Add(reconcile.Request{NamespacedName: k})
 				}
+			}
+			for k := range props {
+				q.Add(reconcile.Request{NamespacedName: k})
 			}
 		}
 	}()
@@ -275,5 +305,7 @@ func (r *reconciler) startWakeups(ctx context.Context, q workqueue.TypedRateLimi
 type wakeState struct {
 	wakeMu      sync.Mutex
 	wakePending map[string]struct{}
-	wake        chan struct{}
+	// wakeProps are Propagations member watches queue (drift, leftovers).
+	wakeProps map[types.NamespacedName]struct{}
+	wake      chan struct{}
 }

@@ -20,7 +20,7 @@ func TestOptions(t *testing.T) {
 	if err := DefaultOptions().Validate(); err != nil {
 		t.Fatalf("defaults: %v", err)
 	}
-	if o := (Options{}).withDefaults(); o.Workers != 8 || o.Resync != 30*time.Second || o.Log == nil {
+	if o := (Options{}).withDefaults(); o.Workers != 8 || o.Resync != 30*time.Minute || o.Log == nil {
 		t.Errorf("zero options do not take the defaults: %+v", o)
 	}
 	bad := Options{Workers: -1, Resync: -time.Second, RetryBase: time.Minute, RetryMax: time.Second}

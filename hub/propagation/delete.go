@@ -18,8 +18,7 @@ import (
 // returns nil when nothing is left to do there, or an entry saying what
 // waits.
 func (r *reconciler) leave(ctx context.Context, pl *plan, p *v1alpha1.Propagation, t target) *v1alpha1.ClusterPropagationStatus {
-	prev := entryFor(&p.Status, t.name)
-	e, done := r.remove(ctx, pl, t, prev)
+	e, done := r.remove(ctx, pl, t, &p.Status)
 	if done {
 		return nil
 	}
@@ -29,18 +28,26 @@ func (r *reconciler) leave(ctx context.Context, pl *plan, p *v1alpha1.Propagatio
 // remove deletes the copy in cluster t. done means nothing is left there
 // (deleted, never there, or the Cluster is gone); otherwise the entry says
 // what waits.
-func (r *reconciler) remove(ctx context.Context, pl *plan, t target, prev *v1alpha1.ClusterPropagationStatus) (*v1alpha1.ClusterPropagationStatus, bool) {
+func (r *reconciler) remove(ctx context.Context, pl *plan, t target, st *v1alpha1.PropagationStatus) (*v1alpha1.ClusterPropagationStatus, bool) {
 	if t.cluster == nil {
 		// The Cluster was deleted: its credentials are revoked and it is
 		// no longer reachable. Nothing more to do there.
 		return nil, true
 	}
+	prev := entryFor(st, t.name)
 	e := &v1alpha1.ClusterPropagationStatus{Cluster: t.name, State: v1alpha1.StatePending}
-	if prev != nil {
+	rec, hasRec := r.applied.get(t.name, pl.key)
+	switch {
+	case hasRec:
+		e.ObservedGeneration = rec.generation
+	case prev != nil:
 		e.ObservedGeneration = prev.ObservedGeneration
+	default:
+		// Not listed: it was Applied at the generation status reports.
+		e.ObservedGeneration = st.ObservedGeneration
 	}
 	if !r.members.Connected(t.name) {
-		if !mayHoldCopy(prev) {
+		if !hasRec && !mayHoldCopy(st, prev) {
 			return nil, true
 		}
 		e.Message = fmt.Sprintf("cluster %s is not connected; its copy is deleted when it returns", t.name)
@@ -48,14 +55,46 @@ func (r *reconciler) remove(ctx context.Context, pl *plan, t target, prev *v1alp
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.opts.MemberTimeout)
 	defer cancel()
-	if err := r.deleteCopy(ctx, pl, t); err != nil {
+	err := r.deleteCopy(ctx, pl, t)
+	if err == nil {
+		err = r.deleteHeld(ctx, pl.key, t.name, rec)
+	}
+	if err != nil {
 		r.log.Warn("delete failed", "propagation", pl.key, "cluster", t.name, "error", err)
+		r.metrics.synced(ResultFailed)
 		e.State, e.Message = v1alpha1.StateFailed, truncate("delete: "+err.Error(), maxMessage)
 		return e, false
 	}
 	r.applied.forget(t.name, pl.key)
+	r.metrics.synced(ResultDeleted)
 	r.log.Debug("deleted copy", "propagation", pl.key, "cluster", t.name)
 	return nil, true
+}
+
+// deleteHeld deletes the copies of prop in cluster other than the one the
+// current template renders (deleteCopy's): the object rec records and
+// those the member's watches hold.
+func (r *reconciler) deleteHeld(ctx context.Context, prop types.NamespacedName, cluster string, rec appliedRecord) error {
+	held := map[objectID]copyRef{}
+	if rec.id != (objectID{}) {
+		held[rec.id] = copyRef{id: rec.id, version: rec.version, uid: rec.uid}
+	}
+	for _, c := range r.watches.copies(cluster, prop) {
+		held[c.id] = c
+	}
+	if len(held) == 0 {
+		return nil
+	}
+	m, err := r.clients.get(cluster)
+	if err != nil {
+		return err
+	}
+	for _, c := range held {
+		if err := deleteCopyRef(ctx, m, c); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // deleteCopy deletes the object pl renders for t, if it is there and is
@@ -138,15 +177,22 @@ func (r *reconciler) finalize(ctx context.Context, p *v1alpha1.Propagation) (rec
 		seen[t.name] = true
 		todo = append(todo, t)
 	}
-	for _, e := range p.Status.Clusters {
-		if !seen[e.Cluster] {
-			todo = append(todo, target{name: e.Cluster, cluster: clusters.byName(e.Cluster)})
+	add := func(name string) {
+		if !seen[name] {
+			seen[name] = true
+			todo = append(todo, target{name: name, cluster: clusters.byName(name)})
 		}
+	}
+	for _, e := range p.Status.Clusters {
+		add(e.Cluster)
+	}
+	for _, c := range r.holders(key) {
+		add(c)
 	}
 	r.index.set(key, targetNames(todo, nil))
 	entries := make([]*v1alpha1.ClusterPropagationStatus, len(todo))
 	r.parallel(len(todo), func(i int) {
-		entries[i], _ = r.remove(ctx, pl, todo[i], entryFor(&p.Status, todo[i].name))
+		entries[i], _ = r.remove(ctx, pl, todo[i], &p.Status)
 	})
 	var waiting []v1alpha1.ClusterPropagationStatus
 	failures := map[string]string{}

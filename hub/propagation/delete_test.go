@@ -28,7 +28,7 @@ func TestReconcileLeavingPlacementDeletesOwnedCopies(t *testing.T) {
 	e.update(key, func(p *v1alpha1.Propagation) { p.Spec.Placement.Clusters = []string{"a"} })
 	e.mustReconcile(key)
 	p := e.get(key)
-	if got := states(p); got != "a=Applied/2 b=Pending/1" {
+	if got := states(p); got != "applied=1 b=Pending/1" {
 		t.Fatalf("states %s", got)
 	}
 	if p.Status.TotalClusters != 1 || p.Status.ReadyClusters != 1 {
@@ -45,7 +45,7 @@ func TestReconcileLeavingPlacementDeletesOwnedCopies(t *testing.T) {
 	if e.fm.member("b").object("ConfigMap", "apps", "cfg") != nil {
 		t.Fatal("b's copy not deleted after it returned")
 	}
-	if got := states(e.get(key)); got != "a=Applied/2" {
+	if got := states(e.get(key)); got != "applied=1" {
 		t.Fatalf("states %s", got)
 	}
 }

@@ -104,9 +104,10 @@ func (e *env) mustReconcile(key types.NamespacedName) reconcile.Result {
 	return res
 }
 
-// states renders the per-cluster status as "a=Applied/2 b=Pending/0".
+// states renders status as "applied=1 b=Pending/0": the count of Applied
+// clusters, then the listed ones (not Applied) with their generation.
 func states(p *v1alpha1.Propagation) string {
-	var out []string
+	out := []string{"applied=" + itoa(int64(p.Status.ReadyClusters))}
 	for _, c := range p.Status.Clusters {
 		out = append(out, c.Cluster+"="+c.State+"/"+itoa(c.ObservedGeneration))
 	}

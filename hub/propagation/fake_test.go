@@ -2,11 +2,13 @@ package propagation
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"sync"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
@@ -107,8 +109,10 @@ func (m *fakeMember) addKind(gvk schema.GroupVersionKind, resource string, names
 	m.kinds[gvk] = &meta.RESTMapping{Resource: gvk.GroupVersion().WithResource(resource), GroupVersionKind: gvk, Scope: scope}
 }
 
-func objKey(gvk schema.GroupVersionKind, ns, name string) string {
-	return gvk.Kind + "/" + ns + "/" + name
+// objKey keys a stored object by resource (not version), as an API
+// server does.
+func objKey(mp *meta.RESTMapping, ns, name string) string {
+	return mp.Resource.Group + "/" + mp.Resource.Resource + "/" + ns + "/" + name
 }
 
 func (m *fakeMember) Mapping(gvk schema.GroupVersionKind) (*meta.RESTMapping, error) {
@@ -120,14 +124,16 @@ func (m *fakeMember) Mapping(gvk schema.GroupVersionKind) (*meta.RESTMapping, er
 	return nil, &meta.NoKindMatchError{GroupKind: gvk.GroupKind(), SearchedVersions: []string{gvk.Version}}
 }
 
-func (m *fakeMember) Apply(_ context.Context, mp *meta.RESTMapping, obj *unstructured.Unstructured) error {
+// Apply stores obj; the copy's managedFields give FieldManager the
+// applied object's fields (its JSON stands in for the field set).
+func (m *fakeMember) Apply(_ context.Context, mp *meta.RESTMapping, obj *unstructured.Unstructured) (*unstructured.Unstructured, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.applyErr != nil {
-		return m.applyErr
+		return nil, m.applyErr
 	}
 	m.applies++
-	k := objKey(mp.GroupVersionKind, obj.GetNamespace(), obj.GetName())
+	k := objKey(mp, obj.GetNamespace(), obj.GetName())
 	c := obj.DeepCopy()
 	if old := m.objects[k]; old != nil {
 		c.SetUID(old.GetUID())
@@ -135,14 +141,19 @@ func (m *fakeMember) Apply(_ context.Context, mp *meta.RESTMapping, obj *unstruc
 		m.nextUID++
 		c.SetUID(types.UID(fmt.Sprint(m.nextUID)))
 	}
+	raw, err := json.Marshal(obj.Object)
+	if err != nil {
+		return nil, err
+	}
+	c.SetManagedFields([]metav1.ManagedFieldsEntry{{Manager: FieldManager, Operation: metav1.ManagedFieldsOperationApply, FieldsType: "FieldsV1", FieldsV1: &metav1.FieldsV1{Raw: raw}}})
 	m.objects[k] = c
-	return nil
+	return c.DeepCopy(), nil
 }
 
 func (m *fakeMember) Get(_ context.Context, mp *meta.RESTMapping, ns, name string) (*unstructured.Unstructured, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	o := m.objects[objKey(mp.GroupVersionKind, ns, name)]
+	o := m.objects[objKey(mp, ns, name)]
 	if o == nil {
 		return nil, apierrors.NewNotFound(mp.Resource.GroupResource(), name)
 	}
@@ -152,12 +163,12 @@ func (m *fakeMember) Get(_ context.Context, mp *meta.RESTMapping, ns, name strin
 func (m *fakeMember) Delete(_ context.Context, mp *meta.RESTMapping, ns, name string, uid types.UID) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	k := objKey(mp.GroupVersionKind, ns, name)
+	k := objKey(mp, ns, name)
 	o := m.objects[k]
 	if o == nil {
 		return apierrors.NewNotFound(mp.Resource.GroupResource(), name)
 	}
-	if o.GetUID() != uid {
+	if uid != "" && o.GetUID() != uid {
 		return apierrors.NewConflict(mp.Resource.GroupResource(), name, fmt.Errorf("uid precondition"))
 	}
 	m.deletes++
@@ -182,7 +193,7 @@ func (m *fakeMember) put(o *unstructured.Unstructured) {
 	defer m.mu.Unlock()
 	m.nextUID++
 	o.SetUID(types.UID(fmt.Sprint(m.nextUID)))
-	m.objects[objKey(o.GroupVersionKind(), o.GetNamespace(), o.GetName())] = o
+	m.objects[objKey(m.kinds[o.GroupVersionKind()], o.GetNamespace(), o.GetName())] = o
 }
 
 func (m *fakeMember) counts() (applies, deletes int) {

@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 )
 
@@ -69,31 +70,82 @@ func (x *clusterIndex) lookup(cluster string) []types.NamespacedName {
 	return out
 }
 
+// objectID names a copy in a member: group and resource (not version:
+// the same object is served under several), namespace and name.
+type objectID struct {
+	group, resource string
+	namespace, name string
+}
+
+// resource returns id's resource at version.
+func (id objectID) gvr(version string) schema.GroupVersionResource {
+	return schema.GroupVersionResource{Group: id.group, Version: version, Resource: id.resource}
+}
+
+func (id objectID) String() string {
+	gr := id.resource
+	if id.group != "" {
+		gr += "." + id.group
+	}
+	if id.namespace == "" {
+		return gr + "/" + id.name
+	}
+	return gr + "/" + id.namespace + "/" + id.name
+}
+
 // appliedRecord is what was last applied to one cluster for one
 // Propagation.
 type appliedRecord struct {
+	// digest is the rendered object's.
 	digest [sha256.Size]byte
+	// fields is the digest of the fields the controller's field manager
+	// owned in the copy after the apply (its managedFields entry): a
+	// change of them in a watch event means someone else took a field
+	// over, or removed it.
+	fields [sha256.Size]byte
+	// generation is the Propagation's generation the copy was rendered
+	// from.
+	generation int64
+	id         objectID
+	// version is the one id was applied at.
+	version string
+	uid     types.UID
 }
 
 // appliedCache remembers what was applied where, so that reconciles
 // caused by events (a tunnel returning, another cluster's labels, an
-// edit) write only what changed; and when each Propagation was last
-// re-applied in full, so that the periodic resync still writes everything
-// once per period (reverting drift in members).
+// edit) write only what changed, and so that watch events from members
+// can be told apart from the controller's own writes; and when each
+// Propagation was last resynced in full.
 type appliedCache struct {
+	// onSize is told the number of records after each change (a gauge).
+	onSize func(int)
+
 	mu         sync.Mutex
-	byCluster  map[string]map[types.NamespacedName]appliedRecord
+	byProp     map[types.NamespacedName]map[string]appliedRecord
+	size       int
+	inflight   map[flightKey]bool // value: an event arrived during the apply
 	lastResync map[types.NamespacedName]time.Time
 }
 
-func newAppliedCache() *appliedCache {
+type flightKey struct {
+	cluster string
+	prop    types.NamespacedName
+}
+
+func newAppliedCache(onSize func(int)) *appliedCache {
+	if onSize == nil {
+		onSize = func(int) {}
+	}
 	return &appliedCache{
-		byCluster:  map[string]map[types.NamespacedName]appliedRecord{},
+		onSize:     onSize,
+		byProp:     map[types.NamespacedName]map[string]appliedRecord{},
+		inflight:   map[flightKey]bool{},
 		lastResync: map[types.NamespacedName]time.Time{},
 	}
 }
 
-// resyncDue says whether prop is due a full re-apply (its last one is at
+// resyncDue says whether prop is due a full resync (its last one is at
 // least period ago, or unknown), and if so records now as its time.
 func (c *appliedCache) resyncDue(prop types.NamespacedName, now time.Time, period time.Duration) bool {
 	c.mu.Lock()
@@ -108,33 +160,95 @@ func (c *appliedCache) resyncDue(prop types.NamespacedName, now time.Time, perio
 func (c *appliedCache) get(cluster string, prop types.NamespacedName) (appliedRecord, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	r, ok := c.byCluster[cluster][prop]
+	r, ok := c.byProp[prop][cluster]
 	return r, ok
 }
 
-func (c *appliedCache) put(cluster string, prop types.NamespacedName, r appliedRecord) {
+// begin marks an apply of prop to cluster in flight: watch events that
+// arrive meanwhile are not compared with the record, which is about to
+// change ([appliedCache.observe]).
+func (c *appliedCache) begin(cluster string, prop types.NamespacedName) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	m := c.byCluster[cluster]
+	c.inflight[flightKey{cluster, prop}] = false
+}
+
+// end ends an apply begun with begin that wrote nothing.
+func (c *appliedCache) end(cluster string, prop types.NamespacedName) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.inflight, flightKey{cluster, prop})
+}
+
+// put records r and ends the apply in flight, if any; eventDuring says
+// whether a watch event arrived during it (the copy may have changed
+// again after the write).
+func (c *appliedCache) put(cluster string, prop types.NamespacedName, r appliedRecord) (eventDuring bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	k := flightKey{cluster, prop}
+	eventDuring = c.inflight[k]
+	delete(c.inflight, k)
+	m := c.byProp[prop]
 	if m == nil {
-		m = map[types.NamespacedName]appliedRecord{}
-		c.byCluster[cluster] = m
+		m = map[string]appliedRecord{}
+		c.byProp[prop] = m
 	}
-	m[prop] = r
+	if _, ok := m[cluster]; !ok {
+		c.size++
+		c.onSize(c.size)
+	}
+	m[cluster] = r
+	return eventDuring
+}
+
+// observe returns the record a watch event about prop's copy in cluster
+// is compared with; inflight means an apply is under way, and the event
+// is to be ignored.
+func (c *appliedCache) observe(cluster string, prop types.NamespacedName) (r appliedRecord, ok, inflight bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	k := flightKey{cluster, prop}
+	if _, inflight = c.inflight[k]; inflight {
+		c.inflight[k] = true
+		return appliedRecord{}, false, true
+	}
+	r, ok = c.byProp[prop][cluster]
+	return r, ok, false
 }
 
 func (c *appliedCache) forget(cluster string, prop types.NamespacedName) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	delete(c.byCluster[cluster], prop)
+	if m := c.byProp[prop]; m != nil {
+		if _, ok := m[cluster]; ok {
+			delete(m, cluster)
+			c.size--
+			c.onSize(c.size)
+		}
+		if len(m) == 0 {
+			delete(c.byProp, prop)
+		}
+	}
+}
+
+// clusters returns the clusters prop has records in.
+func (c *appliedCache) clusters(prop types.NamespacedName) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]string, 0, len(c.byProp[prop]))
+	for cl := range c.byProp[prop] {
+		out = append(out, cl)
+	}
+	return out
 }
 
 // forgetProp drops prop's records in every cluster.
 func (c *appliedCache) forgetProp(prop types.NamespacedName) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, m := range c.byCluster {
-		delete(m, prop)
-	}
+	c.size -= len(c.byProp[prop])
+	c.onSize(c.size)
+	delete(c.byProp, prop)
 	delete(c.lastResync, prop)
 }

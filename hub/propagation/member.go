@@ -41,11 +41,13 @@ type member interface {
 	// rediscovered before it is reported missing.
 	Mapping(gvk schema.GroupVersionKind) (*meta.RESTMapping, error)
 	// Apply server-side applies obj with force, creating its namespace
-	// first when the member lacks it.
-	Apply(ctx context.Context, m *meta.RESTMapping, obj *unstructured.Unstructured) error
+	// first when the member lacks it, and returns the object as the
+	// member then holds it.
+	Apply(ctx context.Context, m *meta.RESTMapping, obj *unstructured.Unstructured) (*unstructured.Unstructured, error)
 	// Get reads an object; a missing one is an apierrors NotFound.
 	Get(ctx context.Context, m *meta.RESTMapping, namespace, name string) (*unstructured.Unstructured, error)
-	// Delete deletes the object if its UID is still uid.
+	// Delete deletes the object if its UID is still uid ("": whatever
+	// it is).
 	Delete(ctx context.Context, m *meta.RESTMapping, namespace, name string, uid types.UID) error
 }
 
@@ -169,16 +171,16 @@ func (m *dynamicMember) resource(mp *meta.RESTMapping, namespace string) dynamic
 	return m.dyn.Resource(mp.Resource)
 }
 
-func (m *dynamicMember) Apply(ctx context.Context, mp *meta.RESTMapping, obj *unstructured.Unstructured) error {
+func (m *dynamicMember) Apply(ctx context.Context, mp *meta.RESTMapping, obj *unstructured.Unstructured) (*unstructured.Unstructured, error) {
 	opts := metav1.ApplyOptions{FieldManager: FieldManager, Force: true}
-	_, err := m.resource(mp, obj.GetNamespace()).Apply(ctx, obj.GetName(), obj, opts)
+	live, err := m.resource(mp, obj.GetNamespace()).Apply(ctx, obj.GetName(), obj, opts)
 	if ns, ok := missingNamespace(err); ok && ns == obj.GetNamespace() {
 		if err := m.createNamespace(ctx, ns); err != nil {
-			return err
+			return nil, err
 		}
-		_, err = m.resource(mp, obj.GetNamespace()).Apply(ctx, obj.GetName(), obj, opts)
+		live, err = m.resource(mp, obj.GetNamespace()).Apply(ctx, obj.GetName(), obj, opts)
 	}
-	return err
+	return live, err
 }
 
 func (m *dynamicMember) Get(ctx context.Context, mp *meta.RESTMapping, namespace, name string) (*unstructured.Unstructured, error) {
@@ -187,10 +189,11 @@ func (m *dynamicMember) Get(ctx context.Context, mp *meta.RESTMapping, namespace
 
 func (m *dynamicMember) Delete(ctx context.Context, mp *meta.RESTMapping, namespace, name string, uid types.UID) error {
 	bg := metav1.DeletePropagationBackground
-	return m.resource(mp, namespace).Delete(ctx, name, metav1.DeleteOptions{
-		Preconditions:     &metav1.Preconditions{UID: &uid},
-		PropagationPolicy: &bg,
-	})
+	opts := metav1.DeleteOptions{PropagationPolicy: &bg}
+	if uid != "" {
+		opts.Preconditions = &metav1.Preconditions{UID: &uid}
+	}
+	return m.resource(mp, namespace).Delete(ctx, name, opts)
 }
 
 var namespaceGVR = schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}

@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
@@ -29,6 +30,11 @@ type reconciler struct {
 	clients memberSet
 	index   *clusterIndex
 	applied *appliedCache
+	// watches are the member watches of copies; nil watches nothing
+	// (unit tests drive copyChanged themselves).
+	watches *copyWatches
+	kinds   *kindSet
+	metrics *Metrics
 	opts    Options
 	log     hclog.Logger
 	now     func() time.Time
@@ -43,12 +49,15 @@ func newReconciler(host client.Client, members Members, clients memberSet, opts 
 		members: members,
 		clients: clients,
 		index:   newClusterIndex(),
-		applied: newAppliedCache(),
+		applied: newAppliedCache(opts.Metrics.setManaged),
+		kinds:   newKindSet(),
+		metrics: opts.Metrics,
 		opts:    opts,
 		log:     opts.Log.Named(ControllerName),
 		now:     time.Now,
 		wakeState: wakeState{
 			wakePending: map[string]struct{}{},
+			wakeProps:   map[types.NamespacedName]struct{}{},
 			wake:        make(chan struct{}, 1),
 		},
 	}
@@ -88,6 +97,11 @@ func (r *reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	if p.DeletionTimestamp != nil {
 		return r.finalize(ctx, &p)
 	}
+	if p.Status.ObservedGeneration > p.Generation {
+		// The cache is behind what this controller already applied: never
+		// write an older generation. The newer one is on its way.
+		return reconcile.Result{RequeueAfter: time.Second}, nil
+	}
 	if err := r.addFinalizer(ctx, &p); err != nil {
 		return reconcile.Result{}, err
 	}
@@ -101,17 +115,21 @@ func (r *reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		r.log.Warn("invalid propagation", "propagation", key, "error", err)
 		return reconcile.Result{}, r.writeStatus(ctx, &p, invalidStatus(&p, err))
 	}
-	s := newPass(pl, &p, clusters)
+	s := newPass(pl, &p, clusters, r.holders(key))
 	// Index before looking at connectivity: a tunnel coming up from now on
 	// wakes this Propagation.
 	r.index.set(key, targetNames(s.targets, s.leaving))
-	// Once per resync period everything is re-applied; in between only
-	// what changed. The resync requeue arrives a period after the last
-	// reconcile; 90% leaves room for its jitter.
+	// Once per resync period every copy is checked against the member's
+	// watch, or re-applied where no watch vouches for it; in between only
+	// what changed or drifted is written. The resync requeue arrives a
+	// period after the last reconcile; 90% leaves room for its jitter.
 	s.full = r.applied.resyncDue(key, r.now(), r.opts.Resync*9/10)
+	r.useKind(pl.gvk)
 
 	results := r.syncAll(ctx, s)
-	if err := r.writeStatus(ctx, &p, summarize(&p, kept(results), s.placed)); err != nil {
+	st := summarize(&p, kept(results), s.placed)
+	st.Objects, st.StaleObjects = r.objects(ctx, &p, results, clusters)
+	if err := r.writeStatus(ctx, &p, st); err != nil {
 		return reconcile.Result{}, err
 	}
 	return r.next(results)
@@ -146,17 +164,28 @@ type pass struct {
 }
 
 // newPass places p, compiled as pl, on clusters and divides its replicas.
-func newPass(pl *plan, p *v1alpha1.Propagation, clusters clusterList) *pass {
+// The clusters leaving are those outside the placement that may hold a
+// copy: listed in status as still to be cleaned, or in holders (the
+// controller applied there, or the member's watch holds a copy).
+func newPass(pl *plan, p *v1alpha1.Propagation, clusters clusterList, holders []string) *pass {
 	s := &pass{pl: pl, p: p, targets: place(pl.placement, clusters)}
 	s.replicas = divide(pl.division, pl.weights, s.targets)
 	s.placed = make(map[string]bool, len(s.targets))
 	for _, t := range s.targets {
 		s.placed[t.name] = true
 	}
-	for _, e := range p.Status.Clusters {
-		if !s.placed[e.Cluster] {
-			s.leaving = append(s.leaving, target{name: e.Cluster, cluster: clusters.byName(e.Cluster)})
+	seen := map[string]bool{}
+	leave := func(name string) {
+		if !s.placed[name] && !seen[name] {
+			seen[name] = true
+			s.leaving = append(s.leaving, target{name: name, cluster: clusters.byName(name)})
 		}
+	}
+	for _, e := range p.Status.Clusters {
+		leave(e.Cluster)
+	}
+	for _, c := range holders {
+		leave(c)
 	}
 	return s
 }
@@ -165,7 +194,9 @@ func newPass(pl *plan, p *v1alpha1.Propagation, clusters clusterList) *pass {
 // when status keeps none) and the error that made it Failed.
 type synced struct {
 	entry *v1alpha1.ClusterPropagationStatus
-	err   error
+	// ref is the object rendered there; nil when none was.
+	ref *v1alpha1.ObjectReference
+	err error
 }
 
 // syncAll syncs the targets and removes the copies from the clusters
@@ -174,7 +205,7 @@ func (r *reconciler) syncAll(ctx context.Context, s *pass) []synced {
 	out := make([]synced, len(s.targets)+len(s.leaving))
 	r.parallel(len(out), func(i int) {
 		if i < len(s.targets) {
-			out[i].entry, out[i].err = r.sync(ctx, s, s.targets[i])
+			out[i].entry, out[i].ref, out[i].err = r.sync(ctx, s, s.targets[i])
 		} else {
 			out[i].entry = r.leave(ctx, s.pl, s.p, s.leaving[i-len(s.targets)])
 		}

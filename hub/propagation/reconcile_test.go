@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -30,10 +31,10 @@ func TestReconcileAppliesAndWaitsForOfflineClusters(t *testing.T) {
 	if !controllerutil.ContainsFinalizer(p, Finalizer) {
 		t.Error("no finalizer")
 	}
-	if got := states(p); got != "a=Applied/1 b=Pending/0" {
+	if got := states(p); got != "applied=1 b=Pending/0" {
 		t.Fatalf("states %s", got)
 	}
-	if msg := p.Status.Clusters[1].Message; msg != "cluster b is not connected" {
+	if msg := p.Status.Clusters[0].Message; msg != "cluster b is not connected" {
 		t.Errorf("b message %q", msg)
 	}
 	if p.Status.ReadyClusters != 1 || p.Status.TotalClusters != 2 {
@@ -63,7 +64,7 @@ func TestReconcileAppliesAndWaitsForOfflineClusters(t *testing.T) {
 	}
 	e.mustReconcile(key)
 	p = e.get(key)
-	if got := states(p); got != "a=Applied/2 b=Applied/2" {
+	if got := states(p); got != "applied=2" {
 		t.Fatalf("states %s", got)
 	}
 	o = e.fm.member("b").object("ConfigMap", "apps", "cfg")
@@ -80,16 +81,18 @@ func TestReconcileNeverAppliesAnOlderGeneration(t *testing.T) {
 	key := e.create(cmProp(func(p *v1alpha1.Propagation) { p.Generation = 4 }))
 	p := e.get(key)
 	// Status says generation 5 went out: this read of generation 4 is stale.
-	p.Status.Clusters = []v1alpha1.ClusterPropagationStatus{{Cluster: "a", State: v1alpha1.StateApplied, ObservedGeneration: 5}}
+	p.Status.ObservedGeneration = 5
 	if err := e.host.Status().Update(e.ctx, p); err != nil {
 		t.Fatal(err)
 	}
-	e.mustReconcile(key)
-	if n, _ := e.fm.member("a").counts(); n != 0 {
-		t.Errorf("a got %d applies of an older generation", n)
+	res := e.mustReconcile(key)
+	for _, c := range []string{"a", "b"} {
+		if n, _ := e.fm.member(c).counts(); n != 0 {
+			t.Errorf("%s got %d applies of an older generation", c, n)
+		}
 	}
-	if n, _ := e.fm.member("b").counts(); n != 1 {
-		t.Errorf("b got %d applies, want 1", n)
+	if res.RequeueAfter == 0 || res.RequeueAfter > 5*time.Second {
+		t.Errorf("requeue after %v, want soon: the newer generation is on its way", res.RequeueAfter)
 	}
 }
 
@@ -109,7 +112,7 @@ func TestReconcileSkipsUnchangedUntilResync(t *testing.T) {
 	// A cluster that was away gets only what changed meanwhile.
 	e.fm.setConnected("a", false)
 	e.mustReconcile(key)
-	if got := states(e.get(key)); got != "a=Pending/1" {
+	if got := states(e.get(key)); got != "applied=0 a=Pending/1" {
 		t.Fatalf("offline: %s", got)
 	}
 	e.fm.setConnected("a", true)
@@ -117,7 +120,7 @@ func TestReconcileSkipsUnchangedUntilResync(t *testing.T) {
 	if n, _ := e.fm.member("a").counts(); n != 2 {
 		t.Fatalf("%d applies, want still 2: an unchanged object was re-pushed on reconnect", n)
 	}
-	if got := states(e.get(key)); got != "a=Applied/1" {
+	if got := states(e.get(key)); got != "applied=1" {
 		t.Fatalf("back: %s", got)
 	}
 	e.fm.setConnected("a", false)
@@ -144,10 +147,10 @@ func TestReconcileReportsMemberErrors(t *testing.T) {
 		t.Fatalf("reconcile: %v, want a SyncError for b", err)
 	}
 	p := e.get(key)
-	if got := states(p); got != "a=Applied/1 b=Failed/0" {
+	if got := states(p); got != "applied=1 b=Failed/0" {
 		t.Fatalf("states %s", got)
 	}
-	if msg := p.Status.Clusters[1].Message; msg != invalid.Error() {
+	if msg := p.Status.Clusters[0].Message; msg != invalid.Error() {
 		t.Errorf("b message %q, want the member's %q", msg, invalid.Error())
 	}
 	c := meta.FindStatusCondition(p.Status.Conditions, v1alpha1.PropagationReady)
@@ -156,7 +159,7 @@ func TestReconcileReportsMemberErrors(t *testing.T) {
 	}
 	e.fm.member("b").setApplyErr(nil)
 	e.mustReconcile(key)
-	if got := states(e.get(key)); got != "a=Applied/1 b=Applied/1" {
+	if got := states(e.get(key)); got != "applied=2" {
 		t.Fatalf("after recovery: %s", got)
 	}
 }
@@ -177,7 +180,7 @@ func TestReconcileUnknownKindFails(t *testing.T) {
 	// The CRD arrives: the next retry applies.
 	e.fm.member("a").addKind(schema.GroupVersionKind{Group: "example.com", Version: "v1", Kind: "Widget"}, "widgets", true)
 	e.mustReconcile(key)
-	if got := states(e.get(key)); got != "a=Applied/1" {
+	if got := states(e.get(key)); got != "applied=1" {
 		t.Fatalf("states %s", got)
 	}
 }
@@ -225,7 +228,7 @@ func TestReconcileDividesReplicas(t *testing.T) {
 		t.Fatalf("replicas %d/%d/%d, want 7/3 and c untouched at 2", a, b, c)
 	}
 	p := e.get(key)
-	st := p.Status.Clusters[2]
+	st := *entryFor(&p.Status, "c")
 	if st.State != v1alpha1.StatePending || st.Replicas == nil || *st.Replicas != 0 || !strings.Contains(st.Message, "not Ready") {
 		t.Fatalf("c status %+v", st)
 	}
@@ -236,7 +239,7 @@ func TestReconcileUnregisteredCluster(t *testing.T) {
 	key := e.create(cmProp(func(p *v1alpha1.Propagation) { p.Spec.Placement.Clusters = []string{"a", "later"} }))
 	e.mustReconcile(key)
 	p := e.get(key)
-	if got := states(p); got != "a=Applied/1 later=Pending/0" || p.Status.Clusters[1].Message != "cluster later is not registered" {
+	if got := states(p); got != "applied=1 later=Pending/0" || p.Status.Clusters[0].Message != "cluster later is not registered" {
 		t.Fatalf("states %s (%+v)", got, p.Status.Clusters)
 	}
 }

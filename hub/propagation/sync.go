@@ -4,20 +4,30 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
 
 	"backhaul.io/backhaul/pkg/apis/backhaul/v1alpha1"
 )
 
-// sync brings cluster t up to date and returns its status entry, and the
-// error that made it Failed. Unless s.full, an object applied before and
-// unchanged since is not written again.
-func (r *reconciler) sync(ctx context.Context, s *pass, t target) (*v1alpha1.ClusterPropagationStatus, error) {
+// sync brings cluster t up to date and returns its status entry, the
+// object it rendered there (nil when it rendered none), and the error
+// that made it Failed. A copy applied before and unchanged since is not
+// written again; on a full resync it is written again only if the
+// member's watch cannot vouch that it is as applied.
+func (r *reconciler) sync(ctx context.Context, s *pass, t target) (*v1alpha1.ClusterPropagationStatus, *v1alpha1.ObjectReference, error) {
+	key := s.pl.key
 	prev := entryFor(&s.p.Status, t.name)
+	rec, hasRec := r.applied.get(t.name, key)
 	e := &v1alpha1.ClusterPropagationStatus{Cluster: t.name, State: v1alpha1.StatePending}
-	if prev != nil {
+	switch {
+	case hasRec:
+		e.ObservedGeneration = rec.generation
+	case prev != nil:
 		e.ObservedGeneration = prev.ObservedGeneration
 	}
 	if s.replicas != nil {
@@ -26,23 +36,20 @@ func (r *reconciler) sync(ctx context.Context, s *pass, t target) (*v1alpha1.Clu
 	}
 	if msg := r.notYet(s, t); msg != "" {
 		e.Message = msg
-		return e, nil
+		r.metrics.synced(ResultPending)
+		return e, nil, nil
 	}
-	if prev != nil && prev.ObservedGeneration > s.p.Generation {
-		// The cache is behind what we already applied: never write an
-		// older generation. The newer one is on its way.
-		return prev.DeepCopy(), nil
-	}
-	fail := func(err error) (*v1alpha1.ClusterPropagationStatus, error) {
-		r.applied.forget(t.name, s.pl.key)
+	fail := func(err error) (*v1alpha1.ClusterPropagationStatus, *v1alpha1.ObjectReference, error) {
+		r.applied.forget(t.name, key)
+		r.metrics.synced(ResultFailed)
 		e.State, e.Message = v1alpha1.StateFailed, truncate(err.Error(), maxMessage)
 		// Say it once; retries that fail the same way are routine.
 		logf := r.log.Debug
 		if prev == nil || prev.State != v1alpha1.StateFailed || prev.Message != e.Message {
 			logf = r.log.Warn
 		}
-		logf("apply failed", "propagation", s.pl.key, "cluster", t.name, "generation", s.p.Generation, "error", err)
-		return e, err
+		logf("apply failed", "propagation", key, "cluster", t.name, "generation", s.p.Generation, "error", err)
+		return e, nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.opts.MemberTimeout)
 	defer cancel()
@@ -50,22 +57,98 @@ func (r *reconciler) sync(ctx context.Context, s *pass, t target) (*v1alpha1.Clu
 	if err != nil {
 		return fail(err)
 	}
-	if rec, ok := r.applied.get(t.name, s.pl.key); ok && !s.full && rec.digest == c.digest &&
-		prev != nil && prev.ObservedGeneration == s.p.Generation {
+	ref := objectRef(c.obj)
+	id := objectID{group: c.mapping.Resource.Group, resource: c.mapping.Resource.Resource, namespace: c.obj.GetNamespace(), name: c.obj.GetName()}
+	r.watches.ensure(t.name, c.mapping)
+	if hasRec && rec.digest == c.digest && rec.id == id && (!s.full || r.vouched(t.name, c.mapping, rec)) {
 		// This very object was applied there (the cluster may have been
-		// Pending since, while its tunnel was down): this reconcile came
-		// from an event that changed nothing for this cluster. The resync
-		// re-applies.
+		// Pending since, while its tunnel was down) and nobody changed it
+		// since: the member's watch would have dropped the record.
+		r.metrics.synced(ResultUnchanged)
 		e.State, e.ObservedGeneration = v1alpha1.StateApplied, s.p.Generation
-		return e, nil
+		r.removeStale(ctx, c.member, t.name, key, id, rec)
+		return e, ref, nil
 	}
-	if err := c.member.Apply(ctx, c.mapping, c.obj); err != nil {
+	r.applied.begin(t.name, key)
+	start := time.Now()
+	live, err := c.member.Apply(ctx, c.mapping, c.obj)
+	if err != nil {
+		r.applied.end(t.name, key)
+		r.metrics.applied(ResultFailed, time.Since(start))
 		return fail(err)
 	}
-	r.applied.put(t.name, s.pl.key, appliedRecord{digest: c.digest})
-	r.log.Trace("applied", "propagation", s.pl.key, "cluster", t.name, "generation", s.p.Generation)
-	e.State, e.ObservedGeneration = v1alpha1.StateApplied, s.p.Generation
-	return e, nil
+	r.metrics.applied(ResultApplied, time.Since(start))
+	r.metrics.synced(ResultApplied)
+	nrec := appliedRecord{digest: c.digest, generation: s.p.Generation, id: id, version: c.mapping.Resource.Version}
+	if live != nil {
+		nrec.fields, nrec.uid = ownedFields(live.GetManagedFields()), live.GetUID()
+	}
+	if r.applied.put(t.name, key, nrec) {
+		r.recheck(t.name, key, c.mapping.Resource, nrec)
+	}
+	r.log.Trace("applied", "propagation", key, "cluster", t.name, "generation", s.p.Generation)
+	e.State, e.ObservedGeneration, e.Message = v1alpha1.StateApplied, s.p.Generation, ""
+	if hasRec {
+		r.removeStale(ctx, c.member, t.name, key, id, rec)
+	} else {
+		r.removeStale(ctx, c.member, t.name, key, id, appliedRecord{})
+	}
+	return e, ref, nil
+}
+
+// vouched says whether cluster's watch of the copy's kind has listed and
+// holds the copy rec records, with the fields rec recorded: the full
+// resync then has nothing to write.
+func (r *reconciler) vouched(cluster string, mp *meta.RESTMapping, rec appliedRecord) bool {
+	if !r.watches.synced(cluster, mp.Resource) {
+		return false
+	}
+	o, ok := r.watches.current(cluster, mp.Resource, rec.id)
+	return ok && o.UID == rec.uid && ownedFields(o.ManagedFields) == rec.fields
+}
+
+// removeStale deletes, in cluster, the copies of prop other than id: the
+// object an earlier generation applied there (prev, when its identity
+// differs) and any other the member's watches hold (an earlier template's
+// name or kind, applied before the hub started).
+func (r *reconciler) removeStale(ctx context.Context, m member, cluster string, prop types.NamespacedName, id objectID, prev appliedRecord) {
+	stale := map[objectID]copyRef{}
+	if prev.id != (objectID{}) && prev.id != id {
+		stale[prev.id] = copyRef{id: prev.id, version: prev.version, uid: prev.uid}
+	}
+	for _, c := range r.watches.copies(cluster, prop) {
+		if c.id != id {
+			stale[c.id] = c
+		}
+	}
+	for sid, c := range stale {
+		if err := deleteCopyRef(ctx, m, c); err != nil {
+			r.log.Warn("could not delete a copy the template no longer names", "propagation", prop, "cluster", cluster, "object", sid.String(), "error", err)
+			continue
+		}
+		r.metrics.synced(ResultDeleted)
+		r.log.Info("deleted a copy the template no longer names", "propagation", prop, "cluster", cluster, "object", sid.String())
+	}
+}
+
+// deleteCopyRef deletes the copy c if its UID is still c's (when known);
+// a copy already gone is no error.
+func deleteCopyRef(ctx context.Context, m member, c copyRef) error {
+	mp := &meta.RESTMapping{Resource: c.id.gvr(c.version), Scope: meta.RESTScopeRoot}
+	if c.id.namespace != "" {
+		mp.Scope = meta.RESTScopeNamespace
+	}
+	err := m.Delete(ctx, mp, c.id.namespace, c.id.name, c.uid)
+	if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+		// Gone, or replaced by an object that is not this copy.
+		return nil
+	}
+	return err
+}
+
+// objectRef names a rendered object for status.
+func objectRef(obj *unstructured.Unstructured) *v1alpha1.ObjectReference {
+	return &v1alpha1.ObjectReference{APIVersion: obj.GetAPIVersion(), Kind: obj.GetKind(), Namespace: obj.GetNamespace(), Name: obj.GetName()}
 }
 
 // notYet says why cluster t gets nothing in this pass, or "" when it is

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/go-logr/logr/funcr"
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -75,6 +77,8 @@ type environment struct {
 	memberDyn map[string]*dynamic.DynamicClient
 	switches  *switchedMembers
 	logPath   string
+	// metrics is the controller's registry.
+	metrics *prometheus.Registry
 }
 
 var (
@@ -215,9 +219,12 @@ func setup(ctx context.Context, cl *harness.Cleanups) (_ *environment, err error
 	}
 	opts := propagation.DefaultOptions()
 	opts.Log = log
+	e.metrics = prometheus.NewRegistry()
+	opts.Metrics = propagation.NewMetrics(e.metrics)
 	if !benchEnabled() {
-		// Short, so the drift test is quick; the benchmark keeps the
-		// production period, whose re-applies it would otherwise measure.
+		// Short, so that every test also runs through full resyncs,
+		// which must write nothing the member watches vouch for; the
+		// benchmark keeps the production period.
 		opts.Resync = resync
 	}
 	opts.RetryMax = 5 * time.Second
@@ -264,6 +271,9 @@ type switchedMembers struct {
 	cfgs     map[string]*rest.Config
 	down     map[string]bool
 	watchers []func(string)
+	// writes counts the controller's writes (PATCH, PUT, POST, DELETE) by
+	// the namespace of their path ("" for cluster-scoped ones).
+	writes map[string]int
 }
 
 var _ propagation.Members = (*switchedMembers)(nil)
@@ -276,9 +286,43 @@ func (s *switchedMembers) Config(cluster string) *rest.Config {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if cfg := s.cfgs[cluster]; cfg != nil && !s.down[cluster] {
-		return rest.CopyConfig(cfg)
+		cfg = rest.CopyConfig(cfg)
+		cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper {
+			return roundTripFunc(func(req *http.Request) (*http.Response, error) {
+				if req.Method != http.MethodGet {
+					s.countWrite(req.URL.Path)
+				}
+				return rt.RoundTrip(req)
+			})
+		})
+		return cfg
 	}
 	return &rest.Config{Host: closedPort, Timeout: 5 * time.Second}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+func (s *switchedMembers) countWrite(path string) {
+	ns := ""
+	if _, rest, ok := strings.Cut(path, "/namespaces/"); ok {
+		ns, _, _ = strings.Cut(rest, "/")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.writes == nil {
+		s.writes = map[string]int{}
+	}
+	s.writes[ns]++
+}
+
+// writesIn returns how many writes the controller made to objects in
+// namespace ns of any member.
+func (s *switchedMembers) writesIn(ns string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.writes[ns]
 }
 
 func (s *switchedMembers) Connected(cluster string) bool {

@@ -116,7 +116,8 @@ func (e *environment) edit(t *testing.T, p *v1alpha1.Propagation, mutate func(*v
 // describe summarises a Propagation's status for failure messages.
 func describe(p *v1alpha1.Propagation) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "generation %d, observed %d, ready %d/%d", p.Generation, p.Status.ObservedGeneration, p.Status.ReadyClusters, p.Status.TotalClusters)
+	fmt.Fprintf(&b, "generation %d, observed %d, ready %d/%d (pending %d, failed %d, unlisted %d)", p.Generation, p.Status.ObservedGeneration,
+		p.Status.ReadyClusters, p.Status.TotalClusters, p.Status.PendingClusters, p.Status.FailedClusters, p.Status.UnlistedClusters)
 	if c := meta.FindStatusCondition(p.Status.Conditions, v1alpha1.PropagationReady); c != nil {
 		fmt.Fprintf(&b, ", Ready=%s %s: %s", c.Status, c.Reason, c.Message)
 	}
@@ -236,8 +237,8 @@ func TestDeploymentBySelectorWithOverride(t *testing.T) {
 		if !applied {
 			t.Errorf("%s: no server-side apply by %q in managedFields", c, propagation.FieldManager)
 		}
-		if st := clusterStatus(got, c); st == nil || st.State != v1alpha1.StateApplied || st.ObservedGeneration != got.Generation {
-			t.Errorf("%s: status %+v", c, st)
+		if st := clusterStatus(got, c); st != nil {
+			t.Errorf("%s: listed in status although Applied: %+v", c, st)
 		}
 	}
 }
@@ -278,13 +279,10 @@ func TestReplicaDivision(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = e.setReady(ctx, "pm3", true) })
 	waitReplicas("re-divided without pm3", map[string]int64{"pm1": 7, "pm2": 3, "pm3": 2})
-	got := e.waitStatus(t, p, "pm3 pending with no share", func(p *v1alpha1.Propagation) bool {
+	e.waitStatus(t, p, "pm3 pending with no share", func(p *v1alpha1.Propagation) bool {
 		st := clusterStatus(p, "pm3")
 		return st != nil && st.State == v1alpha1.StatePending && st.Replicas != nil && *st.Replicas == 0 && p.Status.ReadyClusters == 2
 	})
-	if st := clusterStatus(got, "pm1"); st.Replicas == nil || *st.Replicas != 7 {
-		t.Errorf("pm1 status replicas %v, want 7", st.Replicas)
-	}
 
 	if err := e.setReady(ctx, "pm3", true); err != nil {
 		t.Fatal(err)
@@ -312,7 +310,7 @@ func TestOfflineMemberCatchesUp(t *testing.T) {
 		p.Spec.Template = rawJSON(t, configMapTemplate("cfg", "two"))
 	})
 	e.waitStatus(t, p, "the edit applied to pm1 and pm2", func(p *v1alpha1.Propagation) bool {
-		return p.Status.ReadyClusters == 2 && clusterStatus(p, "pm1").ObservedGeneration == gen
+		return p.Status.ReadyClusters == 2 && p.Status.ObservedGeneration == gen && clusterStatus(p, "pm1") == nil
 	})
 
 	e.reconnect("pm3")
@@ -330,8 +328,8 @@ func TestOfflineMemberCatchesUp(t *testing.T) {
 		t.Errorf("pm3 copy is generation %s, want %d", v, gen)
 	}
 	got := e.waitReady(t, p, 3)
-	if st := clusterStatus(got, "pm3"); st.ObservedGeneration != gen {
-		t.Errorf("pm3 observed generation %d, want %d", st.ObservedGeneration, gen)
+	if len(got.Status.Clusters) != 0 || got.Status.ObservedGeneration != gen {
+		t.Errorf("want every cluster Applied at generation %d: %s", gen, describe(got))
 	}
 }
 
@@ -344,7 +342,9 @@ func TestDriftReverted(t *testing.T) {
 	ctx := context.Background()
 	cms := e.memberDyn["pm1"].Resource(configMapsGVR).Namespace(ns)
 
-	// Someone edits the managed field in the member.
+	// Someone edits the managed field in the member. The member's watch
+	// of the copies sees it (the drift counter), not only the resync.
+	drift := e.metric(t, "backhaul_propagation_drift_total", nil)
 	o, err := cms.Get(ctx, "cfg", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -364,6 +364,7 @@ func TestDriftReverted(t *testing.T) {
 		return v == "desired", "data.k=" + v
 	})
 	t.Logf("edit reverted after %v (resync %v)", took.Round(time.Millisecond), resync)
+	e.driftSeen(t, drift, 1)
 
 	// Someone deletes the copy.
 	if err := cms.Delete(ctx, "cfg", metav1.DeleteOptions{}); err != nil {
@@ -374,6 +375,7 @@ func TestDriftReverted(t *testing.T) {
 		return err == nil, fmt.Sprint(err)
 	})
 	t.Logf("deleted copy restored after %v", took.Round(time.Millisecond))
+	e.driftSeen(t, drift, 2)
 }
 
 func TestCRDInstanceAfterCRD(t *testing.T) {
@@ -460,7 +462,7 @@ func TestLeavingPlacementDeletes(t *testing.T) {
 	e.waitGone(t, "pm2", configMapsGVR, ns, "by-name")
 	e.waitGone(t, "pm3", configMapsGVR, ns, "by-name")
 	got := e.waitReady(t, byName, 1)
-	if len(got.Status.Clusters) != 1 || got.Status.Clusters[0].Cluster != "pm1" {
+	if len(got.Status.Clusters) != 0 {
 		t.Errorf("status still lists the clusters left: %s", describe(got))
 	}
 	if _, err := e.memberObject("pm1", configMapsGVR, ns, "by-name"); err != nil {

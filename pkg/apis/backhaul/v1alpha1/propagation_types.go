@@ -116,7 +116,10 @@ const (
 	PropagationReady = "Ready"
 )
 
-// PropagationStatus reports delivery per cluster.
+// PropagationStatus reports delivery as counts and conditions, and lists
+// only the clusters that need attention, so its size does not grow with
+// the fleet: a Propagation over 10,000 clusters that are all Applied lists
+// none.
 type PropagationStatus struct {
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
@@ -124,17 +127,55 @@ type PropagationStatus struct {
 	// +listType=map
 	// +listMapKey=type
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
+	// Clusters lists the clusters that are not Applied at the current
+	// generation (Pending or Failed), and those a copy is still to be
+	// removed from, failed ones first, at most 100; UnlistedClusters
+	// counts the rest.
 	// +optional
 	// +listType=map
 	// +listMapKey=cluster
+	// +kubebuilder:validation:MaxItems=100
 	Clusters []ClusterPropagationStatus `json:"clusters,omitempty"`
+	// UnlistedClusters counts clusters left out of Clusters by its bound.
+	// +optional
+	UnlistedClusters int32 `json:"unlistedClusters,omitempty"`
 	// ReadyClusters counts clusters whose state is Applied at the current
 	// generation.
 	// +optional
 	ReadyClusters int32 `json:"readyClusters"`
+	// PendingClusters counts placed clusters that wait: not connected,
+	// not Ready (under a replica division) or not registered.
+	// +optional
+	PendingClusters int32 `json:"pendingClusters,omitempty"`
+	// FailedClusters counts placed clusters that refused the object or
+	// could not be written.
+	// +optional
+	FailedClusters int32 `json:"failedClusters,omitempty"`
 	// TotalClusters counts placed clusters.
 	// +optional
 	TotalClusters int32 `json:"totalClusters"`
+	// Objects are the objects the template rendered to at the current
+	// generation (more than one only when overrides rename the object
+	// for some clusters), at most 10.
+	// +optional
+	// +kubebuilder:validation:MaxItems=10
+	Objects []ObjectReference `json:"objects,omitempty"`
+	// StaleObjects are objects an earlier generation rendered to (the
+	// template was renamed or changed kind) whose copies may remain in
+	// members; the controller deletes them, and forgets one once no
+	// registered cluster may hold it. At most 10, the oldest dropped.
+	// +optional
+	// +kubebuilder:validation:MaxItems=10
+	StaleObjects []ObjectReference `json:"staleObjects,omitempty"`
+}
+
+// ObjectReference names an object a Propagation writes into members.
+type ObjectReference struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	// +optional
+	Namespace string `json:"namespace,omitempty"`
+	Name      string `json:"name"`
 }
 
 // ClusterPropagationStatus is one member's delivery state.

@@ -1,0 +1,287 @@
+package propagation
+
+import (
+	"context"
+	"sync"
+
+	"github.com/hashicorp/go-hclog"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/metadata"
+	"k8s.io/client-go/metadata/metadatainformer"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+)
+
+// indexPropagation indexes a member's copies by the Propagation that owns
+// them ("<namespace>/<name>" of AnnotationPropagation).
+const indexPropagation = "propagation"
+
+// copyEvent is what a member watch reports: a copy of a Propagation
+// added, changed or deleted in cluster.
+type copyEvent struct {
+	cluster string
+	prop    types.NamespacedName
+	id      objectID
+	obj     *metav1.PartialObjectMetadata
+	deleted bool
+}
+
+// copyRef is a copy a member watch holds.
+type copyRef struct {
+	id      objectID
+	version string
+	uid     types.UID
+	// fields is the digest of the fields FieldManager owns in it.
+	fields [32]byte
+}
+
+// copyWatches watches, in every connected member, the copies of the kinds
+// Propagations write (only objects that carry LabelPropagation, and only
+// their metadata), so that drift is seen when it happens instead of by
+// re-applying everything periodically, and so that the copies a member
+// holds are known without asking it: those left behind by a renamed
+// template or a cluster that left the placement.
+type copyWatches struct {
+	ctx     context.Context
+	log     hclog.Logger
+	config  func(cluster string) *rest.Config
+	onEvent func(copyEvent)
+	metrics *Metrics
+
+	mu        sync.Mutex
+	byCluster map[string]*memberWatch
+}
+
+// memberWatch is one member's watches, one informer per resource.
+type memberWatch struct {
+	cancel    context.CancelFunc
+	ctx       context.Context
+	client    metadata.Interface
+	informers map[schema.GroupVersionResource]cache.SharedIndexInformer
+}
+
+func newCopyWatches(ctx context.Context, log hclog.Logger, config func(string) *rest.Config, metrics *Metrics, onEvent func(copyEvent)) *copyWatches {
+	return &copyWatches{ctx: ctx, log: log, config: config, onEvent: onEvent, metrics: metrics, byCluster: map[string]*memberWatch{}}
+}
+
+// ensure watches resource mp in cluster, starting the member's watches if
+// needed. It does not wait for the watch to list.
+func (w *copyWatches) ensure(cluster string, mp *meta.RESTMapping) {
+	if w == nil {
+		return
+	}
+	gvr := mp.Resource
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	mw := w.byCluster[cluster]
+	if mw == nil {
+		cfg := w.config(cluster)
+		if cfg == nil {
+			return
+		}
+		cfg = rest.CopyConfig(cfg)
+		if cfg.QPS == 0 && cfg.RateLimiter == nil {
+			cfg.QPS = -1
+		}
+		if cfg.UserAgent == "" {
+			cfg.UserAgent = "backhaul-hub/propagation"
+		}
+		c, err := metadata.NewForConfig(cfg)
+		if err != nil {
+			w.log.Warn("cannot watch copies", "cluster", cluster, "error", err)
+			return
+		}
+		ctx, cancel := context.WithCancel(w.ctx)
+		mw = &memberWatch{ctx: ctx, cancel: cancel, client: c, informers: map[schema.GroupVersionResource]cache.SharedIndexInformer{}}
+		w.byCluster[cluster] = mw
+	}
+	if mw.informers[gvr] != nil {
+		return
+	}
+	inf := metadatainformer.NewFilteredMetadataInformer(mw.client, gvr, metav1.NamespaceAll, 0,
+		cache.Indexers{indexPropagation: indexByPropagation},
+		func(o *metav1.ListOptions) { o.LabelSelector = LabelPropagation }).Informer()
+	// Keep only what drift detection reads: the controller's own
+	// managedFields entry, not every other manager's.
+	_ = inf.SetTransform(trimCopy)
+	log := w.log.With("cluster", cluster, "resource", gvr.String())
+	_ = inf.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *cache.Reflector, err error) {
+		if apierrors.IsForbidden(err) {
+			log.Warn("the member does not let the hub watch this kind; drift there is reverted only by the periodic resync", "error", err)
+			return
+		}
+		log.Debug("watch of copies failed; retrying", "error", err)
+	})
+	handle := func(obj any, deleted bool) {
+		if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+			obj, deleted = d.Obj, true
+		}
+		o, ok := obj.(*metav1.PartialObjectMetadata)
+		if !ok {
+			return
+		}
+		key, ok := propagationKey(o)
+		if !ok {
+			return
+		}
+		w.onEvent(copyEvent{cluster: cluster, prop: key, id: idOf(gvr, o), obj: o, deleted: deleted})
+	}
+	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { handle(obj, false) },
+		UpdateFunc: func(_, obj any) { handle(obj, false) },
+		DeleteFunc: func(obj any) { handle(obj, true) },
+	})
+	mw.informers[gvr] = inf
+	w.metrics.addWatches(1)
+	go inf.RunWithContext(mw.ctx)
+}
+
+// stop ends cluster's watches (its tunnel went down or came back: they
+// start again as the controller next writes there).
+func (w *copyWatches) stop(cluster string) {
+	if w == nil {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if mw := w.byCluster[cluster]; mw != nil {
+		mw.cancel()
+		w.metrics.addWatches(-len(mw.informers))
+		delete(w.byCluster, cluster)
+	}
+}
+
+// synced says whether cluster's watch of resource gvr has listed, so that
+// its store is what the member holds.
+func (w *copyWatches) synced(cluster string, gvr schema.GroupVersionResource) bool {
+	if w == nil {
+		return false
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	mw := w.byCluster[cluster]
+	return mw != nil && mw.informers[gvr] != nil && mw.informers[gvr].HasSynced()
+}
+
+// watching returns the clusters with watches.
+func (w *copyWatches) watching() []string {
+	if w == nil {
+		return nil
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := make([]string, 0, len(w.byCluster))
+	for c := range w.byCluster {
+		out = append(out, c)
+	}
+	return out
+}
+
+// copies returns the copies of prop the watches of cluster hold.
+func (w *copyWatches) copies(cluster string, prop types.NamespacedName) []copyRef {
+	if w == nil {
+		return nil
+	}
+	w.mu.Lock()
+	mw := w.byCluster[cluster]
+	var infs []cache.SharedIndexInformer
+	var gvrs []schema.GroupVersionResource
+	if mw != nil {
+		for gvr, inf := range mw.informers {
+			infs, gvrs = append(infs, inf), append(gvrs, gvr)
+		}
+	}
+	w.mu.Unlock()
+	var out []copyRef
+	for i, inf := range infs {
+		objs, _ := inf.GetIndexer().ByIndex(indexPropagation, prop.String())
+		for _, obj := range objs {
+			if o, ok := obj.(*metav1.PartialObjectMetadata); ok {
+				out = append(out, copyRef{id: idOf(gvrs[i], o), version: gvrs[i].Version, uid: o.UID, fields: ownedFields(o.ManagedFields)})
+			}
+		}
+	}
+	return out
+}
+
+// current returns the copy id as cluster's watch last saw it.
+func (w *copyWatches) current(cluster string, gvr schema.GroupVersionResource, id objectID) (*metav1.PartialObjectMetadata, bool) {
+	if w == nil {
+		return nil, false
+	}
+	w.mu.Lock()
+	var inf cache.SharedIndexInformer
+	if mw := w.byCluster[cluster]; mw != nil {
+		inf = mw.informers[gvr]
+	}
+	w.mu.Unlock()
+	if inf == nil {
+		return nil, false
+	}
+	key := id.name
+	if id.namespace != "" {
+		key = id.namespace + "/" + id.name
+	}
+	obj, ok, _ := inf.GetStore().GetByKey(key)
+	if !ok {
+		return nil, false
+	}
+	o, ok := obj.(*metav1.PartialObjectMetadata)
+	return o, ok
+}
+
+func idOf(gvr schema.GroupVersionResource, o metav1.Object) objectID {
+	return objectID{group: gvr.Group, resource: gvr.Resource, namespace: o.GetNamespace(), name: o.GetName()}
+}
+
+// propagationKey returns the Propagation that owns a copy, from
+// AnnotationPropagation.
+func propagationKey(o metav1.Object) (types.NamespacedName, bool) {
+	v := o.GetAnnotations()[AnnotationPropagation]
+	ns, name, ok := cutKey(v)
+	return types.NamespacedName{Namespace: ns, Name: name}, ok
+}
+
+func cutKey(v string) (ns, name string, ok bool) {
+	for i := 0; i < len(v); i++ {
+		if v[i] == '/' {
+			if i == 0 || i == len(v)-1 {
+				return "", "", false
+			}
+			return v[:i], v[i+1:], true
+		}
+	}
+	return "", "", false
+}
+
+func indexByPropagation(obj any) ([]string, error) {
+	o, ok := obj.(metav1.Object)
+	if !ok {
+		return nil, nil
+	}
+	if key, ok := propagationKey(o); ok {
+		return []string{key.String()}, nil
+	}
+	return nil, nil
+}
+
+// trimCopy drops from a watched copy what the controller never reads:
+// other managers' managedFields entries.
+func trimCopy(obj any) (any, error) {
+	o, ok := obj.(*metav1.PartialObjectMetadata)
+	if !ok {
+		return obj, nil
+	}
+	var own []metav1.ManagedFieldsEntry
+	for _, e := range o.ManagedFields {
+		if isOwnEntry(e) {
+			own = append(own, e)
+		}
+	}
+	o.ManagedFields = own
+	return o, nil
+}
