@@ -113,6 +113,7 @@ func (s *Server) singletonWork(ctx context.Context) error {
 		// Each term registers the controller on a new manager of the
 		// same process.
 		opts.SkipNameValidation = true
+		opts.Metrics = s.propMetrics
 		if err := propagation.Setup(mgr, members{ctx: ctx, dialer: s.dialer, events: s.events}, opts); err != nil {
 			return err
 		}

@@ -13,6 +13,7 @@ import (
 	"backhaul.io/backhaul/hub/fleet"
 	"backhaul.io/backhaul/hub/frontend"
 	"backhaul.io/backhaul/hub/peer"
+	"backhaul.io/backhaul/hub/propagation"
 	"backhaul.io/backhaul/hub/session"
 	"backhaul.io/backhaul/pkg/kubestatus"
 	"backhaul.io/backhaul/pkg/logging"
@@ -42,6 +43,9 @@ type Server struct {
 	peers     *peer.Manager
 	identity  *peer.Identity
 	singleton *fleet.Singleton
+	// propMetrics are the Propagation controller's series, fed by the
+	// controller of each leadership term.
+	propMetrics *propagation.Metrics
 
 	ready       atomic.Bool
 	draining    atomic.Bool
@@ -63,6 +67,9 @@ func New(cfg Config) (*Server, error) {
 	s.sessions.Watch(s.events.fire)
 	if cfg.Host != nil {
 		s.health.probe = cfg.Host.Answers
+		if cfg.Host.Propagation != nil {
+			s.propMetrics = propagation.NewMetrics(cfg.Metrics)
+		}
 	}
 	var peers session.Peers = session.NoPeers{}
 	if h := cfg.Host; h != nil && h.PeerListen != "" {
