@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"testing"
@@ -233,7 +234,9 @@ func setup(ctx context.Context, cl *harness.Cleanups) (_ *environment, err error
 	}
 	mctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- mgr.Start(mctx) }()
+	// Under pprof labels, which the manager's goroutines inherit, so
+	// TestConverge1000 tells the controller's CPU from the test's own.
+	go pprof.Do(mctx, controllerLabels, func(ctx context.Context) { done <- mgr.Start(ctx) })
 	cl.Add(func() {
 		stop()
 		select {
