@@ -270,6 +270,7 @@ func (r *reconciler) startWakeups(ctx context.Context, q workqueue.TypedRateLimi
 		for {
 			select {
 			case <-ctx.Done():
+				r.watches.stopAll()
 				return
 			case <-r.wake:
 			}

@@ -155,6 +155,13 @@ func (w *copyWatches) stop(cluster string) {
 	}
 }
 
+// stopAll ends every watch (the controller's run is over).
+func (w *copyWatches) stopAll() {
+	for _, c := range w.watching() {
+		w.stop(c)
+	}
+}
+
 // synced says whether cluster's watch of resource gvr has listed, so that
 // its store is what the member holds.
 func (w *copyWatches) synced(cluster string, gvr schema.GroupVersionResource) bool {

@@ -82,6 +82,14 @@ func TestPropagationThroughTunnels(t *testing.T) {
 		return nil
 	}))
 
+	// Someone edits f1's copy: the hub's watch of its copies, through f1's
+	// tunnel, sees it and applies the copy again, long before the 30 min
+	// resync.
+	out, stderr, err := e.members["f1"].Kubectl(ctx, "-n", "default", "patch", "configmap", "fleet-config", "--type=merge",
+		"--field-manager=someone", "-p", `{"data":{"version":"drifted"}}`)
+	require.NoError(t, err, "%s%s", out, stderr)
+	e.waitValue(t, ctx, "f1", "fleet-config", "version", "1")
+
 	// f2's agent goes away; the edit reaches f1 now and f2 on its return.
 	e.agent("f2").Stop()
 	require.NoError(t, harness.WaitFor(ctx, 30*time.Second, 250*time.Millisecond, func() error {
@@ -96,7 +104,7 @@ func TestPropagationThroughTunnels(t *testing.T) {
 	got, err := e.memberValue(ctx, "f2", "fleet-config", "version")
 	require.NoError(t, err)
 	require.Equal(t, "1", got, "f2 is offline and keeps the old copy")
-	out, err := e.hostKubectl(ctx, "", "get", "propagation", "-n", "default", "fleet-config", "-o", "jsonpath={.status.clusters[?(@.cluster==\"f2\")].state}")
+	out, err = e.hostKubectl(ctx, "", "get", "propagation", "-n", "default", "fleet-config", "-o", "jsonpath={.status.clusters[?(@.cluster==\"f2\")].state}")
 	require.NoError(t, err, out)
 	require.Equal(t, "Pending", out)
 
