@@ -44,10 +44,10 @@ func TestLabelledCPU(t *testing.T) {
 		// A goroutine started here inherits the label.
 		go func() {
 			defer close(done)
-			spinCPU(300*time.Millisecond)
+			spinCPU(300 * time.Millisecond)
 		}()
 	})
-	spinCPU(300*time.Millisecond) // unlabelled
+	spinCPU(300 * time.Millisecond) // unlabelled
 	<-done
 	data := prof.Stop()
 	assert.Equal(t, data, prof.Stop(), "Stop is idempotent")

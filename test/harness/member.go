@@ -311,6 +311,22 @@ func (m *Member) waitReady(ctx context.Context) error {
 	}
 }
 
+// APIServerProcess is the current kube-apiserver process, or nil before
+// the first start (for measuring it; stop it with [Member.StopAPIServer]).
+func (m *Member) APIServerProcess() *Process {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.apiserver
+}
+
+// EtcdProcess is the member's own etcd process, or nil when it uses an
+// external one (MemberConfig.EtcdServers).
+func (m *Member) EtcdProcess() *Process {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.etcd
+}
+
 // Kubectl runs the real kubectl inside the member's namespace against
 // InternalURL as admin: a direct write to the member, bypassing any tunnel.
 // On failure the error includes stderr.

@@ -66,3 +66,39 @@ func ReadProcUsage(pid int) (ProcUsage, error) {
 	}
 	return u, nil
 }
+
+// MachineCPU is the CPU time of the whole machine, from the first line of
+// /proc/stat, summed over all CPUs.
+type MachineCPU struct {
+	Busy  time.Duration // everything but idle and iowait
+	Total time.Duration
+}
+
+// ReadMachineCPU reads [MachineCPU]: the difference of two readings says
+// how busy the machine was in between, whoever kept it busy.
+func ReadMachineCPU() (MachineCPU, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return MachineCPU{}, err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 5 || f[0] != "cpu" {
+		return MachineCPU{}, fmt.Errorf("/proc/stat: unexpected first line %q", line)
+	}
+	var c MachineCPU
+	// user nice system idle iowait irq softirq steal [guest guest_nice,
+	// which user and nice already include].
+	for i, v := range f[1:min(len(f), 9)] {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return MachineCPU{}, fmt.Errorf("/proc/stat: %w", err)
+		}
+		d := time.Duration(n) * time.Second / userHZ
+		c.Total += d
+		if i != 3 && i != 4 {
+			c.Busy += d
+		}
+	}
+	return c, nil
+}

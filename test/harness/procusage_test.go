@@ -56,3 +56,13 @@ func TestParseOnboardCommand(t *testing.T) {
 		})
 	}
 }
+
+func TestReadMachineCPU(t *testing.T) {
+	if _, err := os.Stat("/proc/stat"); err != nil {
+		Skip(t, "skipping: no /proc: %v", err)
+	}
+	c, err := ReadMachineCPU()
+	require.NoError(t, err)
+	assert.Positive(t, c.Total)
+	assert.LessOrEqual(t, c.Busy, c.Total)
+}
