@@ -89,7 +89,7 @@ func TestPropagationScale(t *testing.T) {
 
 	setupStart := time.Now()
 	f := startFleet(ctx, t, nm)
-	m := &meter{t: t, hub: f.hub, reportPath: *reportFlag}
+	m := &meter{t: t, hub: f.hub, reportPath: *reportFlag, others: f.pids}
 	if m.reportPath == "" {
 		m.reportPath = filepath.Join(f.root, "_output", "bench", "propagation-scale.json")
 	}
@@ -137,6 +137,7 @@ func TestPropagationScale(t *testing.T) {
 	m.line("%-52s applies %s  hub CPU %6.1fs (%4.1f%% of a core)  hub RSS %s (phase max %s)",
 		p.Name, applied, p.HubCPU.Seconds(), 100*p.HubCPU.Seconds()/p.Wall.Seconds(), mib(p.HubRSS), mib(p.HubPhaseRSS))
 	m.printSyncs(p, p.Wall)
+	m.printOthers(p)
 	m.record(p)
 
 	// c. One member misses nc changes, then catches up.

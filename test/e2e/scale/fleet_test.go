@@ -341,3 +341,27 @@ func (f *fleet) waitCluster(ctx context.Context, name, typ string, want bool, bo
 		return nil
 	})
 }
+
+// pids lists the fleet's processes other than the hub, by group: agents;
+// members (their API servers and the etcd they share); host (its API
+// server and etcd).
+func (f *fleet) pids() map[string][]int {
+	out := map[string][]int{}
+	add := func(g string, p *harness.Process) {
+		if p != nil {
+			out[g] = append(out[g], p.PID())
+		}
+	}
+	f.mu.Lock()
+	for _, p := range f.agents {
+		add("agents", p)
+	}
+	f.mu.Unlock()
+	for _, m := range f.members {
+		add("members", m.APIServerProcess())
+	}
+	add("members", f.etcd.Process())
+	add("host", f.host.APIServerProcess())
+	add("host", f.host.EtcdProcess())
+	return out
+}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -43,7 +44,18 @@ type phase struct {
 	Syncs map[string]float64 `json:"syncs,omitempty"`
 	// Notes are phase-specific figures (e.g. when the tunnel came back).
 	Notes map[string]string `json:"notes,omitempty"`
+	// OthersCPU is the CPU time of the other processes of the fleet, by
+	// group (agents, members, host): on one machine they compete with
+	// the hub, and their share says what bounds the wall time.
+	OthersCPU map[string]time.Duration `json:"othersCPUNs"`
+	// MachineBusy is the share of all the machine's CPUs busy in the
+	// phase, whoever kept them busy; Cores how many there are.
+	MachineBusy float64 `json:"machineBusy"`
+	Cores       int     `json:"cores"`
 }
+
+// Groups of the fleet's other processes, as reported.
+var otherGroups = []string{"agents", "members", "host"}
 
 // meter measures phases of the hub process and writes every figure to
 // a JSON report as it goes, so a run that fails half way keeps what it
@@ -52,7 +64,10 @@ type meter struct {
 	t          *testing.T
 	hub        *harness.Hub
 	reportPath string
-	report     struct {
+	// others returns the PIDs of the fleet's other processes now, by
+	// group.
+	others func() map[string][]int
+	report struct {
 		Revision     string   `json:"revision"`
 		Uncommitted  []string `json:"uncommitted,omitempty"`
 		Date         string   `json:"date"`
@@ -71,6 +86,8 @@ func (m *meter) measure(ctx context.Context, name string, fn func(notes map[stri
 	pid := m.hub.Process().PID()
 	u0 := m.usage(pid)
 	s0, _ := m.syncs(ctx)
+	o0 := m.othersCPU()
+	c0, _ := harness.ReadMachineCPU()
 
 	// Sample RSS through the phase: the end of a phase is usually not its
 	// peak, and VmHWM is the whole life's.
@@ -98,8 +115,21 @@ func (m *meter) measure(ctx context.Context, name string, fn func(notes map[stri
 	wg.Wait()
 
 	u1 := m.usage(pid)
+	o1 := m.othersCPU()
+	c1, _ := harness.ReadMachineCPU()
 	p := phase{Name: name, Wall: wall, HubCPU: u1.CPU - u0.CPU, HubRSS: u1.RSS,
-		HubPhaseRSS: max(maxRSS, u1.RSS), HubPeakRSS: u1.PeakRSS, Notes: notes}
+		HubPhaseRSS: max(maxRSS, u1.RSS), HubPeakRSS: u1.PeakRSS, Notes: notes,
+		OthersCPU: map[string]time.Duration{}, Cores: runtime.NumCPU()}
+	for g, byPID := range o1 {
+		for pid, cpu := range byPID {
+			// A process started during the phase spent all its CPU in
+			// it; one that ended during it is not counted.
+			p.OthersCPU[g] += cpu - o0[g][pid]
+		}
+	}
+	if c1.Total > c0.Total {
+		p.MachineBusy = float64(c1.Busy-c0.Busy) / float64(c1.Total-c0.Total)
+	}
 	if s1, ok := m.syncs(ctx); ok && s0 != nil {
 		p.Syncs = map[string]float64{}
 		for k, v := range s1 {
@@ -107,6 +137,24 @@ func (m *meter) measure(ctx context.Context, name string, fn func(notes map[stri
 		}
 	}
 	return p
+}
+
+// othersCPU reads the CPU time of the fleet's other processes, by group
+// and PID; processes that are gone are left out.
+func (m *meter) othersCPU() map[string]map[int]time.Duration {
+	out := map[string]map[int]time.Duration{}
+	if m.others == nil {
+		return out
+	}
+	for g, pids := range m.others() {
+		out[g] = map[int]time.Duration{}
+		for _, pid := range pids {
+			if u, err := harness.ReadProcUsage(pid); err == nil {
+				out[g][pid] = u.CPU
+			}
+		}
+	}
+	return out
 }
 
 func (m *meter) usage(pid int) harness.ProcUsage {
@@ -168,6 +216,19 @@ func (m *meter) print(p phase, extra string) {
 		p.Name, p.Wall.Seconds(), p.HubCPU.Seconds(), 100*p.HubCPU.Seconds()/p.Wall.Seconds(),
 		mib(p.HubRSS), mib(p.HubPhaseRSS), mib(p.HubPeakRSS), extra)
 	m.printSyncs(p, 0)
+	m.printOthers(p)
+}
+
+// printOthers reports the CPU of the rest of the fleet in p and how busy
+// the machine was.
+func (m *meter) printOthers(p phase) {
+	var b strings.Builder
+	for _, g := range otherGroups {
+		if cpu, ok := p.OthersCPU[g]; ok {
+			fmt.Fprintf(&b, "  %s %.1fs", g, cpu.Seconds())
+		}
+	}
+	m.line("  CPU of the rest:%s; machine %.0f%% busy (%d cores)", b.String(), 100*p.MachineBusy, p.Cores)
 }
 
 // printSyncs reports p's syncs, as counts or, over window, per minute.
