@@ -212,7 +212,8 @@ func (o *Options) host(ctx context.Context, log hclog.Logger, tlsCfg *tls.Config
 	hc.Tokens = &enrollment.BootstrapTokens{Secrets: tc, Writer: h.Direct, Namespace: o.Namespace}
 	hc.EnrollLimits = o.EnrollLimits
 	if o.Propagation {
-		hc.Propagation = &propagation.Options{Log: log.Named(logging.Propagation), Workers: o.PropagationWorkers, Resync: o.PropagationResync}
+		hc.Propagation = &propagation.Options{Log: log.Named(logging.Propagation), Workers: o.PropagationWorkers, Resync: o.PropagationResync,
+			MaxWatchedCopies: o.PropagationMaxWatchedCopies}
 	}
 	if hc.Clusters, err = fleet.NewClusters(ctx, h.Manager.GetCache(), log.Named(logging.Registry)); err != nil {
 		return nil, err

@@ -78,6 +78,9 @@ type Options struct {
 	Propagation        bool
 	PropagationWorkers int
 	PropagationResync  time.Duration
+	// PropagationMaxWatchedCopies bounds the labelled objects of one kind
+	// the controller watches in one member.
+	PropagationMaxWatchedCopies int
 }
 
 // Registry kinds and authorization modes.
@@ -128,6 +131,8 @@ func NewOptions() *Options {
 		Propagation:        true,
 		PropagationWorkers: 8,
 		PropagationResync:  30 * time.Minute,
+
+		PropagationMaxWatchedCopies: 100_000,
 	}
 }
 
@@ -192,6 +197,7 @@ func (o *Options) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&o.PeersService, "peers-service", o.PeersService, "headless Service in --namespace whose EndpointSlices (port \"peer\") list the hub replicas")
 	fs.BoolVar(&o.Propagation, "propagation", o.Propagation, "with --registry=kube, run the Propagation controller, which pushes objects to members through their tunnels")
 	fs.IntVar(&o.PropagationWorkers, "propagation-workers", o.PropagationWorkers, "Propagations reconciled at once")
+	fs.IntVar(&o.PropagationMaxWatchedCopies, "propagation-max-watched-copies", o.PropagationMaxWatchedCopies, "most objects labelled backhaul.io/propagation of one kind the hub watches (and keeps the metadata of) in one member; a member holding more is not watched until its tunnel returns, and its copies are re-applied at each resync instead")
 	fs.DurationVar(&o.PropagationResync, "propagation-resync", o.PropagationResync, "how often every Propagation is checked in full in every connected cluster, a safety net: drift is seen by watching the copies in members; a copy no watch vouches for is re-applied")
 	fs.Var(&o.StreamWindow, "stream-window", "largest receive window of one tunnel stream, a `size` from 256Ki to 64Mi: a stream moves at most this much per round trip, and a caller that stops reading pins this much hub memory per stream")
 	fs.IntVar(&o.MaxStreamsPerCaller, "max-streams-per-caller", o.MaxStreamsPerCaller, "streams (gateway requests in progress, CONNECT tunnels) one caller, by user name, may hold through this replica at once; beyond it 429 with Retry-After (0: no limit)")

@@ -64,6 +64,12 @@ type Options struct {
 	SkipNameValidation bool
 	// Metrics receives the controller's series; nil records none.
 	Metrics *Metrics
+	// MaxWatchedCopies bounds how many labelled objects of one kind the
+	// controller watches (and keeps the metadata of) in one member. A
+	// member holding more, hostile or beyond what the hub is sized for,
+	// is not watched until its tunnel comes back: its copies are
+	// re-applied at each resync instead.
+	MaxWatchedCopies int
 }
 
 // DefaultOptions returns the options for a hub in production.
@@ -77,6 +83,7 @@ func DefaultOptions() Options {
 		MissingKindRetry:    2 * time.Second,
 		MemberTimeout:       30 * time.Second,
 		RediscoveryInterval: time.Second,
+		MaxWatchedCopies:    100_000,
 	}
 }
 
@@ -110,6 +117,9 @@ func (o Options) withDefaults() Options {
 	if o.RediscoveryInterval == 0 {
 		o.RediscoveryInterval = d.RediscoveryInterval
 	}
+	if o.MaxWatchedCopies == 0 {
+		o.MaxWatchedCopies = d.MaxWatchedCopies
+	}
 	return o
 }
 
@@ -118,6 +128,9 @@ func (o Options) Validate() error {
 	var errs []error
 	if o.Workers < 0 {
 		errs = append(errs, fmt.Errorf("workers %d < 0", o.Workers))
+	}
+	if o.MaxWatchedCopies < 0 {
+		errs = append(errs, fmt.Errorf("max watched copies %d < 0", o.MaxWatchedCopies))
 	}
 	if o.ClusterParallelism < 0 {
 		errs = append(errs, fmt.Errorf("cluster parallelism %d < 0", o.ClusterParallelism))
@@ -265,7 +278,7 @@ func (r *reconciler) memberChanged(cluster string) {
 // Propagations the member watches report (drift, leftovers). The watches
 // live as long as ctx: the controller's run.
 func (r *reconciler) startWakeups(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
-	r.watches = newCopyWatches(ctx, r.log.Named("watch"), r.members.Config, r.metrics, r.copyChanged)
+	r.watches = newCopyWatches(ctx, r.log.Named("watch"), r.members.Config, r.metrics, r.opts.MaxWatchedCopies, r.copyChanged)
 	go func() {
 		for {
 			select {
@@ -285,7 +298,7 @@ func (r *reconciler) startWakeups(ctx context.Context, q workqueue.TypedRateLimi
 				// The watches went down with the tunnel, or run through
 				// one that is gone: start them afresh. Their first list
 				// shows what changed there while the cluster was away.
-				r.watches.stop(c)
+				r.watches.reset(c)
 				if connected {
 					go r.watchKinds(c)
 				}

@@ -33,6 +33,7 @@ type Metrics struct {
 	drift         prometheus.Counter
 	managed       prometheus.Gauge
 	watches       prometheus.Gauge
+	refusals      prometheus.Counter
 	queue         queueMetrics
 }
 
@@ -59,6 +60,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		watches: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "backhaul_propagation_member_watches",
 			Help: "Watches of propagated kinds open in member clusters (one per cluster and kind).",
+		}),
+		refusals: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "backhaul_propagation_member_watch_refusals_total",
+			Help: "Members not watched because they held more labelled objects of a kind than the controller watches (until their tunnel comes back).",
 		}),
 		queue: queueMetrics{
 			depth: prometheus.NewGauge(prometheus.GaugeOpts{
@@ -100,7 +105,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.applyDuration.WithLabelValues(r)
 	}
 	q := m.queue
-	reg.MustRegister(m.syncs, m.applyDuration, m.drift, m.managed, m.watches,
+	reg.MustRegister(m.syncs, m.applyDuration, m.drift, m.managed, m.watches, m.refusals,
 		q.depth, q.adds, q.latency, q.work, q.unfinished, q.longest, q.retries)
 	return m
 }
@@ -132,6 +137,12 @@ func (m *Metrics) setManaged(n int) {
 func (m *Metrics) addWatches(n int) {
 	if m != nil {
 		m.watches.Add(float64(n))
+	}
+}
+
+func (m *Metrics) watchRefused() {
+	if m != nil {
+		m.refusals.Inc()
 	}
 }
 

@@ -2,16 +2,19 @@ package propagation
 
 import (
 	"context"
+	"errors"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hashicorp/go-hclog"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/metadata"
-	"k8s.io/client-go/metadata/metadatainformer"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 )
@@ -45,16 +48,28 @@ type copyRef struct {
 // re-applying everything periodically, and so that the copies a member
 // holds are known without asking it: those left behind by a renamed
 // template or a cluster that left the placement.
+//
+// The hub keeps the metadata of every labelled object of a watched kind
+// in a member, and a member chooses how many there are: one that holds
+// more than maxCopies of one kind (hostile, or beyond what the hub is
+// sized for) is not watched until its tunnel comes back, and its copies
+// are re-applied at each resync instead ([Options.MaxWatchedCopies]).
 type copyWatches struct {
-	ctx     context.Context
-	log     hclog.Logger
-	config  func(cluster string) *rest.Config
-	onEvent func(copyEvent)
-	metrics *Metrics
+	ctx       context.Context
+	log       hclog.Logger
+	config    func(cluster string) *rest.Config
+	onEvent   func(copyEvent)
+	metrics   *Metrics
+	maxCopies int
 
 	mu        sync.Mutex
 	byCluster map[string]*memberWatch
+	// refused are members that held too many copies.
+	refused map[string]bool
 }
+
+// errTooManyCopies ends a member watch's list that exceeds maxCopies.
+var errTooManyCopies = errors.New("the member holds more labelled objects of this kind than the hub watches")
 
 // memberWatch is one member's watches, one informer per resource.
 type memberWatch struct {
@@ -64,8 +79,9 @@ type memberWatch struct {
 	informers map[schema.GroupVersionResource]cache.SharedIndexInformer
 }
 
-func newCopyWatches(ctx context.Context, log hclog.Logger, config func(string) *rest.Config, metrics *Metrics, onEvent func(copyEvent)) *copyWatches {
-	return &copyWatches{ctx: ctx, log: log, config: config, onEvent: onEvent, metrics: metrics, byCluster: map[string]*memberWatch{}}
+func newCopyWatches(ctx context.Context, log hclog.Logger, config func(string) *rest.Config, metrics *Metrics, maxCopies int, onEvent func(copyEvent)) *copyWatches {
+	return &copyWatches{ctx: ctx, log: log, config: config, onEvent: onEvent, metrics: metrics, maxCopies: maxCopies,
+		byCluster: map[string]*memberWatch{}, refused: map[string]bool{}}
 }
 
 // ensure watches resource mp in cluster, starting the member's watches if
@@ -77,6 +93,9 @@ func (w *copyWatches) ensure(cluster string, mp *meta.RESTMapping) {
 	gvr := mp.Resource
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.refused[cluster] {
+		return
+	}
 	mw := w.byCluster[cluster]
 	if mw == nil {
 		cfg := w.config(cluster)
@@ -102,14 +121,40 @@ func (w *copyWatches) ensure(cluster string, mp *meta.RESTMapping) {
 	if mw.informers[gvr] != nil {
 		return
 	}
-	inf := metadatainformer.NewFilteredMetadataInformer(mw.client, gvr, metav1.NamespaceAll, 0,
-		cache.Indexers{indexPropagation: indexByPropagation},
-		func(o *metav1.ListOptions) { o.LabelSelector = LabelPropagation }).Informer()
+	log := w.log.With("cluster", cluster, "resource", gvr.String())
+	res := mw.client.Resource(gvr)
+	var listed int // items in the pages of the list under way
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			o.LabelSelector = LabelPropagation
+			list, err := res.List(ctx, o)
+			if err != nil {
+				return nil, err
+			}
+			if o.Continue == "" {
+				listed = 0
+			}
+			// Pages come one at a time: stop before holding more than the
+			// bound in memory.
+			if listed += len(list.Items); listed > w.maxCopies {
+				go w.overflow(cluster, gvr, listed)
+				return nil, errTooManyCopies
+			}
+			return list, nil
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			o.LabelSelector = LabelPropagation
+			return res.Watch(ctx, o)
+		},
+	}
+	inf := cache.NewSharedIndexInformer(lw, &metav1.PartialObjectMetadata{}, 0, cache.Indexers{indexPropagation: indexByPropagation})
 	// Keep only what drift detection reads: the controller's own
 	// managedFields entry, not every other manager's.
 	_ = inf.SetTransform(trimCopy)
-	log := w.log.With("cluster", cluster, "resource", gvr.String())
 	_ = inf.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *cache.Reflector, err error) {
+		if errors.Is(err, errTooManyCopies) {
+			return
+		}
 		if apierrors.IsForbidden(err) {
 			log.Warn("the member does not let the hub watch this kind; drift there is reverted only by the periodic resync", "error", err)
 			return
@@ -130,14 +175,48 @@ func (w *copyWatches) ensure(cluster string, mp *meta.RESTMapping) {
 		}
 		w.onEvent(copyEvent{cluster: cluster, prop: key, id: idOf(gvr, o), obj: o, deleted: deleted})
 	}
+	var held atomic.Int64 // objects in the store, as the handlers saw them
 	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { handle(obj, false) },
+		AddFunc: func(obj any) {
+			if n := held.Add(1); n > int64(w.maxCopies) {
+				go w.overflow(cluster, gvr, int(n))
+				return
+			}
+			handle(obj, false)
+		},
 		UpdateFunc: func(_, obj any) { handle(obj, false) },
-		DeleteFunc: func(obj any) { handle(obj, true) },
+		DeleteFunc: func(obj any) { held.Add(-1); handle(obj, true) },
 	})
 	mw.informers[gvr] = inf
 	w.metrics.addWatches(1)
 	go inf.RunWithContext(mw.ctx)
+}
+
+// overflow stops watching cluster, which holds n labelled objects of gvr,
+// more than the hub watches, until its tunnel comes back ([reset]).
+func (w *copyWatches) overflow(cluster string, gvr schema.GroupVersionResource, n int) {
+	w.mu.Lock()
+	first := !w.refused[cluster]
+	w.refused[cluster] = true
+	w.mu.Unlock()
+	w.stop(cluster)
+	if first {
+		w.metrics.watchRefused()
+		w.log.Warn("not watching the copies in this member: it holds more labelled objects of a kind than --propagation-max-watched-copies; "+
+			"drift there is reverted only by the periodic resync, which re-applies its copies", "cluster", cluster, "resource", gvr.String(), "objects", n, "max", w.maxCopies)
+	}
+}
+
+// reset stops cluster's watches and lets them start again: its tunnel
+// changed.
+func (w *copyWatches) reset(cluster string) {
+	if w == nil {
+		return
+	}
+	w.stop(cluster)
+	w.mu.Lock()
+	delete(w.refused, cluster)
+	w.mu.Unlock()
 }
 
 // stop ends cluster's watches (its tunnel went down or came back: they

@@ -60,6 +60,9 @@ const (
 	// bound is how long a test waits for anything to converge: generous,
 	// it fails only when something is stuck.
 	bound = 90 * time.Second
+	// maxWatchedCopies is the controller's bound on the labelled objects
+	// of one kind it watches in one member, in this suite.
+	maxWatchedCopies = 50
 )
 
 var memberNames = []string{"pm1", "pm2", "pm3"}
@@ -227,6 +230,8 @@ func setup(ctx context.Context, cl *harness.Cleanups) (_ *environment, err error
 		// which must write nothing the member watches vouch for; the
 		// benchmark keeps the production period.
 		opts.Resync = resync
+		// Small, so that a member can be shown to exceed it.
+		opts.MaxWatchedCopies = maxWatchedCopies
 	}
 	opts.RetryMax = 5 * time.Second
 	if err := propagation.Setup(mgr, e.switches, opts); err != nil {

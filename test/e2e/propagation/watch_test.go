@@ -192,3 +192,77 @@ func (e *environment) driftSeen(t *testing.T, before float64, n int) time.Durati
 		return got >= before+float64(n), fmt.Sprintf("%v drifted copies seen", got-before)
 	})
 }
+
+// TestHostileMemberCannotGrowTheWatches: a member that holds more objects
+// labelled as copies than the controller watches (here 50, in production
+// --propagation-max-watched-copies) is not watched, so it cannot make the
+// hub keep an unbounded cache; its copies are still kept as applied, by
+// the resync re-applying them; once its tunnel comes back with the junk
+// gone, it is watched again.
+func TestHostileMemberCannotGrowTheWatches(t *testing.T) {
+	e := requireEnv(t)
+	ctx := context.Background()
+	ns := e.namespace(t, "prop-hostile")
+	p := newPropagation(t, ns, "real", configMapTemplate("real", "desired"), v1alpha1.ClusterSelection{Clusters: []string{"pm1"}})
+	e.create(t, p)
+	e.waitReady(t, p, 1)
+
+	refusals := e.metric(t, "backhaul_propagation_member_watch_refusals_total", nil)
+	cms := e.memberDyn["pm1"].Resource(configMapsGVR).Namespace(ns)
+	for i := range maxWatchedCopies + 10 {
+		junk := &unstructured.Unstructured{Object: configMapTemplate(fmt.Sprintf("junk-%03d", i), "x")}
+		junk.SetLabels(map[string]string{propagation.LabelPropagation: ns + ".ghost"})
+		junk.SetAnnotations(map[string]string{propagation.AnnotationPropagation: ns + "/ghost"})
+		if _, err := cms.Create(ctx, junk, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "pm1 no longer watched", func() (bool, string) {
+		got := e.metric(t, "backhaul_propagation_member_watch_refusals_total", nil)
+		return got > refusals, fmt.Sprintf("%v refusals", got-refusals)
+	})
+
+	// Unwatched, pm1's copy is still kept as applied: by the resync.
+	edit := func(value string) {
+		t.Helper()
+		o, err := cms.Get(ctx, "real", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := unstructured.SetNestedField(o.Object, value, "data", "k"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cms.Update(ctx, o, metav1.UpdateOptions{FieldManager: "someone"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reverted := func(what string) {
+		t.Helper()
+		eventually(t, what, func() (bool, string) {
+			o, err := cms.Get(ctx, "real", metav1.GetOptions{})
+			if err != nil {
+				return false, err.Error()
+			}
+			v, _, _ := unstructured.NestedString(o.Object, "data", "k")
+			return v == "desired", "data.k=" + v
+		})
+	}
+	edit("drifted")
+	reverted("drift reverted by the resync while pm1 is not watched")
+
+	// The junk goes; pm1's tunnel comes back: watched again (the watch
+	// reports the next drift).
+	if err := cms.DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{LabelSelector: propagation.LabelPropagation + "=" + ns + ".ghost"}); err != nil {
+		t.Fatal(err)
+	}
+	e.disconnect(t, "pm1")
+	e.reconnect("pm1")
+	drift := e.metric(t, "backhaul_propagation_drift_total", nil)
+	eventually(t, "pm1 watched again", func() (bool, string) {
+		edit("drifted")
+		time.Sleep(500 * time.Millisecond)
+		got := e.metric(t, "backhaul_propagation_drift_total", nil)
+		return got > drift, fmt.Sprintf("%v drifted copies seen", got-drift)
+	})
+	reverted("drift reverted")
+}
