@@ -55,9 +55,19 @@ func (r *reconciler) remove(ctx context.Context, pl *plan, t target, st *v1alpha
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.opts.MemberTimeout)
 	defer cancel()
-	err := r.deleteCopy(ctx, pl, t)
-	if err == nil {
-		err = r.deleteHeld(ctx, pl.key, t.name, rec)
+	// The watch events of these deletes are the controller's own, not
+	// drift.
+	r.applied.begin(t.name, pl.key)
+	defer r.applied.end(t.name, pl.key)
+	var n int
+	held := r.held(t.name, pl.key, rec, hasRec)
+	var err error
+	if len(held) > 0 {
+		n, err = r.deleteHeld(ctx, t.name, held)
+	} else {
+		// Nothing known of this cluster's copy (the hub restarted, and the
+		// watch has not listed): look for the one the template renders.
+		n, err = r.deleteCopy(ctx, pl, t)
 	}
 	if err != nil {
 		r.log.Warn("delete failed", "propagation", pl.key, "cluster", t.name, "error", err)
@@ -66,50 +76,62 @@ func (r *reconciler) remove(ctx context.Context, pl *plan, t target, st *v1alpha
 		return e, false
 	}
 	r.applied.forget(t.name, pl.key)
-	r.metrics.synced(ResultDeleted)
-	r.log.Debug("deleted copy", "propagation", pl.key, "cluster", t.name)
+	for range n {
+		r.metrics.synced(ResultDeleted)
+	}
+	r.log.Debug("deleted copy", "propagation", pl.key, "cluster", t.name, "deleted", n)
 	return nil, true
 }
 
-// deleteHeld deletes the copies of prop in cluster other than the one the
-// current template renders (deleteCopy's): the object rec records and
-// those the member's watches hold.
-func (r *reconciler) deleteHeld(ctx context.Context, prop types.NamespacedName, cluster string, rec appliedRecord) error {
-	held := map[objectID]copyRef{}
-	if rec.id != (objectID{}) {
-		held[rec.id] = copyRef{id: rec.id, version: rec.version, uid: rec.uid}
+// held returns the copies of prop in cluster the controller knows of: the
+// one rec records and those the member's watches hold.
+func (r *reconciler) held(cluster string, prop types.NamespacedName, rec appliedRecord, hasRec bool) []copyRef {
+	var out []copyRef
+	if hasRec {
+		out = append(out, copyRef{id: rec.id, version: rec.version, uid: rec.uid})
 	}
 	for _, c := range r.watches.copies(cluster, prop) {
-		held[c.id] = c
-	}
-	if len(held) == 0 {
-		return nil
-	}
-	m, err := r.clients.get(cluster)
-	if err != nil {
-		return err
-	}
-	for _, c := range held {
-		if err := deleteCopyRef(ctx, m, c); err != nil {
-			return err
+		if !hasRec || c.id != rec.id {
+			out = append(out, c)
 		}
 	}
-	return nil
+	return out
+}
+
+// deleteHeld deletes copies, each only if its UID is still the one known
+// (it is this copy, not an object made since), and returns how many it
+// deleted.
+func (r *reconciler) deleteHeld(ctx context.Context, cluster string, held []copyRef) (int, error) {
+	m, err := r.clients.get(cluster)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, c := range held {
+		deleted, err := deleteCopyRef(ctx, m, c)
+		if err != nil {
+			return n, err
+		}
+		if deleted {
+			n++
+		}
+	}
+	return n, nil
 }
 
 // deleteCopy deletes the object pl renders for t, if it is there and is
-// ours.
-func (r *reconciler) deleteCopy(ctx context.Context, pl *plan, t target) error {
+// ours, and returns how many it deleted (0 or 1).
+func (r *reconciler) deleteCopy(ctx context.Context, pl *plan, t target) (int, error) {
 	m, err := r.clients.get(t.name)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	mp, err := m.Mapping(pl.gvk)
 	if meta.IsNoMatchError(err) {
-		return nil // the kind is gone, and its objects with it
+		return 0, nil // the kind is gone, and its objects with it
 	}
 	if err != nil {
-		return err
+		return 0, err
 	}
 	namespaced := mp.Scope.Name() == meta.RESTScopeNameNamespace
 	obj, err := pl.render(t, namespaced, nil)
@@ -118,32 +140,35 @@ func (r *reconciler) deleteCopy(ctx context.Context, pl *plan, t target) error {
 		// template's identity.
 		obj, err = pl.withoutOverrides().render(t, namespaced, nil)
 		if err != nil {
-			return err
+			return 0, err
 		}
 	}
 	if gvk := obj.GroupVersionKind(); gvk != pl.gvk {
 		if mp, err = m.Mapping(gvk); meta.IsNoMatchError(err) {
-			return nil
+			return 0, nil
 		} else if err != nil {
-			return err
+			return 0, err
 		}
 	}
 	cur, err := m.Get(ctx, mp, obj.GetNamespace(), obj.GetName())
 	if apierrors.IsNotFound(err) {
-		return nil
+		return 0, nil
 	}
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if !owned(cur, pl.key) {
 		r.log.Info("not deleting an object this propagation does not own", "propagation", pl.key, "cluster", t.name,
 			"kind", cur.GetKind(), "namespace", cur.GetNamespace(), "name", cur.GetName())
-		return nil
+		return 0, nil
 	}
-	if err := m.Delete(ctx, mp, cur.GetNamespace(), cur.GetName(), cur.GetUID()); err != nil && !apierrors.IsNotFound(err) {
-		return err
+	if err := m.Delete(ctx, mp, cur.GetNamespace(), cur.GetName(), cur.GetUID()); err != nil {
+		if apierrors.IsNotFound(err) {
+			return 0, nil
+		}
+		return 0, err
 	}
-	return nil
+	return 1, nil
 }
 
 // finalize deletes every copy of a Propagation being deleted, then removes

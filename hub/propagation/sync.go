@@ -122,8 +122,12 @@ func (r *reconciler) removeStale(ctx context.Context, m member, cluster string, 
 		}
 	}
 	for sid, c := range stale {
-		if err := deleteCopyRef(ctx, m, c); err != nil {
+		deleted, err := deleteCopyRef(ctx, m, c)
+		if err != nil {
 			r.log.Warn("could not delete a copy the template no longer names", "propagation", prop, "cluster", cluster, "object", sid.String(), "error", err)
+			continue
+		}
+		if !deleted {
 			continue
 		}
 		r.metrics.synced(ResultDeleted)
@@ -131,9 +135,9 @@ func (r *reconciler) removeStale(ctx context.Context, m member, cluster string, 
 	}
 }
 
-// deleteCopyRef deletes the copy c if its UID is still c's (when known);
-// a copy already gone is no error.
-func deleteCopyRef(ctx context.Context, m member, c copyRef) error {
+// deleteCopyRef deletes the copy c if its UID is still c's (when known)
+// and says whether it did; a copy already gone is no error.
+func deleteCopyRef(ctx context.Context, m member, c copyRef) (bool, error) {
 	mp := &meta.RESTMapping{Resource: c.id.gvr(c.version), Scope: meta.RESTScopeRoot}
 	if c.id.namespace != "" {
 		mp.Scope = meta.RESTScopeNamespace
@@ -141,9 +145,9 @@ func deleteCopyRef(ctx context.Context, m member, c copyRef) error {
 	err := m.Delete(ctx, mp, c.id.namespace, c.id.name, c.uid)
 	if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
 		// Gone, or replaced by an object that is not this copy.
-		return nil
+		return false, nil
 	}
-	return err
+	return err == nil, err
 }
 
 // objectRef names a rendered object for status.

@@ -174,11 +174,11 @@ func startFleet(ctx context.Context, t *testing.T, n int) *fleet {
 	// signed the serving certificate) signs agent certificates too.
 	f.hub, err = harness.StartHub(ctx, harness.HubConfig{
 		Binary: hubBin, Dir: hubDir, Port: port, HostIPs: []string{agentHost},
-		Args: []string{
+		Args: append([]string{
 			"--registry=kube", "--kubeconfig", f.hubKubeconfig, "--namespace", hubNamespace,
 			"--ca-cert-file", filepath.Join(hubDir, "hub-ca.crt"), "--ca-key-file", filepath.Join(hubDir, "hub-ca.key"),
 			"--advertise-url", f.agentURL,
-		},
+		}, extraHubArgs()...),
 	})
 	if f.hub != nil {
 		t.Cleanup(f.hub.Stop)
@@ -365,3 +365,7 @@ func (f *fleet) pids() map[string][]int {
 	add("host", f.host.EtcdProcess())
 	return out
 }
+
+// extraHubArgs are flags BACKHAUL_BENCH_HUB_ARGS adds to the hub's (e.g.
+// "--log-level=debug").
+func extraHubArgs() []string { return strings.Fields(os.Getenv("BACKHAUL_BENCH_HUB_ARGS")) }
