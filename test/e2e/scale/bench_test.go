@@ -89,19 +89,22 @@ func TestPropagationScale(t *testing.T) {
 
 	setupStart := time.Now()
 	f := startFleet(ctx, t, nm)
-	m := &meter{t: t, hub: f.hub, reportPath: *reportFlag, others: f.pids}
+	m := &meter{t: t, hub: f.hub, reportPath: *reportFlag, others: f.pids, members: f.members}
 	if m.reportPath == "" {
 		m.reportPath = filepath.Join(f.root, "_output", "bench", "propagation-scale.json")
 	}
 	m.report.Revision, m.report.Uncommitted = revision(f.root)
 	m.report.Date = time.Now().UTC().Format(time.RFC3339)
 	m.report.Members, m.report.Propagations, m.report.Changes = nm, np, nc
-	built := m.report.Revision
+	built := "built from " + m.report.Revision
 	if n := len(m.report.Uncommitted); n > 0 {
 		built += fmt.Sprintf(" + %d uncommitted files", n)
 		t.Logf("hub built with uncommitted changes to: %s", strings.Join(m.report.Uncommitted, " "))
 	}
-	m.line("propagation at scale: hub built from %s; %d members (API servers on one etcd, agents through real tunnels), %s Propagations; set up in %v",
+	if bin := os.Getenv("BACKHAUL_BENCH_HUB"); bin != "" {
+		built = "the binary " + bin + " (BACKHAUL_BENCH_HUB), agents " + built
+	}
+	m.line("propagation at scale: hub %s; %d members (API servers on one etcd, agents through real tunnels), %s Propagations; set up in %v",
 		built, nm, thousands(float64(np)), time.Since(setupStart).Round(time.Second))
 	if _, ok := m.syncs(ctx); !ok {
 		m.line("  metric missing: this hub does not export %s; apply rates are not reported", syncsMetric)
@@ -134,8 +137,8 @@ func TestPropagationScale(t *testing.T) {
 	if p.Syncs != nil {
 		applied = thousands(p.Syncs["applied"]/p.Wall.Minutes()) + "/min"
 	}
-	m.line("%-52s applies %s  hub CPU %6.1fs (%4.1f%% of a core)  hub RSS %s (phase max %s)",
-		p.Name, applied, p.HubCPU.Seconds(), 100*p.HubCPU.Seconds()/p.Wall.Seconds(), mib(p.HubRSS), mib(p.HubPhaseRSS))
+	m.line("%-52s applies %s (members served %s/min)  hub CPU %6.1fs (%4.1f%% of a core)  hub RSS %s (phase max %s)",
+		p.Name, applied, thousands(p.MemberApplies/p.Wall.Minutes()), p.HubCPU.Seconds(), 100*p.HubCPU.Seconds()/p.Wall.Seconds(), mib(p.HubRSS), mib(p.HubPhaseRSS))
 	m.printSyncs(p, p.Wall)
 	m.printOthers(p)
 	m.record(p)

@@ -88,6 +88,11 @@ func startFleet(ctx context.Context, t *testing.T, n int) *fleet {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if bin := os.Getenv("BACKHAUL_BENCH_HUB"); bin != "" {
+		// Another build of the hub, to compare (e.g. an earlier commit's).
+		hubBin = bin
+		t.Logf("hub binary %s (BACKHAUL_BENCH_HUB)", bin)
+	}
 	f.agentBin = agentBin
 	if f.ctlBin, err = harness.CtlBinary(ctx); err != nil {
 		t.Fatal(err)

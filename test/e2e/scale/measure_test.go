@@ -42,6 +42,11 @@ type phase struct {
 	// Syncs are the phase's increments of syncsMetric by result; nil when
 	// the hub does not export it.
 	Syncs map[string]float64 `json:"syncs,omitempty"`
+	// MemberApplies is how many server-side applies the members' API
+	// servers served in the phase (apiserver_request_total{verb="APPLY"},
+	// summed): counted where they land, so hubs without the controller's
+	// series (older builds) can be compared.
+	MemberApplies float64 `json:"memberApplies"`
 	// Notes are phase-specific figures (e.g. when the tunnel came back).
 	Notes map[string]string `json:"notes,omitempty"`
 	// OthersCPU is the CPU time of the other processes of the fleet, by
@@ -67,6 +72,8 @@ type meter struct {
 	// others returns the PIDs of the fleet's other processes now, by
 	// group.
 	others func() map[string][]int
+	// members are the member clusters, whose API servers count applies.
+	members []*harness.Member
 	report struct {
 		Revision     string   `json:"revision"`
 		Uncommitted  []string `json:"uncommitted,omitempty"`
@@ -86,6 +93,7 @@ func (m *meter) measure(ctx context.Context, name string, fn func(notes map[stri
 	pid := m.hub.Process().PID()
 	u0 := m.usage(pid)
 	s0, _ := m.syncs(ctx)
+	a0 := m.memberApplies(ctx)
 	o0 := m.othersCPU()
 	c0, _ := harness.ReadMachineCPU()
 
@@ -115,10 +123,11 @@ func (m *meter) measure(ctx context.Context, name string, fn func(notes map[stri
 	wg.Wait()
 
 	u1 := m.usage(pid)
+	a1 := m.memberApplies(ctx)
 	o1 := m.othersCPU()
 	c1, _ := harness.ReadMachineCPU()
 	p := phase{Name: name, Wall: wall, HubCPU: u1.CPU - u0.CPU, HubRSS: u1.RSS,
-		HubPhaseRSS: max(maxRSS, u1.RSS), HubPeakRSS: u1.PeakRSS, Notes: notes,
+		HubPhaseRSS: max(maxRSS, u1.RSS), HubPeakRSS: u1.PeakRSS, Notes: notes, MemberApplies: a1 - a0,
 		OthersCPU: map[string]time.Duration{}, Cores: runtime.NumCPU()}
 	for g, byPID := range o1 {
 		for pid, cpu := range byPID {
@@ -137,6 +146,39 @@ func (m *meter) measure(ctx context.Context, name string, fn func(notes map[stri
 		}
 	}
 	return p
+}
+
+// memberApplies sums the server-side applies every member's API server
+// has served (its own /metrics, read from inside its namespace).
+func (m *meter) memberApplies(ctx context.Context) float64 {
+	var mu sync.Mutex
+	var sum float64
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 4)
+	for _, mem := range m.members {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			out, _, err := mem.Kubectl(ctx, "get", "--raw", "/metrics")
+			if err != nil {
+				return
+			}
+			var n float64
+			for line := range strings.Lines(out) {
+				if !strings.HasPrefix(line, "apiserver_request_total{") || !strings.Contains(line, `verb="APPLY"`) {
+					continue
+				}
+				if v, err := strconv.ParseFloat(strings.TrimSpace(line[strings.LastIndexByte(line, ' ')+1:]), 64); err == nil {
+					n += v
+				}
+			}
+			mu.Lock()
+			sum += n
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return sum
 }
 
 // othersCPU reads the CPU time of the fleet's other processes, by group
@@ -212,9 +254,9 @@ func (m *meter) line(format string, args ...any) {
 // print reports p: one line of wall time and hub usage, one of the
 // controller's syncs.
 func (m *meter) print(p phase, extra string) {
-	m.line("%-52s wall %7.1fs  hub CPU %6.1fs (%3.0f%% of a core)  hub RSS %s (phase max %s, peak %s)%s",
+	m.line("%-52s wall %7.1fs  hub CPU %6.1fs (%3.0f%% of a core)  hub RSS %s (phase max %s, peak %s)  member applies %s%s",
 		p.Name, p.Wall.Seconds(), p.HubCPU.Seconds(), 100*p.HubCPU.Seconds()/p.Wall.Seconds(),
-		mib(p.HubRSS), mib(p.HubPhaseRSS), mib(p.HubPeakRSS), extra)
+		mib(p.HubRSS), mib(p.HubPhaseRSS), mib(p.HubPeakRSS), thousands(p.MemberApplies), extra)
 	m.printSyncs(p, 0)
 	m.printOthers(p)
 }
