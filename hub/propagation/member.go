@@ -113,7 +113,8 @@ type dynamicMember struct {
 
 var _ member = (*dynamicMember)(nil)
 
-func newDynamicMember(cfg *rest.Config, minReset time.Duration) (*dynamicMember, error) {
+// memberConfig is cfg as the controller's clients of a member use it.
+func memberConfig(cfg *rest.Config) *rest.Config {
 	cfg = rest.CopyConfig(cfg)
 	if cfg.QPS == 0 && cfg.RateLimiter == nil {
 		// client-go's default of 5 requests/s would throttle a fleet's
@@ -124,6 +125,11 @@ func newDynamicMember(cfg *rest.Config, minReset time.Duration) (*dynamicMember,
 	if cfg.UserAgent == "" {
 		cfg.UserAgent = "backhaul-hub/propagation"
 	}
+	return cfg
+}
+
+func newDynamicMember(cfg *rest.Config, minReset time.Duration) (*dynamicMember, error) {
+	cfg = memberConfig(cfg)
 	dyn, err := dynamic.NewForConfig(cfg)
 	if err != nil {
 		return nil, err

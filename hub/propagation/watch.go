@@ -102,14 +102,7 @@ func (w *copyWatches) ensure(cluster string, mp *meta.RESTMapping) {
 		if cfg == nil {
 			return
 		}
-		cfg = rest.CopyConfig(cfg)
-		if cfg.QPS == 0 && cfg.RateLimiter == nil {
-			cfg.QPS = -1
-		}
-		if cfg.UserAgent == "" {
-			cfg.UserAgent = "backhaul-hub/propagation"
-		}
-		c, err := metadata.NewForConfig(cfg)
+		c, err := metadata.NewForConfig(memberConfig(cfg))
 		if err != nil {
 			w.log.Warn("cannot watch copies", "cluster", cluster, "error", err)
 			return
