@@ -74,7 +74,7 @@ type meter struct {
 	others func() map[string][]int
 	// members are the member clusters, whose API servers count applies.
 	members []*harness.Member
-	report struct {
+	report  struct {
 		Revision     string   `json:"revision"`
 		Uncommitted  []string `json:"uncommitted,omitempty"`
 		Date         string   `json:"date"`
