@@ -23,7 +23,7 @@ func isOwnEntry(e metav1.ManagedFieldsEntry) bool {
 func ownedFields(entries []metav1.ManagedFieldsEntry) [sha256.Size]byte {
 	for _, e := range entries {
 		if isOwnEntry(e) && e.FieldsV1 != nil {
-			return sha256.Sum256(e.FieldsV1.Raw)
+			return sha256.Sum256(e.FieldsV1.GetRawBytes())
 		}
 	}
 	return [sha256.Size]byte{}

@@ -57,9 +57,9 @@ func TestWatchEventsRevertDriftOnly(t *testing.T) {
 
 	// Someone takes a field over: the owned set changes.
 	ev := e.eventFor("a", key, false)
-	ev.obj.ManagedFields[0].FieldsV1 = &metav1.FieldsV1{Raw: []byte(`{"f:metadata":{}}`)}
+	ev.obj.ManagedFields[0].FieldsV1 = metav1.NewFieldsV1(`{"f:metadata":{}}`)
 	ev.obj.ManagedFields = append(ev.obj.ManagedFields, metav1.ManagedFieldsEntry{Manager: "kubectl-edit", Operation: metav1.ManagedFieldsOperationUpdate,
-		FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:data":{"f:k":{}}}`)}})
+		FieldsV1: metav1.NewFieldsV1(`{"f:data":{"f:k":{}}}`)})
 	e.r.copyChanged(ev)
 	if w := e.woken(); len(w) != 1 || w[0] != key {
 		t.Fatalf("drift woke %v, want %v", w, key)

@@ -145,7 +145,7 @@ func (m *fakeMember) Apply(_ context.Context, mp *meta.RESTMapping, obj *unstruc
 	if err != nil {
 		return nil, err
 	}
-	c.SetManagedFields([]metav1.ManagedFieldsEntry{{Manager: FieldManager, Operation: metav1.ManagedFieldsOperationApply, FieldsType: "FieldsV1", FieldsV1: &metav1.FieldsV1{Raw: raw}}})
+	c.SetManagedFields([]metav1.ManagedFieldsEntry{{Manager: FieldManager, Operation: metav1.ManagedFieldsOperationApply, FieldsType: "FieldsV1", FieldsV1: metav1.NewFieldsV1(string(raw))}})
 	m.objects[k] = c
 	return c.DeepCopy(), nil
 }
