@@ -84,9 +84,9 @@ func (e *environment) addCluster(t *testing.T, name string, extra ...string) str
 	out, err := e.ctl(ctx, append([]string{"cluster", "add", name}, extra...)...)
 	require.NoError(t, err, out)
 	t.Cleanup(func() { _, _ = e.ctl(context.Background(), "cluster", "remove", name) })
-	oc, err := parseOnboard(out)
+	oc, err := harness.ParseOnboardCommand(out)
 	require.NoError(t, err)
-	return oc.token
+	return oc.Token
 }
 
 // TestBootstrapTokens: a token buys one certificate for its own cluster,

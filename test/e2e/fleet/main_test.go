@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -329,42 +328,6 @@ func (e *environment) ctl(ctx context.Context, args ...string) (string, error) {
 	return string(out), err
 }
 
-// onboardCmd is what `backhaulctl cluster add` printed, parsed.
-type onboardCmd struct {
-	args  []string // after "onboard.sh"
-	token string
-}
-
-// flag is the value printed after name.
-func (c onboardCmd) flag(name string) string {
-	for i, a := range c.args {
-		if i > 0 && c.args[i-1] == name {
-			return a
-		}
-	}
-	return ""
-}
-
-var onboardLine = regexp.MustCompile(`(?m)^\s*(?:sh\s+)?\S*onboard\.sh\s+(.*)$`)
-
-func parseOnboard(out string) (onboardCmd, error) {
-	m := onboardLine.FindStringSubmatch(out)
-	if m == nil {
-		return onboardCmd{}, fmt.Errorf("no onboard.sh command in backhaulctl output:\n%s", out)
-	}
-	c := onboardCmd{args: strings.Fields(strings.TrimSuffix(strings.TrimSpace(m[1]), "\\"))}
-	for i, a := range c.args {
-		c.args[i] = strings.Trim(a, `'"`)
-		if i > 0 && c.args[i-1] == "--token" {
-			c.token = c.args[i]
-		}
-	}
-	if c.token == "" {
-		return onboardCmd{}, fmt.Errorf("no --token in %q", m[0])
-	}
-	return c, nil
-}
-
 // onboard registers name with backhaulctl, runs onboard.sh against the
 // member as its admin, and starts the agent the way the Deployment would:
 // as ServiceAccount backhaul-agent, with exactly the Secret the script
@@ -375,13 +338,13 @@ func (e *environment) onboard(ctx context.Context, name, labels string) error {
 	if err != nil {
 		return fmt.Errorf("backhaulctl cluster add %s: %w\n%s", name, err, out)
 	}
-	oc, err := parseOnboard(out)
+	oc, err := harness.ParseOnboardCommand(out)
 	if err != nil {
 		return err
 	}
 	out, err = harness.Onboard(ctx, harness.OnboardConfig{
-		Member: m, Script: filepath.Join(e.root, "deploy/onboard.sh"), Kubectl: e.bins.Kubectl, Namespace: ns, Args: oc.args,
-		StartAgent: func() error { return e.startAgent(ctx, name, oc.flag("--hub-url")) },
+		Member: m, Script: filepath.Join(e.root, "deploy/onboard.sh"), Kubectl: e.bins.Kubectl, Namespace: ns, Args: oc.Args,
+		StartAgent: func() error { return e.startAgent(ctx, name, oc.Flag("--hub-url")) },
 	})
 	e.mu.Lock()
 	e.onboardOut[name] = out
