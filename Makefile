@@ -114,7 +114,7 @@ bench: deps kube-bins build
 	go run ./test/bench
 	BACKHAUL_BENCH=1 go test -count=1 -v -timeout 30m -run 'TestConverge1000' ./test/e2e/propagation/
 	BACKHAUL_BENCH=1 go test -count=1 -v -timeout 30m -run 'TestPropagationBench' ./test/e2e/fleet/ | grep -E 'BENCH|^(ok|FAIL|---)'
-	BACKHAUL_BENCH=1 go test -count=1 -v -timeout 60m -run 'TestPropagationScale' ./test/e2e/scale/
+	go test -tags bench -count=1 -v -timeout 60m -run 'TestPropagationScale' ./test/e2e/scale/
 
 ## demo: a hub and two member clusters on this machine; Ctrl-C stops all
 demo: deps kube-bins build
@@ -146,7 +146,9 @@ fuzz-short:
 lint: $(BIN)/staticcheck $(BIN)/controller-gen
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi
 	go vet ./...
+	go vet -tags bench ./test/e2e/scale/
 	$(BIN)/staticcheck ./...
+	$(BIN)/staticcheck -tags bench ./test/e2e/scale/
 	@$(MAKE) --no-print-directory generate >/dev/null
 	@git diff --quiet -- pkg/apis deploy/hub/crds && test -z "$$(git status --porcelain -- pkg/apis deploy/hub/crds)" \
 		|| { echo "generated files are stale: run make generate and commit"; git status --short -- pkg/apis deploy/hub/crds; exit 1; }

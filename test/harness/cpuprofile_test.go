@@ -37,7 +37,7 @@ func spinCPU(d time.Duration) {
 func TestLabelledCPU(t *testing.T) {
 	prof, err := StartCPUProfile()
 	if err != nil {
-		t.Skipf("another CPU profile runs (go test -cpuprofile?): %v", err)
+		t.Fatalf("start a CPU profile (does another run, e.g. go test -cpuprofile?): %v", err)
 	}
 	done := make(chan struct{})
 	pprof.Do(context.Background(), pprof.Labels("component", "busy"), func(context.Context) {

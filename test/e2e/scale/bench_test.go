@@ -1,11 +1,5 @@
-// Package scale measures Propagation at fleet size: a real backhaul-hub
-// process pushing 1,000 Propagations to 20 members through real agents'
-// tunnels, on one machine. Members are cheap: their API servers share one
-// etcd, each under its own --etcd-prefix, but each still runs in its own
-// network namespace that refuses inbound connections, so the hub reaches
-// it only through its agent. It is a benchmark, skipped unless
-// BACKHAUL_BENCH=1 (`make bench`); it prints BENCH lines and fails only
-// when something does not converge at all.
+//go:build bench
+
 package scale
 
 import (
@@ -59,7 +53,7 @@ const (
 	clientWorkers = 16
 )
 
-// TestPropagationScale (BACKHAUL_BENCH=1, run by `make bench`):
+// TestPropagationScale (build tag bench, run by `make bench`):
 //
 //	a. N Propagations x M members converge (readyClusters == M at the
 //	   current generation), from their creation;
@@ -73,11 +67,8 @@ const (
 // -scale.members, -scale.propagations, -scale.changes, -scale.steady,
 // -scale.report.
 func TestPropagationScale(t *testing.T) {
-	if os.Getenv("BACKHAUL_BENCH") == "" {
-		t.Skip("a benchmark: run with BACKHAUL_BENCH=1 (make bench)")
-	}
 	if os.Geteuid() != 0 {
-		harness.Skip(t, "skipping: the scale bench needs root for network namespaces")
+		t.Fatal("the scale bench needs root, for network namespaces")
 	}
 	nm, np, nc := *membersFlag, *propsFlag, *changesFlag
 	if nm < 2 || nm > maxMembers || np < 1 || nc < 1 || nc > np || *steadyFlag <= 0 {

@@ -1,3 +1,5 @@
+//go:build bench
+
 package scale
 
 import (
@@ -82,7 +84,7 @@ func startFleet(ctx context.Context, t *testing.T, n int) *fleet {
 		t.Fatal(err)
 	}
 	if f.bins, err = harness.LocateBinaries(); err != nil {
-		harness.Skip(t, "%v (run `make kube-bins deps`)", err)
+		t.Fatalf("%v (run `make kube-bins deps`)", err)
 	}
 	hubBin, agentBin, err := harness.BackhaulBinaries(ctx)
 	if err != nil {
