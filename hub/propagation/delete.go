@@ -35,17 +35,10 @@ func (r *reconciler) remove(ctx context.Context, pl *plan, t target, st *v1alpha
 		return nil, true
 	}
 	prev := entryFor(st, t.name)
-	e := &v1alpha1.ClusterPropagationStatus{Cluster: t.name, State: v1alpha1.StatePending}
 	rec, hasRec := r.applied.get(t.name, pl.key)
-	switch {
-	case hasRec:
-		e.ObservedGeneration = rec.generation
-	case prev != nil:
-		e.ObservedGeneration = prev.ObservedGeneration
-	default:
-		// Not listed: it was Applied at the generation status reports.
-		e.ObservedGeneration = st.ObservedGeneration
-	}
+	// Not listed: it was Applied at the generation status reports.
+	e := &v1alpha1.ClusterPropagationStatus{Cluster: t.name, State: v1alpha1.StatePending,
+		ObservedGeneration: lastGeneration(rec, hasRec, prev, st.ObservedGeneration)}
 	if !r.members.Connected(t.name) {
 		if !hasRec && !mayHoldCopy(st, prev) {
 			return nil, true
@@ -60,10 +53,12 @@ func (r *reconciler) remove(ctx context.Context, pl *plan, t target, st *v1alpha
 	r.applied.begin(t.name, pl.key)
 	defer r.applied.end(t.name, pl.key)
 	var n int
-	held := r.held(t.name, pl.key, rec, hasRec)
 	var err error
-	if len(held) > 0 {
-		n, err = r.deleteHeld(ctx, t.name, held)
+	if held := r.held(t.name, pl.key, rec, hasRec); len(held) > 0 {
+		var m member
+		if m, err = r.clients.get(t.name); err == nil {
+			n, err = deleteCopies(ctx, m, held)
+		}
 	} else {
 		// Nothing known of this cluster's copy (the hub restarted, and the
 		// watch has not listed): look for the one the template renders.
@@ -96,27 +91,6 @@ func (r *reconciler) held(cluster string, prop types.NamespacedName, rec applied
 		}
 	}
 	return out
-}
-
-// deleteHeld deletes copies, each only if its UID is still the one known
-// (it is this copy, not an object made since), and returns how many it
-// deleted.
-func (r *reconciler) deleteHeld(ctx context.Context, cluster string, held []copyRef) (int, error) {
-	m, err := r.clients.get(cluster)
-	if err != nil {
-		return 0, err
-	}
-	n := 0
-	for _, c := range held {
-		deleted, err := deleteCopyRef(ctx, m, c)
-		if err != nil {
-			return n, err
-		}
-		if deleted {
-			n++
-		}
-	}
-	return n, nil
 }
 
 // deleteCopy deletes the object pl renders for t, if it is there and is

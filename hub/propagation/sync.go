@@ -3,6 +3,7 @@ package propagation
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"time"
 
@@ -23,13 +24,8 @@ func (r *reconciler) sync(ctx context.Context, s *pass, t target) (*v1alpha1.Clu
 	key := s.pl.key
 	prev := entryFor(&s.p.Status, t.name)
 	rec, hasRec := r.applied.get(t.name, key)
-	e := &v1alpha1.ClusterPropagationStatus{Cluster: t.name, State: v1alpha1.StatePending}
-	switch {
-	case hasRec:
-		e.ObservedGeneration = rec.generation
-	case prev != nil:
-		e.ObservedGeneration = prev.ObservedGeneration
-	}
+	e := &v1alpha1.ClusterPropagationStatus{Cluster: t.name, State: v1alpha1.StatePending,
+		ObservedGeneration: lastGeneration(rec, hasRec, prev, 0)}
 	if s.replicas != nil {
 		n := s.replicas[t.name]
 		e.Replicas = &n
@@ -66,7 +62,7 @@ func (r *reconciler) sync(ctx context.Context, s *pass, t target) (*v1alpha1.Clu
 		// since: the member's watch would have dropped the record.
 		r.metrics.synced(ResultUnchanged)
 		e.State, e.ObservedGeneration = v1alpha1.StateApplied, s.p.Generation
-		r.removeStale(ctx, c.member, t.name, key, id, rec)
+		r.removeStale(ctx, c.member, t.name, key, id, rec, hasRec)
 		return e, ref, nil
 	}
 	r.applied.begin(t.name, key)
@@ -88,12 +84,21 @@ func (r *reconciler) sync(ctx context.Context, s *pass, t target) (*v1alpha1.Clu
 	}
 	r.log.Trace("applied", "propagation", key, "cluster", t.name, "generation", s.p.Generation)
 	e.State, e.ObservedGeneration, e.Message = v1alpha1.StateApplied, s.p.Generation, ""
-	if hasRec {
-		r.removeStale(ctx, c.member, t.name, key, id, rec)
-	} else {
-		r.removeStale(ctx, c.member, t.name, key, id, appliedRecord{})
-	}
+	r.removeStale(ctx, c.member, t.name, key, id, rec, hasRec)
 	return e, ref, nil
+}
+
+// lastGeneration is the generation last applied to a cluster, as far as
+// the controller knows: its record's, else its status entry's (prev), else
+// unlisted (what a cluster status does not list is taken to have).
+func lastGeneration(rec appliedRecord, hasRec bool, prev *v1alpha1.ClusterPropagationStatus, unlisted int64) int64 {
+	switch {
+	case hasRec:
+		return rec.generation
+	case prev != nil:
+		return prev.ObservedGeneration
+	}
+	return unlisted
 }
 
 // vouched says whether cluster's watch of the copy's kind has listed and
@@ -108,31 +113,45 @@ func (r *reconciler) vouched(cluster string, mp *meta.RESTMapping, rec appliedRe
 }
 
 // removeStale deletes, in cluster, the copies of prop other than id: the
-// object an earlier generation applied there (prev, when its identity
+// object an earlier generation applied there (rec, when its identity
 // differs) and any other the member's watches hold (an earlier template's
 // name or kind, applied before the hub started).
-func (r *reconciler) removeStale(ctx context.Context, m member, cluster string, prop types.NamespacedName, id objectID, prev appliedRecord) {
-	stale := map[objectID]copyRef{}
-	if prev.id != (objectID{}) && prev.id != id {
-		stale[prev.id] = copyRef{id: prev.id, version: prev.version, uid: prev.uid}
-	}
-	for _, c := range r.watches.copies(cluster, prop) {
+func (r *reconciler) removeStale(ctx context.Context, m member, cluster string, prop types.NamespacedName, id objectID, rec appliedRecord, hasRec bool) {
+	var stale []copyRef
+	for _, c := range r.held(cluster, prop, rec, hasRec) {
 		if c.id != id {
-			stale[c.id] = c
+			stale = append(stale, c)
 		}
 	}
-	for sid, c := range stale {
+	n, err := deleteCopies(ctx, m, stale)
+	for range n {
+		r.metrics.synced(ResultDeleted)
+	}
+	if n > 0 {
+		r.log.Info("deleted copies the template no longer names", "propagation", prop, "cluster", cluster, "deleted", n)
+	}
+	if err != nil {
+		r.log.Warn("could not delete copies the template no longer names", "propagation", prop, "cluster", cluster, "error", err)
+	}
+}
+
+// deleteCopies deletes copies, each only if its UID is still the one known
+// (it is that copy, not an object made since), and returns how many it
+// deleted and what failed.
+func deleteCopies(ctx context.Context, m member, copies []copyRef) (int, error) {
+	n := 0
+	var errs []error
+	for _, c := range copies {
 		deleted, err := deleteCopyRef(ctx, m, c)
 		if err != nil {
-			r.log.Warn("could not delete a copy the template no longer names", "propagation", prop, "cluster", cluster, "object", sid.String(), "error", err)
+			errs = append(errs, fmt.Errorf("%s: %w", c.id, err))
 			continue
 		}
-		if !deleted {
-			continue
+		if deleted {
+			n++
 		}
-		r.metrics.synced(ResultDeleted)
-		r.log.Info("deleted a copy the template no longer names", "propagation", prop, "cluster", cluster, "object", sid.String())
 	}
+	return n, errors.Join(errs...)
 }
 
 // deleteCopyRef deletes the copy c if its UID is still c's (when known)
