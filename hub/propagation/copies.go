@@ -2,6 +2,7 @@ package propagation
 
 import (
 	"context"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -50,13 +51,14 @@ func (k *kindSet) list() []schema.GroupVersionKind {
 // this process knows: those it applied to, and those whose watches hold
 // one.
 func (r *reconciler) holders(prop types.NamespacedName) []string {
-	out := r.applied.clusters(prop)
-	for _, c := range r.watches.watching() {
-		if !slices.Contains(out, c) && len(r.watches.copies(c, prop)) > 0 {
-			out = append(out, c)
-		}
+	set := map[string]struct{}{}
+	for _, c := range r.applied.clusters(prop) {
+		set[c] = struct{}{}
 	}
-	return out
+	for _, c := range r.watches.holders(prop) {
+		set[c] = struct{}{}
+	}
+	return slices.Collect(maps.Keys(set))
 }
 
 // useKind makes gvk a kind the member watches cover; a new one is watched

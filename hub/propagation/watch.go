@@ -3,6 +3,8 @@ package propagation
 import (
 	"context"
 	"errors"
+	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -66,6 +68,10 @@ type copyWatches struct {
 	byCluster map[string]*memberWatch
 	// refused are members that held too many copies.
 	refused map[string]bool
+	// holding counts, per Propagation, the copies each watched cluster
+	// holds, so that the clusters holding one are known without asking
+	// every watch.
+	holding map[types.NamespacedName]map[string]int
 }
 
 // errTooManyCopies ends a member watch's list that exceeds maxCopies.
@@ -81,7 +87,7 @@ type memberWatch struct {
 
 func newCopyWatches(ctx context.Context, log hclog.Logger, config func(string) *rest.Config, metrics *Metrics, maxCopies int, onEvent func(copyEvent)) *copyWatches {
 	return &copyWatches{ctx: ctx, log: log, config: config, onEvent: onEvent, metrics: metrics, maxCopies: maxCopies,
-		byCluster: map[string]*memberWatch{}, refused: map[string]bool{}}
+		byCluster: map[string]*memberWatch{}, refused: map[string]bool{}, holding: map[types.NamespacedName]map[string]int{}}
 }
 
 // ensure watches resource mp in cluster, starting the member's watches if
@@ -175,14 +181,72 @@ func (w *copyWatches) ensure(cluster string, mp *meta.RESTMapping) {
 				go w.overflow(cluster, gvr, int(n))
 				return
 			}
+			w.count(mw, cluster, nil, obj)
 			handle(obj, false)
 		},
-		UpdateFunc: func(_, obj any) { handle(obj, false) },
-		DeleteFunc: func(obj any) { held.Add(-1); handle(obj, true) },
+		UpdateFunc: func(old, obj any) { w.count(mw, cluster, old, obj); handle(obj, false) },
+		DeleteFunc: func(obj any) { held.Add(-1); w.count(mw, cluster, obj, nil); handle(obj, true) },
 	})
 	mw.informers[gvr] = inf
 	w.metrics.addWatches(1)
 	go inf.RunWithContext(mw.ctx)
+}
+
+// count moves one copy in cluster's holding counts from the Propagation
+// old names to the one obj names (either nil), as long as mw is still
+// cluster's watch.
+func (w *copyWatches) count(mw *memberWatch, cluster string, old, obj any) {
+	from, fromOK := keyOf(old)
+	to, toOK := keyOf(obj)
+	if fromOK && toOK && from == to {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.byCluster[cluster] != mw {
+		return // stopped: its counts are gone
+	}
+	if fromOK {
+		if m := w.holding[from]; m != nil {
+			if m[cluster]--; m[cluster] <= 0 {
+				delete(m, cluster)
+			}
+			if len(m) == 0 {
+				delete(w.holding, from)
+			}
+		}
+	}
+	if toOK {
+		m := w.holding[to]
+		if m == nil {
+			m = map[string]int{}
+			w.holding[to] = m
+		}
+		m[cluster]++
+	}
+}
+
+// keyOf is the Propagation a watched object (or its deleted final state)
+// names.
+func keyOf(obj any) (types.NamespacedName, bool) {
+	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = d.Obj
+	}
+	o, ok := obj.(metav1.Object)
+	if !ok {
+		return types.NamespacedName{}, false
+	}
+	return propagationKey(o)
+}
+
+// holders returns the watched clusters that hold a copy of prop.
+func (w *copyWatches) holders(prop types.NamespacedName) []string {
+	if w == nil {
+		return nil
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Collect(maps.Keys(w.holding[prop]))
 }
 
 // overflow stops watching cluster, which holds n labelled objects of gvr,
@@ -224,6 +288,12 @@ func (w *copyWatches) stop(cluster string) {
 		mw.cancel()
 		w.metrics.addWatches(-len(mw.informers))
 		delete(w.byCluster, cluster)
+		for prop, m := range w.holding {
+			delete(m, cluster)
+			if len(m) == 0 {
+				delete(w.holding, prop)
+			}
+		}
 	}
 }
 
@@ -253,11 +323,7 @@ func (w *copyWatches) watching() []string {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	out := make([]string, 0, len(w.byCluster))
-	for c := range w.byCluster {
-		out = append(out, c)
-	}
-	return out
+	return slices.Collect(maps.Keys(w.byCluster))
 }
 
 // copies returns the copies of prop the watches of cluster hold.
