@@ -113,7 +113,6 @@ e2e: deps kube-bins build
 bench: deps kube-bins build
 	go run ./test/bench
 	BACKHAUL_BENCH=1 go test -count=1 -v -timeout 30m -run 'TestConverge1000' ./test/e2e/propagation/
-	BACKHAUL_BENCH=1 go test -count=1 -v -timeout 30m -run 'TestPropagationBench' ./test/e2e/fleet/ | grep -E 'BENCH|^(ok|FAIL|---)'
 	go test -tags bench -count=1 -v -timeout 60m -run 'TestPropagationScale' ./test/e2e/scale/
 
 ## demo: a hub and two member clusters on this machine; Ctrl-C stops all
