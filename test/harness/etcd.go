@@ -87,19 +87,7 @@ func StartSharedEtcd(ctx context.Context, cfg SharedEtcdConfig) (_ *SharedEtcd, 
 		}
 	}()
 	peer := fmt.Sprintf("http://%s:%d", ns.HostIP, SharedEtcdPort+1)
-	args := []string{
-		"--name=" + cfg.Name,
-		"--data-dir=" + filepath.Join(dir, "data"),
-		"--listen-client-urls=" + e.URL,
-		"--advertise-client-urls=" + e.URL,
-		"--listen-peer-urls=" + peer,
-		"--initial-advertise-peer-urls=" + peer,
-		"--initial-cluster=" + cfg.Name + "=" + peer,
-		"--initial-cluster-state=new",
-		fmt.Sprintf("--quota-backend-bytes=%d", etcdQuotaBytes),
-		"--logger=zap",
-		"--log-outputs=stderr",
-	}
+	args := etcdArgs(cfg.Name, filepath.Join(dir, "data"), e.URL, peer)
 	// Pdeathsig in Start: the process dies with the test binary.
 	if e.proc, err = Start(ctx, "etcd", dir, exec.Command(bins.Etcd, args...)); err != nil {
 		return nil, err
@@ -157,4 +145,22 @@ func (e *SharedEtcd) Stop() error {
 		e.stopErr = e.Netns.Close()
 	})
 	return e.stopErr
+}
+
+// etcdArgs are the flags of a single-node etcd named name, keeping its data
+// in dataDir and serving clients on clientURL and peers on peerURL.
+func etcdArgs(name, dataDir, clientURL, peerURL string) []string {
+	return []string{
+		"--name=" + name,
+		"--data-dir=" + dataDir,
+		"--listen-client-urls=" + clientURL,
+		"--advertise-client-urls=" + clientURL,
+		"--listen-peer-urls=" + peerURL,
+		"--initial-advertise-peer-urls=" + peerURL,
+		"--initial-cluster=" + name + "=" + peerURL,
+		"--initial-cluster-state=new",
+		fmt.Sprintf("--quota-backend-bytes=%d", etcdQuotaBytes),
+		"--logger=zap",
+		"--log-outputs=stderr",
+	}
 }

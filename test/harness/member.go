@@ -190,19 +190,7 @@ func (m *Member) prepare(etcdServers, etcdPrefix string) error {
 
 	if etcdServers == "" {
 		etcdServers = "http://127.0.0.1:2379"
-		m.etcdArgs = []string{
-			"--name=" + m.Name,
-			"--data-dir=" + filepath.Join(m.Dir, "etcd"),
-			"--listen-client-urls=http://127.0.0.1:2379",
-			"--advertise-client-urls=http://127.0.0.1:2379",
-			"--listen-peer-urls=http://127.0.0.1:2380",
-			"--initial-advertise-peer-urls=http://127.0.0.1:2380",
-			"--initial-cluster=" + m.Name + "=http://127.0.0.1:2380",
-			"--initial-cluster-state=new",
-			fmt.Sprintf("--quota-backend-bytes=%d", etcdQuotaBytes),
-			"--logger=zap",
-			"--log-outputs=stderr",
-		}
+		m.etcdArgs = etcdArgs(m.Name, filepath.Join(m.Dir, "etcd"), etcdServers, "http://127.0.0.1:2380")
 	}
 	m.apiArgs = []string{
 		"--etcd-servers=" + etcdServers,
