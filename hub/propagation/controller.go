@@ -263,8 +263,14 @@ func (r *reconciler) enqueueFor(ctx context.Context, q workqueue.TypedRateLimiti
 // full re-push of the fleet's objects); the resync re-applies the rest.
 func (r *reconciler) memberChanged(cluster string) {
 	r.clients.forget(cluster)
+	r.hand(func() { r.wakePending[cluster] = struct{}{} })
+}
+
+// hand records, with add, work for the wakeup loop and signals it,
+// without blocking.
+func (r *reconciler) hand(add func()) {
 	r.wakeMu.Lock()
-	r.wakePending[cluster] = struct{}{}
+	add()
 	r.wakeMu.Unlock()
 	select {
 	case r.wake <- struct{}{}:

@@ -84,11 +84,5 @@ func (r *reconciler) recheck(cluster string, prop types.NamespacedName, gvr sche
 
 // wakeProp queues prop from a callback that must not block.
 func (r *reconciler) wakeProp(prop types.NamespacedName) {
-	r.wakeMu.Lock()
-	r.wakeProps[prop] = struct{}{}
-	r.wakeMu.Unlock()
-	select {
-	case r.wake <- struct{}{}:
-	default:
-	}
+	r.hand(func() { r.wakeProps[prop] = struct{}{} })
 }
