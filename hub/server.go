@@ -63,7 +63,9 @@ func New(cfg Config) (*Server, error) {
 		cfg.ClusterSuffix = frontend.DefaultClusterSuffix
 	}
 	tm := session.NewMetrics(cfg.Metrics)
-	s := &Server{cfg: cfg, sessions: session.NewRegistry(cfg.Log.Named(logging.Registry), tm), events: newEvents()}
+	s := &Server{cfg: cfg, sessions: session.NewRegistry(cfg.Log.Named(logging.Registry), tm)}
+	// s.dialer is set below, before anything runs.
+	s.events = newEvents(func(cluster string) bool { return s.dialer.Connected(cluster) })
 	s.sessions.Watch(s.events.fire)
 	if cfg.Host != nil {
 		s.health.probe = cfg.Host.Answers

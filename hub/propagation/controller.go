@@ -286,10 +286,6 @@ func (r *reconciler) hand(add func()) {
 func (r *reconciler) startWakeups(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
 	r.watches = newCopyWatches(ctx, r.log.Named("watch"), r.members.Config, r.metrics, r.opts.MaxWatchedCopies, r.copyChanged)
 	go func() {
-		// Whether each cluster was connected at its last event: a cluster
-		// that gains or loses one of several sessions stays connected,
-		// and that changes nothing here.
-		last := map[string]bool{}
 		for {
 			select {
 			case <-ctx.Done():
@@ -303,29 +299,14 @@ func (r *reconciler) startWakeups(ctx context.Context, q workqueue.TypedRateLimi
 			r.wakeMu.Unlock()
 			for c := range pending {
 				connected := r.members.Connected(c)
-				was, known := last[c]
-				last[c] = connected
 				keys := r.index.lookup(c)
-				if known && was == connected {
-					// No change of connectivity that this loop saw (the
-					// watches keep going, through whichever session
-					// serves the cluster now); but a flap in between may
-					// have left something waiting there.
-					if connected {
-						keys = r.waitingIn(ctx, c, keys)
-					} else {
-						keys = nil
-					}
-					r.log.Trace("cluster sessions changed", "cluster", c, "connected", connected, "propagations", len(keys))
-				} else {
-					r.log.Debug("cluster connection changed", "cluster", c, "connected", connected, "propagations", len(keys))
-					// The watches went down with the tunnel: start them
-					// afresh. Their first list shows what changed there
-					// while the cluster was away.
-					r.watches.reset(c)
-					if connected {
-						go r.watchKinds(c)
-					}
+				r.log.Debug("cluster connection changed", "cluster", c, "connected", connected, "propagations", len(keys))
+				// The watches went down with the tunnel: start them
+				// afresh. Their first list shows what changed there
+				// while the cluster was away.
+				r.watches.reset(c)
+				if connected {
+					go r.watchKinds(c)
 				}
 				for _, k := range keys {
 					q.Add(reconcile.Request{NamespacedName: k})
@@ -337,26 +318,6 @@ func (r *reconciler) startWakeups(ctx context.Context, q workqueue.TypedRateLimi
 		}
 	}()
 	return nil
-}
-
-// waitingIn returns those of keys that may have something waiting in
-// cluster: not applied there at their current generation as far as this
-// controller knows, or listed in status (Pending, Failed, or a copy to
-// remove).
-func (r *reconciler) waitingIn(ctx context.Context, cluster string, keys []types.NamespacedName) []types.NamespacedName {
-	var out []types.NamespacedName
-	for _, k := range keys {
-		var p v1alpha1.Propagation
-		if err := r.host.Get(ctx, k, &p); err != nil {
-			out = append(out, k) // let the reconcile find out
-			continue
-		}
-		rec, ok := r.applied.get(cluster, k)
-		if !ok || rec.generation != p.Generation || entryFor(&p.Status, cluster) != nil {
-			out = append(out, k)
-		}
-	}
-	return out
 }
 
 // wakeState is the hand-off between Members.Watch callbacks and the wakeup

@@ -205,24 +205,3 @@ func TestStatusIsBounded(t *testing.T) {
 		t.Fatalf("all applied: listed %d, unlisted %d, ready %d", len(st.Clusters), st.UnlistedClusters, st.ReadyClusters)
 	}
 }
-
-func TestSessionChangeWakesOnlyWhatWaits(t *testing.T) {
-	e := newEnv(t, cluster("a", nil, true), cluster("b", nil, true))
-	done := e.create(cmProp())
-	waiting := e.create(cmProp(func(p *v1alpha1.Propagation) { p.Name = "other" }))
-	e.mustReconcile(done)
-	e.mustReconcile(waiting)
-	if got := e.r.waitingIn(e.ctx, "a", []types.NamespacedName{done, waiting}); len(got) != 0 {
-		t.Fatalf("waiting in a: %v, want none", got)
-	}
-	// An edit while a flaps: its reconcile saw a disconnected.
-	e.fm.setConnected("a", false)
-	e.update(waiting, func(p *v1alpha1.Propagation) {
-		p.Spec.Template.Raw = []byte(strings.Replace(configMap, `"k":"v1"`, `"k":"v2"`, 1))
-	})
-	e.mustReconcile(waiting)
-	e.fm.setConnected("a", true)
-	if got := e.r.waitingIn(e.ctx, "a", []types.NamespacedName{done, waiting}); len(got) != 1 || got[0] != waiting {
-		t.Fatalf("waiting in a: %v, want [%v]", got, waiting)
-	}
-}
