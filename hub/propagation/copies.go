@@ -40,11 +40,7 @@ func (k *kindSet) add(gvk schema.GroupVersionKind) bool {
 func (k *kindSet) list() []schema.GroupVersionKind {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	out := make([]schema.GroupVersionKind, 0, len(k.kinds))
-	for g := range k.kinds {
-		out = append(out, g)
-	}
-	return out
+	return slices.Collect(maps.Keys(k.kinds))
 }
 
 // holders returns the clusters that may hold a copy of prop, as far as

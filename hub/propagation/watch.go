@@ -5,6 +5,7 @@ import (
 	"errors"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -386,21 +387,11 @@ func idOf(gvr schema.GroupVersionResource, o metav1.Object) objectID {
 // propagationKey returns the Propagation that owns a copy, from
 // AnnotationPropagation.
 func propagationKey(o metav1.Object) (types.NamespacedName, bool) {
-	v := o.GetAnnotations()[AnnotationPropagation]
-	ns, name, ok := cutKey(v)
-	return types.NamespacedName{Namespace: ns, Name: name}, ok
-}
-
-func cutKey(v string) (ns, name string, ok bool) {
-	for i := 0; i < len(v); i++ {
-		if v[i] == '/' {
-			if i == 0 || i == len(v)-1 {
-				return "", "", false
-			}
-			return v[:i], v[i+1:], true
-		}
+	ns, name, ok := strings.Cut(o.GetAnnotations()[AnnotationPropagation], "/")
+	if !ok || ns == "" || name == "" {
+		return types.NamespacedName{}, false
 	}
-	return "", "", false
+	return types.NamespacedName{Namespace: ns, Name: name}, true
 }
 
 func indexByPropagation(obj any) ([]string, error) {
