@@ -19,7 +19,7 @@ import (
 var secretsGVR = schema.GroupVersionResource{Version: "v1", Resource: "secrets"}
 
 // metric returns the value of the controller's series name (a counter or
-// gauge) whose labels include want.
+// gauge; a histogram's count) summed over those whose labels include want.
 func (e *environment) metric(t *testing.T, name string, want map[string]string) float64 {
 	t.Helper()
 	mfs, err := e.metrics.Gather()
@@ -38,6 +38,8 @@ func (e *environment) metric(t *testing.T, name string, want map[string]string) 
 					sum += m.Counter.GetValue()
 				case m.Gauge != nil:
 					sum += m.Gauge.GetValue()
+				case m.Histogram != nil:
+					sum += float64(m.Histogram.GetSampleCount())
 				}
 			}
 		}
@@ -95,6 +97,22 @@ func TestSteadyStateWritesNothing(t *testing.T) {
 	}
 	if n := e.metric(t, "backhaul_propagation_member_watches", nil); n < 3 {
 		t.Errorf("%v member watches open, want at least one per member", n)
+	}
+	// The other series move too: what was applied is timed and managed,
+	// and the work queue counts what went through it.
+	for _, m := range []struct {
+		name   string
+		labels map[string]string
+		least  float64
+	}{
+		{"backhaul_propagation_apply_duration_seconds", map[string]string{"result": propagation.ResultApplied}, 9},
+		{"backhaul_propagation_objects_managed", nil, 9},
+		{"backhaul_propagation_queue_adds_total", nil, 3},
+		{"backhaul_propagation_reconcile_duration_seconds", nil, 3},
+	} {
+		if got := e.metric(t, m.name, m.labels); got < m.least {
+			t.Errorf("%s%v = %v, want at least %v", m.name, m.labels, got, m.least)
+		}
 	}
 }
 
