@@ -257,3 +257,15 @@ func sleep(ctx context.Context, d time.Duration) bool {
 		return true
 	}
 }
+
+// RTTSample is one minute of a cluster's round trips through this
+// replica: their mean, at the minute's end.
+type RTTSample struct {
+	At  time.Time     `json:"at"`
+	RTT time.Duration `json:"rtt"`
+}
+
+// History is the cluster's round trips through this replica over the last
+// hour, one sample a minute, oldest first.
+// TODO(health): filled by the tunnel-health work (issue 15 item 3).
+func (p *Prober) History(cluster string) []RTTSample { return nil }

@@ -27,6 +27,9 @@ const (
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Agent",type=string,JSONPath=`.status.agentVersion`
 // +kubebuilder:printcolumn:name="Kubernetes",type=string,JSONPath=`.status.kubernetesVersion`
+// +kubebuilder:printcolumn:name="RTT",type=string,JSONPath=`.status.tunnel.rtt`,priority=1
+// +kubebuilder:printcolumn:name="Reconnects",type=integer,JSONPath=`.status.tunnel.reconnects`,priority=1
+// +kubebuilder:printcolumn:name="Streams",type=integer,JSONPath=`.status.tunnel.streams`,priority=1
 // +kubebuilder:printcolumn:name="Heartbeat",type=date,JSONPath=`.status.lastHeartbeatTime`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type Cluster struct {
@@ -70,6 +73,66 @@ type ClusterStatus struct {
 	// HubReplicas lists the hub replicas holding a session of this cluster.
 	// +optional
 	HubReplicas []string `json:"hubReplicas,omitempty"`
+	// Tunnel is the tunnel's health as the hub replicas measured it in the
+	// background (never on a request path), written in batches.
+	// +optional
+	Tunnel *TunnelStatus `json:"tunnel,omitempty"`
+}
+
+// TunnelStatus is a cluster's tunnel health: round trip, stability, load,
+// and the facts an operator needs to tell why it is not connected.
+type TunnelStatus struct {
+	// RTT is the moving average (EWMA) of the tunnel's round trip.
+	// +optional
+	RTT *metav1.Duration `json:"rtt,omitempty"`
+	// RTTP99 is the 99th percentile of the round trips measured over the
+	// last RTTWindow.
+	// +optional
+	RTTP99 *metav1.Duration `json:"rttP99,omitempty"`
+	// RTTWindow is the window RTTP99 and Reconnects are counted over.
+	// +optional
+	RTTWindow *metav1.Duration `json:"rttWindow,omitempty"`
+	// Reconnects is how many sessions the cluster's agents opened in the
+	// last RTTWindow beyond those still open: each is a lost session
+	// replaced.
+	// +optional
+	Reconnects int32 `json:"reconnects,omitempty"`
+	// Flapping is true when Reconnects passed the hub's flapping threshold.
+	// +optional
+	Flapping bool `json:"flapping,omitempty"`
+	// ConnectedSince is when the oldest open session started.
+	// +optional
+	ConnectedSince *metav1.Time `json:"connectedSince,omitempty"`
+	// Streams is how many streams are open through the cluster's sessions.
+	// +optional
+	Streams int32 `json:"streams,omitempty"`
+	// BytesTx and BytesRx are the payload bytes carried through the
+	// cluster's open sessions (tx: hub to agent).
+	// +optional
+	BytesTx int64 `json:"bytesTx,omitempty"`
+	// +optional
+	BytesRx int64 `json:"bytesRx,omitempty"`
+	// LastDisconnectTime and LastDisconnectReason say when and why the
+	// last session of the cluster ended.
+	// +optional
+	LastDisconnectTime *metav1.Time `json:"lastDisconnectTime,omitempty"`
+	// +optional
+	LastDisconnectReason string `json:"lastDisconnectReason,omitempty"`
+	// LastRefusalTime and LastRefusalReason say when and why the hub last
+	// refused an agent of this cluster (expired or revoked credential,
+	// version, quota...).
+	// +optional
+	LastRefusalTime *metav1.Time `json:"lastRefusalTime,omitempty"`
+	// +optional
+	LastRefusalReason string `json:"lastRefusalReason,omitempty"`
+	// CertificateNotAfter is when the newest session's agent certificate
+	// expires (unset for token-authenticated agents).
+	// +optional
+	CertificateNotAfter *metav1.Time `json:"certificateNotAfter,omitempty"`
+	// ClockSkew is the agent's clock minus the hub's, as the agent's
+	// handshake reported it (positive: the agent is ahead).
+	// +optional
+	ClockSkew *metav1.Duration `json:"clockSkew,omitempty"`
 }
 
 // ClusterList is a list of Clusters.
