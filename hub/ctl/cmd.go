@@ -14,8 +14,9 @@ import (
 )
 
 // Run executes backhaulctl with args (without the program name) and
-// returns the process exit code: 0 on success, 1 on any failure. Errors
-// are printed to env.ErrOut the way kubectl prints them.
+// returns the process exit code: 0 on success, 1 on any failure, or the
+// code a command chose (diagnose: 2 when it found a problem). Errors are
+// printed to env.ErrOut the way kubectl prints them.
 func Run(ctx context.Context, args []string, env Env) int {
 	env = env.withDefaults()
 	root := NewRootCommand(env)
@@ -23,6 +24,10 @@ func Run(ctx context.Context, args []string, env Env) int {
 	cmd, err := root.ExecuteContextC(ctx)
 	if err == nil {
 		return 0
+	}
+	var code exitCode
+	if errors.As(err, &code) {
+		return int(code)
 	}
 	fmt.Fprintln(env.ErrOut, errorMessage(err))
 	var ue usageError
@@ -38,6 +43,12 @@ type usageError struct{ error }
 func (e usageError) Unwrap() error { return e.error }
 
 func usageErrorf(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
+
+// exitCode ends a run with that code and no message: the command has
+// printed what it found.
+type exitCode int
+
+func (c exitCode) Error() string { return fmt.Sprintf("exit status %d", int(c)) }
 
 // errorMessage follows kubectl: an API error returned as is prints as
 // "Error from server (Reason): message", anything else as "error: ...".
@@ -89,7 +100,7 @@ the same kubeconfig rules as kubectl.`,
 		RunE:    helpOrUnknown,
 	}
 	cluster.AddCommand(newAddCommand(r), newListCommand(r), newGetCommand(r), newRemoveCommand(r))
-	root.AddCommand(cluster, newKubeconfigCommand(r), &cobra.Command{
+	root.AddCommand(cluster, newKubeconfigCommand(r), newDiagnoseCommand(r), &cobra.Command{
 		Use:   "version",
 		Short: "Print the backhaulctl version",
 		Args:  noArgs,

@@ -1,8 +1,8 @@
 // Package ctl is backhaulctl, the operator CLI: it registers member clusters
 // with the hub (a Cluster object plus a short-lived bootstrap token Secret
 // in the hub's host cluster), lists their tunnel and readiness status,
-// removes them, and writes a kubeconfig that reaches every member through
-// the hub's gateway.
+// removes them, writes a kubeconfig that reaches every member through the
+// hub's gateway, and diagnoses why a member is not connected or slow.
 //
 // Every command runs in-process against an Env (output writers, a client
 // constructor, a clock) so tests drive the real command tree with a fake
