@@ -71,10 +71,11 @@ $(BIN)/controller-gen: test/tools/controller-gen/go.mod test/tools/controller-ge
 docs:
 	go run ./pkg/flagdoc/cmd/gendocs -o docs/configuration.md
 
-## deps: Debian packages the end-to-end suite and demo use (etcd, ip, nft, wget, shellcheck)
+## deps: Debian packages the end-to-end suite and demo use (etcd, ip, nft, wget, shellcheck, chromium)
 deps:
 	@missing=""; \
 	command -v etcd >/dev/null || missing="$$missing etcd-server"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v ip   >/dev/null || missing="$$missing iproute2"; \
 	command -v nft  >/dev/null || missing="$$missing nftables"; \
 	command -v wget >/dev/null || missing="$$missing wget"; \
