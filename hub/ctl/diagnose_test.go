@@ -279,3 +279,12 @@ func TestDiagnoseProbesHub(t *testing.T) {
 		assert.Contains(t, fd.Summary, "its serving certificate expires 2026-11-25T12:00:00Z (in 3d)")
 	})
 }
+
+func TestDiagnoseInHelp(t *testing.T) {
+	res := run(t, newFakeClient(t), "--help")
+	assert.Equal(t, 0, res.code)
+	assert.Contains(t, res.out, "  diagnose ")
+	res = run(t, newFakeClient(t), "diagnose", "--help")
+	assert.Equal(t, 0, res.code)
+	assert.Contains(t, res.out, "Exit status: 0 when nothing is a problem")
+}
