@@ -143,9 +143,45 @@ func (f *facts) tunnelCheck() (Finding, bool) {
 	if f.refusedNow() {
 		fd.Next = "the hub refuses this cluster's agent: see " + CheckRefusals
 	} else {
-		fd.Next = fmt.Sprintf("is the agent running at the site, and can it reach %s? `%s` (an egress proxy needs HTTPS_PROXY in the agent's environment)", f.hubURL(), agentLogs)
+		fd.Next = f.disconnectHint(t.LastDisconnectReason)
 	}
 	return fd, true
+}
+
+// Why a session ended, as the hub records it in
+// status.tunnel.lastDisconnectReason: a closed set (hub/session's
+// Disconnect constants; backhaulctl imports no hub package).
+const (
+	disconnectAgentClosed = "agent_closed"
+	disconnectKeepalive   = "keepalive_timeout"
+	disconnectLost        = "connection_lost"
+	disconnectExpired     = "expired"
+	disconnectRevoked     = "revoked"
+	disconnectDrained     = "drained"
+	disconnectShutdown    = "hub_shutdown"
+)
+
+// disconnectHint is the next step for a cluster whose last session ended
+// for reason and that no agent of which the hub refuses since.
+func (f *facts) disconnectHint(reason string) string {
+	pods := fmt.Sprintf("`kubectl -n %s get deploy,ds,pods -l app.kubernetes.io/name=backhaul-agent`", identity.AgentNamespace)
+	switch reason {
+	case disconnectAgentClosed:
+		return fmt.Sprintf("the agent said goodbye: it was stopped, scaled down or deleted, or is restarting: %s, and its log: `%s`", pods, agentLogs)
+	case disconnectKeepalive:
+		return fmt.Sprintf("pings went unanswered: the site, its uplink or the agent's node went dark, or a middlebox drops idle connections; can the site reach %s? `%s`", f.hubURL(), agentLogs)
+	case disconnectLost:
+		return fmt.Sprintf("the connection broke without a goodbye: the agent was killed (OOMKilled? RESTARTS in %s) or a proxy or firewall reset it; `%s`", pods, agentLogs)
+	case disconnectExpired:
+		return fmt.Sprintf("the session reached the end of its certificate's life and no new one came up: see %s, and `%s`", CheckCertificate, agentLogs)
+	case disconnectRevoked:
+		return fmt.Sprintf("the hub revoked the agent's credential (the cluster was removed or re-created): at the site `kubectl -n %s delete secret backhaul-agent`, then run the command `%s` prints",
+			identity.AgentNamespace, f.reissue())
+	case disconnectDrained, disconnectShutdown:
+		return fmt.Sprintf("a hub replica went away and the agent has not reached another: see %s, the load balancer in front of the hub, and `%s`", CheckHubReplicas, agentLogs)
+	default:
+		return fmt.Sprintf("is the agent running at the site, and can it reach %s? `%s` (an egress proxy needs HTTPS_PROXY in the agent's environment)", f.hubURL(), agentLogs)
+	}
 }
 
 // neverConnectedNext picks the next step for a cluster no agent ever
@@ -224,9 +260,10 @@ func (f *facts) refusals() (Finding, bool) {
 	return fd, true
 }
 
-// refusalHint reads the reason the hub recorded. The API carries it as
-// text for people, so this matches words in it; it only picks a hint,
-// and an unrecognised reason gets the generic one.
+// refusalHint reads the reason the hub recorded: a phrase for people
+// from a closed set (hub/session's Refusal constants), matched here by
+// its words so that a reworded phrase still finds its hint; an
+// unrecognised reason gets the generic one.
 func (f *facts) refusalHint(reason string) string {
 	r := strings.ToLower(reason)
 	has := func(words ...string) bool {

@@ -48,7 +48,7 @@ func disconnectedCluster(name string, opts ...clusterOpt) *v1alpha1.Cluster {
 		withStatus(version.Version, "v1.36.3", 21*time.Minute),
 		withTunnel(func(t *v1alpha1.TunnelStatus) {
 			t.RTT = dur(12 * time.Millisecond)
-			t.LastDisconnectTime, t.LastDisconnectReason = ago(20*time.Minute), "keepalive timeout: no pong in 10s"
+			t.LastDisconnectTime, t.LastDisconnectReason = ago(20*time.Minute), disconnectKeepalive
 			t.CertificateNotAfter = ago(-20 * 24 * time.Hour)
 		}),
 	}
@@ -218,8 +218,8 @@ func TestDiagnoseFindings(t *testing.T) {
 			wantCode: exitProblem,
 			want: map[string]want{
 				CheckTunnel: {verdict: VerdictProblem,
-					summary: []string{"disconnected since 2026-11-22T11:40:00Z (20m ago); last disconnect: keepalive timeout: no pong in 10s; last reached the member 2026-11-22T11:39:00Z (21m ago)"},
-					next:    []string{"can it reach " + testHubURL, agentLogs, "HTTPS_PROXY"}},
+					summary: []string{"disconnected since 2026-11-22T11:40:00Z (20m ago); last disconnect: keepalive_timeout; last reached the member 2026-11-22T11:39:00Z (21m ago)"},
+					next:    []string{"pings went unanswered", "can the site reach " + testHubURL, agentLogs}},
 				CheckReadiness:   {absent: true},
 				CheckLatency:     {absent: true},
 				CheckRefusals:    {verdict: VerdictOK},
@@ -234,7 +234,8 @@ func TestDiagnoseFindings(t *testing.T) {
 				withStatus("v0.3.0", "v1.36.3", time.Hour)), live, hubInfo},
 			wantCode: exitProblem,
 			want: map[string]want{
-				CheckTunnel:      {verdict: VerdictProblem, summary: []string{"disconnected since 2026-11-22T12:00:00Z (0s ago); last reached the member 2026-11-22T11:00:00Z (60m ago)"}},
+				CheckTunnel: {verdict: VerdictProblem, summary: []string{"disconnected since 2026-11-22T12:00:00Z (0s ago); last reached the member 2026-11-22T11:00:00Z (60m ago)"},
+					next: []string{"is the agent running at the site, and can it reach " + testHubURL, "HTTPS_PROXY"}},
 				CheckRefusals:    {absent: true},
 				CheckStability:   {absent: true},
 				CheckHubReplicas: {verdict: VerdictOK, summary: []string{"edge-1 on hub-0"}},
@@ -548,6 +549,52 @@ func TestAgentVersionSkew(t *testing.T) {
 			if tc.want == VerdictWarning {
 				assert.Contains(t, fd.Next, "set image deploy/backhaul-agent agent=backhaul-agent:"+tc.ref)
 			}
+		})
+	}
+}
+
+func TestDisconnectHints(t *testing.T) {
+	tests := []struct{ reason, next string }{
+		{disconnectAgentClosed, "the agent said goodbye"},
+		{disconnectKeepalive, "pings went unanswered"},
+		{disconnectLost, "OOMKilled"},
+		{disconnectExpired, "see certificate"},
+		{disconnectRevoked, "delete secret backhaul-agent"},
+		{disconnectDrained, "see hub-replicas"},
+		{disconnectShutdown, "see hub-replicas"},
+		{"replaced", "is the agent running at the site"},
+		{"", "is the agent running at the site"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.reason, func(t *testing.T) {
+			c := disconnectedCluster("edge-1", withTunnel(func(ts *v1alpha1.TunnelStatus) { ts.LastDisconnectReason = tc.reason }))
+			f := &facts{name: "edge-1", now: testNow, cluster: c}
+			fd, ok := f.tunnelCheck()
+			require.True(t, ok)
+			assert.Equal(t, VerdictProblem, fd.Verdict)
+			assert.Contains(t, fd.Next, tc.next)
+		})
+	}
+}
+
+// TestRefusalHints: the hub's own phrases (hub/session's Refusal
+// constants, copied: backhaulctl imports no hub package) each find their
+// hint.
+func TestRefusalHints(t *testing.T) {
+	tests := []struct{ reason, next string }{
+		{"certificate expired", "re-enroll"},
+		{"certificate not yet valid (is the agent's clock behind?)", "NTP"},
+		{"certificate revoked: it was issued to an earlier cluster of this name", "delete secret backhaul-agent"},
+		{"cluster not registered (removed?)", "`backhaulctl cluster add edge-1`, then onboard"},
+		{"unsupported tunnel protocol version", "set image"},
+		{"node addresses outside the cluster's spec.nodeCIDRs", "spec.nodeCIDRs"},
+		{"too many agents connecting at once (--max-handshakes); the agent retries later", "retries by itself"},
+		{"the agent's certificate is for cluster edge-2 but it asked to serve another", "names another cluster"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.reason, func(t *testing.T) {
+			f := &facts{name: "edge-1", now: testNow, refVersion: "v0.4.0"}
+			assert.Contains(t, f.refusalHint(tc.reason), tc.next)
 		})
 	}
 }

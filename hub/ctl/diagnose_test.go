@@ -105,7 +105,7 @@ func TestDiagnoseReport(t *testing.T) {
 	assert.Equal(t, `Cluster edge-1: 3 problems (checked 2026-11-22T12:00:00Z)
 
 OK       registration   registered 2026-11-19T12:00:00Z (3d ago)
-PROBLEM  tunnel         disconnected since 2026-11-22T11:40:00Z (20m ago); last disconnect: keepalive timeout: no pong in 10s; last reached the member 2026-11-22T11:39:00Z (21m ago)
+PROBLEM  tunnel         disconnected since 2026-11-22T11:40:00Z (20m ago); last disconnect: keepalive_timeout; last reached the member 2026-11-22T11:39:00Z (21m ago)
                         next: the hub refuses this cluster's agent: see refusals
 PROBLEM  refusals       the hub refused the agent 2026-11-22T11:59:00Z (60s ago): x509: certificate has expired or is not yet valid: current time 2026-11-22T11:59:00Z is after 2026-11-22T11:30:00Z
                         next: the agent's certificate expired (offline past its renewal, or renewal failed): re-enroll with `+"`backhaulctl cluster add edge-1 --reissue-token`"+` and run the printed command at the site; the agent enrolls again with the new token

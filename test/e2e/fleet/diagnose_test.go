@@ -168,9 +168,11 @@ func TestDiagnose(t *testing.T) {
 		assert.Equal(t, 2, d.code, "a disconnected cluster is a problem")
 		assert.Equal(t, ctl.VerdictProblem, d.Verdict)
 		fd, _ := d.finding(ctl.CheckTunnel)
-		assert.Regexp(t, `^disconnected since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \([^)]+ ago\); last disconnect: \S`, fd.Summary,
+		// SIGTERM: the agent closes its session, a goodbye the hub records
+		// as agent_closed.
+		assert.Regexp(t, `^disconnected since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \([^)]+ ago\); last disconnect: agent_closed;`, fd.Summary,
 			"the hub records when and why the last session ended (status.tunnel.lastDisconnectTime and lastDisconnectReason)")
-		assert.Contains(t, fd.Next, "can it reach "+e.agentURL)
+		assert.Contains(t, fd.Next, "the agent said goodbye: it was stopped")
 		assert.Contains(t, fd.Next, "kubectl -n backhaul-system logs -l app.kubernetes.io/name=backhaul-agent")
 		for _, check := range []string{ctl.CheckReadiness, ctl.CheckLatency} {
 			_, ok := d.finding(check)
