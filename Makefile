@@ -130,7 +130,8 @@ demo: deps kube-bins build
 FUZZ_TARGETS := \
 	./tunnel/:FuzzReadRequest ./tunnel/:FuzzReadReply \
 	./hub/session/:FuzzParseNodeAddresses ./hub/session/:FuzzParseFeatures ./agent/:FuzzCallerIdentityRoundTrip ./hub/frontend/:FuzzCredentialHeaders ./hub/frontend/:FuzzWebsocketFrames ./hub/frontend/:FuzzParseTarget \
-	./hub/propagation/:FuzzPropagationKey ./hub/enrollment/:FuzzParseCSR ./pkg/identity/:FuzzParseToken ./pkg/denylist/:FuzzCheck
+	./hub/propagation/:FuzzPropagationKey ./hub/enrollment/:FuzzParseCSR ./pkg/identity/:FuzzParseToken ./pkg/denylist/:FuzzCheck \
+	./hub/recording/:FuzzWebsocketTap ./hub/recording/:FuzzSPDYTap
 FUZZTIME ?= 1000000x
 FUZZTIME_SHORT ?= 60000x
 fuzz:

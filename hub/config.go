@@ -13,6 +13,7 @@ import (
 	"backhaul.io/backhaul/hub/fleet"
 	"backhaul.io/backhaul/hub/frontend"
 	"backhaul.io/backhaul/hub/propagation"
+	"backhaul.io/backhaul/hub/recording"
 	"backhaul.io/backhaul/hub/session"
 	"backhaul.io/backhaul/tunnel"
 )
@@ -87,6 +88,10 @@ type Config struct {
 	// CONNECT, and refuse new ones above the memory budget (Limits.Memory);
 	// New fills in Metrics and Log. The zero value limits nothing.
 	Limits frontend.LimitsConfig
+	// Recording records exec and attach sessions through the gateway
+	// (off unless Recording.Mode says otherwise); New fills in Metrics
+	// and Log.
+	Recording recording.Config
 	// ShutdownGrace is the most, and ShutdownDelay the least, this replica
 	// keeps serving after it is told to stop, while its agents move away.
 	ShutdownGrace time.Duration
@@ -131,6 +136,7 @@ func DefaultConfig() Config {
 		Tunnel:        tunnel.DefaultConfig(),
 		DialTimeout:   10 * time.Second,
 		Limits:        frontend.DefaultLimitsConfig(),
+		Recording:     recording.DefaultConfig(),
 		ShutdownGrace: 20 * time.Second,
 		ShutdownDelay: 3 * time.Second,
 	}

@@ -19,12 +19,13 @@ import (
 var hubPackages = map[string][]string{
 	"session":     nil,
 	"auth":        {"session"},
-	"frontend":    {"auth", "session"},
+	"frontend":    {"auth", "recording", "session"},
 	"enrollment":  {"auth", "session"},
 	"fleet":       nil,
 	"peer":        {"session"},
 	"propagation": nil,
 	"ctl":         nil,
+	"recording":   nil,
 }
 
 // TestPackageLayering keeps the import rules each package's doc.go states.

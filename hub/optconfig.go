@@ -22,6 +22,7 @@ import (
 	"backhaul.io/backhaul/hub/fleet"
 	"backhaul.io/backhaul/hub/frontend"
 	"backhaul.io/backhaul/hub/propagation"
+	"backhaul.io/backhaul/hub/recording"
 	"backhaul.io/backhaul/pkg/logging"
 	"backhaul.io/backhaul/tunnel"
 )
@@ -42,6 +43,8 @@ func (o *Options) Config(ctx context.Context, log hclog.Logger) (Config, error) 
 	cfg.Metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	cfg.SessionMaxAge = o.SessionMaxAge
 	cfg.ConnectSocketDir = o.ConnectSocketDir
+	cfg.Recording = recording.DefaultConfig()
+	cfg.Recording.Mode, cfg.Recording.Dir, cfg.Recording.Stdin = o.Recording, o.RecordingDir, o.RecordingStdin
 	cfg.Mapping = auth.Mapping{UserPrefix: o.MemberUserPrefix, SystemUserPrefix: o.MemberSystemUserPrefix, GroupPrefix: o.MemberGroupPrefix}
 	var err error
 	if cfg.Limits, err = o.limits(log); err != nil {

@@ -8,6 +8,7 @@ import (
 	"backhaul.io/backhaul/hub/auth"
 	"backhaul.io/backhaul/hub/enrollment"
 	"backhaul.io/backhaul/hub/frontend"
+	"backhaul.io/backhaul/hub/recording"
 	"backhaul.io/backhaul/pkg/identity"
 	"backhaul.io/backhaul/pkg/logging"
 	"backhaul.io/backhaul/tunnel"
@@ -81,6 +82,10 @@ type Options struct {
 	// PropagationMaxWatchedCopies bounds the labelled objects of one kind
 	// the controller watches in one member.
 	PropagationMaxWatchedCopies int
+	// Session recording (hub/recording): see Config.Recording.
+	Recording      recording.Mode
+	RecordingDir   string
+	RecordingStdin bool
 }
 
 // Registry kinds and authorization modes.
@@ -133,6 +138,8 @@ func NewOptions() *Options {
 		PropagationResync:  30 * time.Minute,
 
 		PropagationMaxWatchedCopies: 100_000,
+
+		Recording: recording.Off,
 	}
 }
 
@@ -199,6 +206,9 @@ func (o *Options) Flags(fs *flag.FlagSet) {
 	fs.IntVar(&o.PropagationWorkers, "propagation-workers", o.PropagationWorkers, "Propagations reconciled at once")
 	fs.IntVar(&o.PropagationMaxWatchedCopies, "propagation-max-watched-copies", o.PropagationMaxWatchedCopies, "most objects labelled backhaul.io/propagation of one kind the hub watches (and keeps the metadata of) in one member; a member holding more is not watched until its tunnel returns, and its copies are re-applied at each resync instead")
 	fs.DurationVar(&o.PropagationResync, "propagation-resync", o.PropagationResync, "how often every Propagation is checked in full in every connected cluster, a safety net: drift is seen by watching the copies in members; a copy no watch vouches for is re-applied")
+	fs.Var(&o.Recording, "recording", "record exec and attach sessions through the gateway as asciicast v2 files in --recording-dir: off; best-effort (a session that cannot be recorded goes on, and is counted); required (a session that cannot be recorded is refused, and one whose recording fails is ended)")
+	fs.StringVar(&o.RecordingDir, "recording-dir", o.RecordingDir, "directory of session recordings, DIR/REQUEST-ID.cast, made (0700) if missing; required with --recording")
+	fs.BoolVar(&o.RecordingStdin, "recording-stdin", o.RecordingStdin, "with --recording, also record what callers send on stdin (input events); off by default, as stdin carries passwords typed at prompts that do not echo")
 	fs.Var(&o.StreamWindow, "stream-window", "largest receive window of one tunnel stream, a `size` from 256Ki to 64Mi: a stream moves at most this much per round trip, and a caller that stops reading pins this much hub memory per stream")
 	fs.IntVar(&o.MaxStreamsPerCaller, "max-streams-per-caller", o.MaxStreamsPerCaller, "streams (gateway requests in progress, CONNECT tunnels) one caller, by user name, may hold through this replica at once; beyond it 429 with Retry-After (0: no limit)")
 	fs.IntVar(&o.MaxStreamsPerCluster, "max-streams-per-cluster", o.MaxStreamsPerCluster, "streams all callers together may hold to one cluster through this replica at once; beyond it 429 with Retry-After (0: no limit)")

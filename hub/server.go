@@ -14,6 +14,7 @@ import (
 	"backhaul.io/backhaul/hub/frontend"
 	"backhaul.io/backhaul/hub/peer"
 	"backhaul.io/backhaul/hub/propagation"
+	"backhaul.io/backhaul/hub/recording"
 	"backhaul.io/backhaul/hub/session"
 	"backhaul.io/backhaul/pkg/kubestatus"
 	"backhaul.io/backhaul/pkg/logging"
@@ -130,8 +131,15 @@ func (s *Server) mountFrontEnds(mux *http.ServeMux, m *frontend.Metrics) error {
 	if err != nil {
 		return err
 	}
+	rc := cfg.Recording
+	rc.Metrics, rc.Log = recording.NewMetrics(cfg.Metrics), cfg.Log.Named(logging.Recording)
+	recorder, err := recording.New(rc)
+	if err != nil {
+		return err
+	}
 	s.gateway, err = frontend.NewGateway(frontend.GatewayConfig{
 		Authn: cfg.Authn, Admission: admission, Dialer: s.dialer, Mapping: cfg.Mapping, Limits: limits, Metrics: m, Log: cfg.Log.Named(logging.Gateway),
+		Recorder: recorder,
 	})
 	if err != nil {
 		return err

@@ -9,6 +9,7 @@ import (
 
 	"backhaul.io/backhaul/hub/auth"
 	"backhaul.io/backhaul/hub/frontend"
+	"backhaul.io/backhaul/hub/recording"
 )
 
 // Validate reports every problem at once.
@@ -63,6 +64,9 @@ func (o *Options) Validate() error {
 	}
 	if _, err := frontend.ParseMemoryLimit(o.MemoryLimit); err != nil {
 		errs = append(errs, fmt.Errorf("--memory-limit: %w", err))
+	}
+	if o.Recording != recording.Off && o.RecordingDir == "" {
+		errs = append(errs, fmt.Errorf("--recording=%s needs --recording-dir", o.Recording))
 	}
 	if o.PeerListen != "" && (!kube || o.PeersService == "") {
 		errs = append(errs, errors.New("--peer-listen needs --registry=kube and --peers-service (the directory lives in the host cluster)"))

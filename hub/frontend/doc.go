@@ -8,6 +8,7 @@
 //
 // Refusals are Kubernetes Status objects (gateway) or a status line
 // (CONNECT) with a precise code, and are counted by reason in
-// backhaul_hub_errors_total. The package builds on auth and session and
-// must not import enrollment, fleet or propagation.
+// backhaul_hub_errors_total. The package builds on auth and session (and
+// recording, for exec and attach sessions) and must not import
+// enrollment, fleet or propagation.
 package frontend

@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"backhaul.io/backhaul/hub/auth"
+	"backhaul.io/backhaul/hub/recording"
 	"backhaul.io/backhaul/hub/session"
 	"backhaul.io/backhaul/pkg/kubestatus"
 	"backhaul.io/backhaul/pkg/logging"
@@ -29,6 +30,8 @@ type GatewayConfig struct {
 	Limits  *Limits
 	Metrics *Metrics
 	Log     hclog.Logger
+	// Recorder, when set, records exec and attach sessions (upgrade.go).
+	Recorder *recording.Recorder
 }
 
 // Gateway serves /clusters/{name}/<kubernetes path> through the cluster's
@@ -99,13 +102,19 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	id := newRequestID()
 	rec.Header().Set("Backhaul-Request-Id", id)
-	g.proxy(name, route, user, id).ServeHTTP(rec, r.WithContext(session.WithRequestID(r.Context(), id)))
+	rs, err := g.startRecording(r, name, user, id)
+	if err != nil {
+		g.refuse(rec, http.StatusServiceUnavailable, ReasonRecording, whyNotRecorded)
+		return
+	}
+	defer rs.Close()
+	g.proxy(name, route, user, id, rs).ServeHTTP(rec, r.WithContext(session.WithRequestID(r.Context(), id)))
 }
 
 // proxy is the reverse proxy for one request: to cluster along route, as
 // u. (One per request: it is a few words, and it keeps the request's route
 // and identity out of the context.)
-func (g *Gateway) proxy(cluster string, route *session.Route, u *auth.User, id string) *httputil.ReverseProxy {
+func (g *Gateway) proxy(cluster string, route *session.Route, u *auth.User, id string, rs *recording.Session) *httputil.ReverseProxy {
 	return &httputil.ReverseProxy{
 		Rewrite:   func(pr *httputil.ProxyRequest) { rewrite(pr, cluster, g.cfg.Mapping.Member(u), id) },
 		Transport: g.cfg.Dialer.HTTP(route),
@@ -115,7 +124,7 @@ func (g *Gateway) proxy(cluster string, route *session.Route, u *auth.User, id s
 		FlushInterval: 0,
 		ModifyResponse: func(resp *http.Response) error {
 			g.watches.wrap(resp.Request, resp)
-			return nil
+			return rs.Tap(resp) // an exec's or attach's recording
 		},
 		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
 			code, reason, msg := classify(cluster, err)

@@ -8,6 +8,10 @@ import (
 	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/streaming/pkg/httpstream"
+
+	"backhaul.io/backhaul/hub/auth"
+	"backhaul.io/backhaul/hub/recording"
 )
 
 // An exec, attach or port-forward session over websocket that the hub has
@@ -192,4 +196,33 @@ func wsFrame(out []byte, op byte, payload []byte) []byte {
 		out = binary.BigEndian.AppendUint64(out, uint64(n))
 	}
 	return append(out, payload...)
+}
+
+// Exec and attach sessions are recorded (hub/recording) when the hub is
+// run with --recording: the recording starts before the request goes to
+// the member, so that a required recording that cannot be made refuses
+// the session before it begins, and taps the upgraded connection once
+// the member has switched protocols (Session.Tap, in ModifyResponse).
+
+// ReasonRecording counts, in backhaul_hub_errors_total, sessions refused
+// because --recording=required could not record them.
+const ReasonRecording = "recording_unavailable"
+
+// whyNotRecorded is what a caller refused by required recording reads;
+// the cause (a path, a disk error) is in the hub's log, not for callers.
+const whyNotRecorded = "this hub records exec and attach sessions (--recording=required) and cannot record this one now; try again later, or ask the hub's operator"
+
+// startRecording starts recording r when it is an exec or attach
+// session and the gateway records them; the Session is nil otherwise. An
+// error means the session must be refused (503, ReasonRecording).
+func (g *Gateway) startRecording(r *http.Request, cluster string, u *auth.User, id string) (*recording.Session, error) {
+	if g.cfg.Recorder == nil || !httpstream.IsUpgradeRequest(r) {
+		return nil, nil
+	}
+	meta, ok := recording.Describe(r.PathValue("path"), r.URL.Query())
+	if !ok {
+		return nil, nil
+	}
+	meta.RequestID, meta.User, meta.Groups, meta.Cluster = id, u.Name, u.Groups, cluster
+	return g.cfg.Recorder.Start(r.Context(), meta)
 }

@@ -21,6 +21,7 @@ const (
 	Connect     = "connect"
 	Enroll      = "enroll"
 	Status      = "status"
+	Recording   = "recording"
 	Propagation = "propagation"
 )
 
