@@ -262,6 +262,26 @@ func TestExecIsRecorded(t *testing.T) {
 	}
 }
 
+func TestAttachIsRecorded(t *testing.T) {
+	e, _ := requireStreams(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	dir := filepath.Join(e.dir, "recordings-attach")
+	h, kubeconfig := recordingHub(t, ctx, e, "hub-recording-attach", "--recording=best-effort", "--recording-dir="+dir)
+	before, n := casts(t, dir), hubMetric(t, h, `backhaul_hub_recordings_total{result="complete"}`)
+	cmd := execCommand(ctx, e.bins.Kubectl, "--kubeconfig", kubeconfig, "-n", streamsNS, "attach", "-i", streamsPod, "-c", "app")
+	cmd.Stdin = strings.NewReader("recorded ping\n")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	stdout, err := cmd.Output()
+	require.NoError(t, err, stderr.String())
+	assert.Contains(t, string(stdout), "attached: recorded ping")
+	c := newCast(t, h, dir, before, n)
+	assert.Equal(t, string(stdout), c.output())
+	assert.Equal(t, "attach", c.Header.Backhaul.Subresource)
+	assert.Empty(t, c.Header.Backhaul.Command)
+}
+
 func TestRecordingRequiredRefusesWhenItCannotRecord(t *testing.T) {
 	e, _ := requireStreams(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
