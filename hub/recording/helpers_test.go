@@ -31,7 +31,7 @@ type testRecorder struct {
 	metrics *prometheus.Registry
 }
 
-func newTestRecorder(t *testing.T, mode Mode, stdin bool) *testRecorder {
+func newTestRecorder(t testing.TB, mode Mode, stdin bool) *testRecorder {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	cfg := DefaultConfig()

@@ -22,7 +22,7 @@ var testMeta = Meta{RequestID: "0123abcd", User: "alice", Cluster: "edge-1", Nam
 
 // upgraded is a member's 101 answer whose body is one end of a pipe; the
 // test plays the member at the other.
-func upgraded(t *testing.T, protocol string) (*http.Response, net.Conn) {
+func upgraded(t testing.TB, protocol string) (*http.Response, net.Conn) {
 	hub, member := net.Pipe()
 	t.Cleanup(func() { _ = hub.Close(); _ = member.Close() })
 	h := http.Header{}
@@ -114,67 +114,58 @@ func TestNewChecksItsDirectory(t *testing.T) {
 	assert.NoError(t, err)
 }
 
-func TestRequiredEndsTheSessionWhenWritingFails(t *testing.T) {
-	r := newTestRecorder(t, Required, false)
+// tappedSession is a session of a recorder in mode whose file is f,
+// tapping a v5 exec whose member the test plays.
+func tappedSession(t *testing.T, mode Mode, f *os.File, maxQueued int) (*testRecorder, *Session, *http.Response, net.Conn) {
+	t.Helper()
+	r := newTestRecorder(t, mode, false)
+	r.cfg.MaxQueued = maxQueued
 	s, err := r.Start(t.Context(), testMeta)
 	require.NoError(t, err)
-	full, err := os.OpenFile("/dev/full", os.O_WRONLY, 0)
-	require.NoError(t, err)
-	writeTo(t, s, full)
+	writeTo(t, s, f)
 	resp, member := upgraded(t, "v5.channel.k8s.io")
 	require.NoError(t, s.Tap(resp))
-
-	sent := send(member, stdoutMessage("secret output"))
-	buf := make([]byte, 1024)
-	_, err = resp.Body.Read(buf)
-	require.NoError(t, err)
-	require.NoError(t, <-sent)
-	assert.ErrorContains(t, waitFailed(s), "no space left on device")
-	// The recording failed, so the session is over: the member's side
-	// was closed under it.
-	_, err = resp.Body.Read(buf)
-	assert.Error(t, err)
-	s.Close()
-	assert.Equal(t, 1.0, r.result(t, ResultEnded))
-	assert.Equal(t, 0.0, r.result(t, ResultComplete))
+	return r, s, resp, member
 }
 
-func TestBestEffortCarriesOnWhenWritingFails(t *testing.T) {
-	r := newTestRecorder(t, BestEffort, false)
-	s, err := r.Start(t.Context(), testMeta)
-	require.NoError(t, err)
-	full, err := os.OpenFile("/dev/full", os.O_WRONLY, 0)
-	require.NoError(t, err)
-	writeTo(t, s, full)
-	resp, member := upgraded(t, "v5.channel.k8s.io")
-	require.NoError(t, s.Tap(resp))
+func TestWritingFailsDuringTheSession(t *testing.T) {
+	for _, mode := range []Mode{Required, BestEffort} {
+		t.Run(string(mode), func(t *testing.T) {
+			full, err := os.OpenFile("/dev/full", os.O_WRONLY, 0)
+			require.NoError(t, err)
+			r, s, resp, member := tappedSession(t, mode, full, DefaultMaxQueued)
 
-	buf := make([]byte, 1024)
-	sent := send(member, stdoutMessage("one"))
-	_, err = resp.Body.Read(buf)
-	require.NoError(t, err)
-	require.NoError(t, <-sent)
-	assert.ErrorContains(t, waitFailed(s), "no space left on device")
-	sent = send(member, stdoutMessage("two"))
-	n, err := resp.Body.Read(buf)
-	require.NoError(t, err, "the session goes on")
-	assert.Equal(t, stdoutMessage("two"), buf[:n])
-	require.NoError(t, <-sent)
-	s.Close()
-	assert.Equal(t, 1.0, r.result(t, ResultFailed))
+			buf := make([]byte, 1024)
+			sent := send(member, stdoutMessage("one"))
+			_, err = resp.Body.Read(buf)
+			require.NoError(t, err)
+			require.NoError(t, <-sent)
+			assert.ErrorContains(t, waitFailed(s), "no space left on device")
+			if mode == Required {
+				// The recording failed, so the session is over: the
+				// member's side was closed under it.
+				_, err = resp.Body.Read(buf)
+				assert.Error(t, err)
+				s.Close()
+				assert.Equal(t, 1.0, r.result(t, ResultEnded))
+				return
+			}
+			sent = send(member, stdoutMessage("two"))
+			n, err := resp.Body.Read(buf)
+			require.NoError(t, err, "the session goes on")
+			assert.Equal(t, stdoutMessage("two"), buf[:n])
+			require.NoError(t, <-sent)
+			s.Close()
+			assert.Equal(t, 1.0, r.result(t, ResultFailed))
+		})
+	}
 }
 
 func TestBestEffortAbandonsARecordingThatFallsBehind(t *testing.T) {
-	r := newTestRecorder(t, BestEffort, false)
-	r.cfg.MaxQueued = 4 << 10
-	s, err := r.Start(t.Context(), testMeta)
-	require.NoError(t, err)
 	disk, stuck, err := os.Pipe() // a disk that takes nothing until read
 	require.NoError(t, err)
 	defer disk.Close()
-	writeTo(t, s, stuck)
-	resp, _ := upgraded(t, "v5.channel.k8s.io")
-	require.NoError(t, s.Tap(resp))
+	r, s, _, _ := tappedSession(t, BestEffort, stuck, 4<<10)
 
 	// Far more than the pipe, the writer's buffer and the queue hold:
 	// emit must never wait, and gives up on the recording instead.
@@ -197,16 +188,10 @@ func TestBestEffortAbandonsARecordingThatFallsBehind(t *testing.T) {
 }
 
 func TestRequiredHoldsTheSessionBackRatherThanLoseOutput(t *testing.T) {
-	r := newTestRecorder(t, Required, false)
-	r.cfg.MaxQueued = 4 << 10
-	s, err := r.Start(t.Context(), testMeta)
-	require.NoError(t, err)
 	disk, slow, err := os.Pipe()
 	require.NoError(t, err)
 	defer disk.Close()
-	writeTo(t, s, slow)
-	resp, _ := upgraded(t, "v5.channel.k8s.io")
-	require.NoError(t, s.Tap(resp))
+	r, s, _, _ := tappedSession(t, Required, slow, 4<<10)
 
 	read := make(chan string)
 	go func() {

@@ -17,12 +17,12 @@ import (
 // spdyWriter writes one direction's frames with the library's Framer
 // (header blocks compressed as one zlib stream, as a real peer does).
 type spdyWriter struct {
-	t   *testing.T
+	t   testing.TB
 	buf bytes.Buffer
 	f   *spdy.Framer
 }
 
-func newSPDYWriter(t *testing.T) *spdyWriter {
+func newSPDYWriter(t testing.TB) *spdyWriter {
 	w := &spdyWriter{t: t}
 	var err error
 	w.f, err = spdy.NewFramer(&w.buf, nil)

@@ -28,35 +28,41 @@ import (
 // These tests run a hub of their own with --recording, with an agent of
 // m1 dialling it, and exec into the streams pod through it.
 
-// recordingHub starts a hub recording into dir with args, an agent of m1
-// dialling it, and a kubeconfig for it as the fleet admin.
-func recordingHub(t *testing.T, ctx context.Context, e *environment, name string, args ...string) (*harness.Hub, string) {
-	t.Helper()
-	hubBin, _, err := harness.BackhaulBinaries(ctx)
-	require.NoError(t, err)
-	m := e.members["m1"]
-	h, err := harness.StartHub(ctx, harness.HubConfig{
-		Binary: hubBin, Dir: filepath.Join(e.dir, name), HostIPs: []string{m.Netns.HostIP.String()},
-		Clusters: []string{"m1"}, Callers: callers, Args: args,
-	})
-	if h != nil {
-		t.Cleanup(h.Stop)
-	}
-	require.NoError(t, err)
-	a, err := harness.StartAgent(ctx, h, m, harness.AgentConfig{Binary: e.agentBin, Name: "agent-m1-" + name, Cluster: "m1"})
-	require.NoError(t, err)
-	t.Cleanup(a.Stop)
-	kubeconfig := filepath.Join(e.dir, name, "kubeconfig")
-	require.NoError(t, h.WriteKubeconfig(kubeconfig, []string{"m1"}, callers["admin"].Token))
-	require.NoError(t, harness.WaitFor(ctx, 30*time.Second, 200*time.Millisecond, func() error {
-		out, err := execCommand(ctx, e.bins.Kubectl, "--kubeconfig", kubeconfig, "get", "--raw", "/readyz").CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("m1 through the recording hub: %w: %s", err, out)
-		}
-		return nil
-	}))
-	return h, kubeconfig
+// recordingHub is a hub of the test's own (quotaHub's: with an agent of
+// m1 dialling it) that records into dir, and kubectl through it as a
+// fleet admin.
+type recordingHub struct {
+	*harness.Hub
+	dir, kubeconfig, kubectlBin string
 }
+
+func startRecordingHub(t *testing.T, ctx context.Context, e *environment, name string, args ...string) *recordingHub {
+	t.Helper()
+	dir := filepath.Join(e.dir, name, "recordings")
+	h := quotaHub(t, ctx, e, name, append([]string{"--recording-dir=" + dir}, args...)...)
+	kubeconfig := filepath.Join(e.dir, name, "kubeconfig")
+	require.NoError(t, h.WriteKubeconfig(kubeconfig, []string{"m1"}, quotaCallers["bystander"].Token))
+	return &recordingHub{Hub: h, dir: dir, kubeconfig: kubeconfig, kubectlBin: e.bins.Kubectl}
+}
+
+// kubectlCmd is kubectl through the hub in the streams namespace.
+func (r *recordingHub) kubectlCmd(ctx context.Context, env []string, args ...string) *exec.Cmd {
+	cmd := execCommand(ctx, r.kubectlBin, append([]string{"--kubeconfig", r.kubeconfig, "-n", streamsNS}, args...)...)
+	cmd.Env = append(cmd.Env, env...)
+	return cmd
+}
+
+// kubectl runs kubectl through the hub with extra env and stdin.
+func (r *recordingHub) kubectl(ctx context.Context, env []string, stdin string, args ...string) (stdout, stderr string, err error) {
+	cmd := r.kubectlCmd(ctx, env, args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var o, eb strings.Builder
+	cmd.Stdout, cmd.Stderr = &o, &eb
+	err = cmd.Run()
+	return o.String(), eb.String(), err
+}
+
+const recordedComplete = `backhaul_hub_recordings_total{result="complete"}`
 
 // cast is a recording as a player reads it.
 type cast struct {
@@ -124,27 +130,31 @@ func readCast(t *testing.T, path string) *cast {
 	return c
 }
 
-// casts lists the recordings in dir.
-func casts(t *testing.T, dir string) []string {
+// casts lists the recordings.
+func (r *recordingHub) casts(t *testing.T) []string {
 	t.Helper()
-	m, err := filepath.Glob(filepath.Join(dir, "*.cast"))
+	m, err := filepath.Glob(filepath.Join(r.dir, "*.cast"))
 	require.NoError(t, err)
 	return m
 }
 
+// mark notes the recordings and complete ones so far, for newCast.
+func (r *recordingHub) mark(t *testing.T) (before []string, complete float64) {
+	return r.casts(t), hubMetric(t, r.Hub, recordedComplete)
+}
+
 // newCast waits until the hub counts one more complete recording than
-// before and returns the one file that is new in dir.
-func newCast(t *testing.T, h *harness.Hub, dir string, before []string, completeBefore float64) *cast {
+// at mark and returns the one file that is new since.
+func (r *recordingHub) newCast(t *testing.T, before []string, completeBefore float64) *cast {
 	t.Helper()
-	const complete = `backhaul_hub_recordings_total{result="complete"}`
 	require.NoError(t, waitNoErr(30*time.Second, func() error {
-		if n := hubMetric(t, h, complete); n != completeBefore+1 {
-			return fmt.Errorf("%s is %v, want %v", complete, n, completeBefore+1)
+		if n := hubMetric(t, r.Hub, recordedComplete); n != completeBefore+1 {
+			return fmt.Errorf("%s is %v, want %v", recordedComplete, n, completeBefore+1)
 		}
 		return nil
 	}))
 	var added []string
-	for _, p := range casts(t, dir) {
+	for _, p := range r.casts(t) {
 		if !slices.Contains(before, p) {
 			added = append(added, p)
 		}
@@ -178,14 +188,13 @@ func (l *lockedBuffer) String() string {
 // not reach the recording while --recording-stdin is off.
 const typedSecret = "s3cret-passw0rd"
 
-// execTTY runs kubectl exec -it under a terminal of 90x30, types
-// typedSecret once the command says "ready", and returns everything the
-// terminal showed.
-func execTTY(t *testing.T, ctx context.Context, e *environment, kubeconfig string, env []string) string {
+// execTTY runs kubectl exec -it through r under a terminal of 90x30,
+// types typedSecret once the command says "ready", and returns
+// everything the terminal showed.
+func (r *recordingHub) execTTY(t *testing.T, ctx context.Context, env []string) string {
 	t.Helper()
 	script := `stty -echo; echo ready; read -r pw; stty echo; echo "got ${#pw} characters"; echo "size $(stty size)"; printf 'h\303\251llo, \344\270\226\347\225\214\n'`
-	cmd := execCommand(ctx, e.bins.Kubectl, "--kubeconfig", kubeconfig, "-n", streamsNS, "exec", "-it", streamsPod, "-c", "app", "--", "sh", "-c", script)
-	cmd.Env = append(cmd.Env, env...)
+	cmd := r.kubectlCmd(ctx, env, "exec", "-it", streamsPod, "-c", "app", "--", "sh", "-c", script)
 	f, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 30, Cols: 90})
 	require.NoError(t, err)
 	defer f.Close()
@@ -212,20 +221,18 @@ func TestExecIsRecorded(t *testing.T) {
 	e, _ := requireStreams(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	dir := filepath.Join(e.dir, "recordings")
-	h, kubeconfig := recordingHub(t, ctx, e, "hub-recording", "--recording=best-effort", "--recording-dir="+dir)
-	const complete = `backhaul_hub_recordings_total{result="complete"}`
+	r := startRecordingHub(t, ctx, e, "hub-recording", "--recording=best-effort")
 	wantProtocol := map[string]string{"websocket": "v5.channel.k8s.io", "spdy": "SPDY/3.1 v4.channel.k8s.io"}
 
 	for _, p := range protocols {
 		t.Run(p.name+" tty", func(t *testing.T) {
-			before, n := casts(t, dir), hubMetric(t, h, complete)
-			shown := execTTY(t, ctx, e, kubeconfig, p.env)
+			before, n := r.mark(t)
+			shown := r.execTTY(t, ctx, p.env)
 			assert.Contains(t, shown, fmt.Sprintf("got %d characters", len(typedSecret)))
 			assert.Contains(t, shown, "size 30 90")
 			assert.Contains(t, shown, "héllo, 世界")
 
-			c := newCast(t, h, dir, before, n)
+			c := r.newCast(t, before, n)
 			assert.Equal(t, shown, c.output(), "replaying the recording shows what kubectl showed")
 			assert.NotContains(t, c.Raw, typedSecret, "stdin is not recorded")
 			assert.Empty(t, c.kind("i"))
@@ -237,7 +244,7 @@ func TestExecIsRecorded(t *testing.T) {
 				assert.Equal(t, 30, c.Header.Height)
 			}
 			b := c.Header.Backhaul
-			assert.Equal(t, "fleet-admin", b.User)
+			assert.Equal(t, quotaCallers["bystander"].User, b.User)
 			assert.Equal(t, []string{"m1", streamsNS, streamsPod, "app", "exec", wantProtocol[p.name]}, []string{b.Cluster, b.Namespace, b.Pod, b.Container, b.Subresource, b.Protocol})
 			assert.True(t, b.TTY)
 			assert.Equal(t, "sh", b.Command[0])
@@ -245,17 +252,12 @@ func TestExecIsRecorded(t *testing.T) {
 			t.Logf("recording of %d events; kubectl showed %q", len(c.Events), shown)
 		})
 		t.Run(p.name+" no tty", func(t *testing.T) {
-			before, n := casts(t, dir), hubMetric(t, h, complete)
-			cmd := execCommand(ctx, e.bins.Kubectl, "--kubeconfig", kubeconfig, "-n", streamsNS, "exec", "-i", streamsPod, "-c", "app", "--", "tr", "a-z", "A-Z")
-			cmd.Env = append(cmd.Env, p.env...)
-			cmd.Stdin = strings.NewReader("piped through the hub\n")
-			var stderr strings.Builder
-			cmd.Stderr = &stderr
-			stdout, err := cmd.Output()
-			require.NoError(t, err, stderr.String())
-			require.Equal(t, "PIPED THROUGH THE HUB\n", string(stdout))
-			c := newCast(t, h, dir, before, n)
-			assert.Equal(t, string(stdout), c.output())
+			before, n := r.mark(t)
+			stdout, stderr, err := r.kubectl(ctx, p.env, "piped through the hub\n", "exec", "-i", streamsPod, "-c", "app", "--", "tr", "a-z", "A-Z")
+			require.NoError(t, err, stderr)
+			require.Equal(t, "PIPED THROUGH THE HUB\n", stdout)
+			c := r.newCast(t, before, n)
+			assert.Equal(t, stdout, c.output())
 			assert.NotContains(t, c.Raw, "piped through", "stdin is not recorded")
 			assert.Equal(t, []int{80, 24}, []int{c.Header.Width, c.Header.Height}, "no terminal: the default size")
 		})
@@ -266,18 +268,13 @@ func TestAttachIsRecorded(t *testing.T) {
 	e, _ := requireStreams(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	dir := filepath.Join(e.dir, "recordings-attach")
-	h, kubeconfig := recordingHub(t, ctx, e, "hub-recording-attach", "--recording=best-effort", "--recording-dir="+dir)
-	before, n := casts(t, dir), hubMetric(t, h, `backhaul_hub_recordings_total{result="complete"}`)
-	cmd := execCommand(ctx, e.bins.Kubectl, "--kubeconfig", kubeconfig, "-n", streamsNS, "attach", "-i", streamsPod, "-c", "app")
-	cmd.Stdin = strings.NewReader("recorded ping\n")
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	stdout, err := cmd.Output()
-	require.NoError(t, err, stderr.String())
-	assert.Contains(t, string(stdout), "attached: recorded ping")
-	c := newCast(t, h, dir, before, n)
-	assert.Equal(t, string(stdout), c.output())
+	r := startRecordingHub(t, ctx, e, "hub-recording-attach", "--recording=best-effort")
+	before, n := r.mark(t)
+	stdout, stderr, err := r.kubectl(ctx, nil, "recorded ping\n", "attach", "-i", streamsPod, "-c", "app")
+	require.NoError(t, err, stderr)
+	assert.Contains(t, stdout, "attached: recorded ping")
+	c := r.newCast(t, before, n)
+	assert.Equal(t, stdout, c.output())
 	assert.Equal(t, "attach", c.Header.Backhaul.Subresource)
 	assert.Empty(t, c.Header.Backhaul.Command)
 }
@@ -286,57 +283,49 @@ func TestRecordingRequiredRefusesWhenItCannotRecord(t *testing.T) {
 	e, _ := requireStreams(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	dir := filepath.Join(e.dir, "recordings-required")
-	h, kubeconfig := recordingHub(t, ctx, e, "hub-recording-required", "--recording=required", "--recording-dir="+dir, "--recording-stdin")
-	const complete = `backhaul_hub_recordings_total{result="complete"}`
-	run := func(env []string, stdin string) (string, string, error) {
-		cmd := execCommand(ctx, e.bins.Kubectl, "--kubeconfig", kubeconfig, "-n", streamsNS, "exec", "-i", streamsPod, "-c", "app", "--", "cat")
-		cmd.Env = append(cmd.Env, env...)
-		cmd.Stdin = strings.NewReader(stdin)
-		var stdout, stderr strings.Builder
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		err := cmd.Run()
-		return stdout.String(), stderr.String(), err
+	r := startRecordingHub(t, ctx, e, "hub-recording-required", "--recording=required", "--recording-stdin")
+	cat := func(env []string, stdin string) (string, string, error) {
+		return r.kubectl(ctx, env, stdin, "exec", "-i", streamsPod, "-c", "app", "--", "cat")
 	}
 
 	// Recorded while it can be, stdin too (--recording-stdin).
-	before, n := casts(t, dir), hubMetric(t, h, complete)
-	stdout, stderr, err := run(nil, "typed in\n")
+	before, n := r.mark(t)
+	stdout, stderr, err := cat(nil, "typed in\n")
 	require.NoError(t, err, stderr)
 	assert.Equal(t, "typed in\n", stdout)
-	c := newCast(t, h, dir, before, n)
+	c := r.newCast(t, before, n)
 	assert.Equal(t, []string{"typed in\n"}, c.kind("i"))
 	assert.Equal(t, "typed in\n", c.output())
 
 	// The recording volume goes away: a file where the directory was.
-	require.NoError(t, os.Rename(dir, dir+".gone"))
-	require.NoError(t, os.WriteFile(dir, nil, 0o600))
+	require.NoError(t, os.Rename(r.dir, r.dir+".gone"))
+	require.NoError(t, os.WriteFile(r.dir, nil, 0o600))
 	// kubectl tries websocket first and, refused, SPDY: two refusals.
 	attempts := map[string]float64{"websocket": 2, "spdy": 1}
 	const refused = `backhaul_hub_recordings_total{result="refused"}`
 	for _, p := range protocols {
 		t.Run(p.name, func(t *testing.T) {
-			n := hubMetric(t, h, refused)
-			stdout, stderr, err := run(p.env, "never sent\n")
+			n := hubMetric(t, r.Hub, refused)
+			stdout, stderr, err := cat(p.env, "never sent\n")
 			var ee *exec.ExitError
 			require.ErrorAs(t, err, &ee, "the session must be refused: stdout %q", stdout)
 			assert.Empty(t, stdout)
 			assert.Contains(t, stderr, "cannot record this one now", "kubectl says why")
-			assert.Equal(t, n+attempts[p.name], hubMetric(t, h, refused))
+			assert.Equal(t, n+attempts[p.name], hubMetric(t, r.Hub, refused))
 			t.Logf("kubectl: %s", strings.TrimSpace(stderr))
 		})
 	}
 	// Other requests are not sessions: they go on.
-	out, err := execCommand(ctx, e.bins.Kubectl, "--kubeconfig", kubeconfig, "-n", streamsNS, "get", "pod", streamsPod, "-o", "name").CombinedOutput()
-	require.NoError(t, err, string(out))
-	assert.Equal(t, "pod/"+streamsPod+"\n", string(out))
+	stdout, stderr, err = r.kubectl(ctx, nil, "", "get", "pod", streamsPod, "-o", "name")
+	require.NoError(t, err, stderr)
+	assert.Equal(t, "pod/"+streamsPod+"\n", stdout)
 
 	// Back again: sessions are recorded again.
-	require.NoError(t, os.Remove(dir))
-	require.NoError(t, os.Rename(dir+".gone", dir))
-	before, n = casts(t, dir), hubMetric(t, h, complete)
-	stdout, stderr, err = run(nil, "again\n")
+	require.NoError(t, os.Remove(r.dir))
+	require.NoError(t, os.Rename(r.dir+".gone", r.dir))
+	before, n = r.mark(t)
+	stdout, stderr, err = cat(nil, "again\n")
 	require.NoError(t, err, stderr)
 	assert.Equal(t, "again\n", stdout)
-	assert.Equal(t, "again\n", newCast(t, h, dir, before, n).output())
+	assert.Equal(t, "again\n", r.newCast(t, before, n).output())
 }
