@@ -25,6 +25,7 @@ var hubPackages = map[string][]string{
 	"peer":        {"session"},
 	"propagation": nil,
 	"ctl":         nil,
+	"statuspage":  {"auth", "session"},
 	"recording":   nil,
 }
 

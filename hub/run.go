@@ -45,6 +45,7 @@ func (s *Server) Run(ctx context.Context) error {
 		})
 	}
 	wg.Go(func() { _ = s.prober.Run(bg) })
+	wg.Go(func() { _ = s.status.Run(bg) })
 	wg.Go(func() { s.health.run(bg) })
 	if s.peers != nil {
 		wg.Go(func() { _ = s.peers.Run(bg) })

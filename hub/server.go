@@ -16,6 +16,7 @@ import (
 	"backhaul.io/backhaul/hub/propagation"
 	"backhaul.io/backhaul/hub/recording"
 	"backhaul.io/backhaul/hub/session"
+	"backhaul.io/backhaul/hub/statuspage"
 	"backhaul.io/backhaul/pkg/kubestatus"
 	"backhaul.io/backhaul/pkg/logging"
 	"backhaul.io/backhaul/tunnel"
@@ -32,6 +33,7 @@ type Server struct {
 	endpoint *session.Endpoint
 	gateway  *frontend.Gateway
 	connect  *frontend.Connect
+	status   *statuspage.Page
 	events   *events
 	health   hostHealth
 	handler  http.Handler // the TLS listener's
@@ -144,8 +146,7 @@ func (s *Server) mountFrontEnds(mux *http.ServeMux, m *frontend.Metrics) error {
 	if err != nil {
 		return err
 	}
-	status, err := frontend.NewStatusPage(cfg.Authn, admission, s.sessions)
-	if err != nil {
+	if s.status, err = s.newStatusPage(cfg.Authn, cfg.Authz); err != nil {
 		return err
 	}
 	s.connect, err = frontend.NewConnect(frontend.ConnectConfig{
@@ -158,9 +159,24 @@ func (s *Server) mountFrontEnds(mux *http.ServeMux, m *frontend.Metrics) error {
 	}
 	mux.Handle("/clusters/{name}/{path...}", s.gateway)
 	mux.Handle("/clusters/{name}", s.gateway)
-	mux.Handle("GET /status", status)
-	mux.Handle("/status", kubestatus.MethodNotAllowed(http.MethodGet))
+	s.status.Register(mux)
 	return nil
+}
+
+// newStatusPage builds the status page over the registry's Cluster
+// objects (the host manager's cache) or registered names, this replica's
+// sessions and the prober's measurements.
+func (s *Server) newStatusPage(authn auth.Authenticator, authz auth.Authorizer) (*statuspage.Page, error) {
+	src := &statuspage.HubSource{Sessions: s.sessions, Prober: s.prober, Reach: s.dialer, Replica: s.cfg.Replica}
+	if h := s.cfg.Host; h != nil {
+		src.Registered = h.Manager.GetCache()
+	} else if names, ok := s.cfg.Clusters.(statuspage.Names); ok {
+		src.Names = names
+	}
+	pc := statuspage.DefaultConfig()
+	pc.Authn, pc.Authz, pc.Source, pc.Sessions, pc.Replica = authn, authz, src, s.sessions, s.cfg.Replica
+	pc.Log, pc.Metrics = s.cfg.Log.Named(logging.Status), statuspage.NewMetrics(s.cfg.Metrics)
+	return statuspage.New(pc)
 }
 
 // mountEndpoint builds the tunnel endpoint agents dial.

@@ -212,6 +212,28 @@ func (e *hubEnv) statusPage(t *testing.T) {
 
 	anon := e.get(t, "/status", nil)
 	assert.Equal(t, http.StatusUnauthorized, anon.StatusCode)
+
+	// The page's fleet: the registered clusters, connected or not.
+	resp = e.get(t, "/status/api/clusters", bearerHeader("alice-token"))
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	var fleet struct {
+		Replica  string `json:"replica"`
+		Clusters []struct {
+			Name         string `json:"name"`
+			Connected    bool   `json:"connected"`
+			AgentVersion string `json:"agentVersion"`
+			Sessions     int    `json:"sessions"`
+		} `json:"clusters"`
+	}
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&fleet))
+	assert.Equal(t, "hub-test", fleet.Replica)
+	require.Len(t, fleet.Clusters, 2)
+	assert.Equal(t, "alpha", fleet.Clusters[0].Name)
+	assert.True(t, fleet.Clusters[0].Connected)
+	assert.Equal(t, "test", fleet.Clusters[0].AgentVersion)
+	assert.Equal(t, 1, fleet.Clusters[0].Sessions)
+	assert.Equal(t, "beta", fleet.Clusters[1].Name)
+	assert.False(t, fleet.Clusters[1].Connected)
 }
 
 func (e *hubEnv) watchStreams(t *testing.T) {

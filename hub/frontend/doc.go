@@ -1,8 +1,8 @@
 // Package frontend holds what callers speak to: the L7 gateway
-// (https://HUB/clusters/NAME/...), the CONNECT proxy (L4, TCP or a Unix
-// socket), and the status page. Each authenticates the caller, asks
-// admission for the session that may carry the request, and hands the
-// stream to the member dialer:
+// (https://HUB/clusters/NAME/...) and the CONNECT proxy (L4, TCP or a
+// Unix socket); the status page is hub/statuspage. Each authenticates the
+// caller, asks admission for the session that may carry the request, and
+// hands the stream to the member dialer:
 //
 //	front end → auth.Admission.Admit → session.Dialer → tunnel.Session.Open → agent
 //
