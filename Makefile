@@ -129,7 +129,7 @@ demo: deps kube-bins build
 # (go.dev/issue/75804, fixed in Go 1.27), which failed CI once.
 FUZZ_TARGETS := \
 	./tunnel/:FuzzReadRequest ./tunnel/:FuzzReadReply \
-	./hub/session/:FuzzParseNodeAddresses ./hub/session/:FuzzParseFeatures ./agent/:FuzzCallerIdentityRoundTrip ./hub/frontend/:FuzzCredentialHeaders ./hub/frontend/:FuzzWebsocketFrames ./hub/frontend/:FuzzParseTarget \
+	./hub/session/:FuzzParseNodeAddresses ./hub/session/:FuzzParseFeatures ./hub/session/:FuzzParseAgentTime ./agent/:FuzzCallerIdentityRoundTrip ./hub/frontend/:FuzzCredentialHeaders ./hub/frontend/:FuzzWebsocketFrames ./hub/frontend/:FuzzParseTarget \
 	./hub/propagation/:FuzzPropagationKey ./hub/enrollment/:FuzzParseCSR ./pkg/identity/:FuzzParseToken ./pkg/denylist/:FuzzCheck \
 	./hub/recording/:FuzzWebsocketTap ./hub/recording/:FuzzSPDYTap
 FUZZTIME ?= 1000000x

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -44,6 +45,9 @@ type Config struct {
 	Credentials *Credentials
 	// Resolve looks up names for TCP dials; nil uses the system resolver.
 	Resolve func(ctx context.Context, host string) ([]netip.Addr, error)
+	// RTTInterval is how often each tunnel's round trip is measured, in
+	// the background (zero: DefaultRTTInterval).
+	RTTInterval time.Duration
 }
 
 // Agent is a running agent.
@@ -133,6 +137,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		}()
 	}
 
+	rc := &reconnects{}
+	rttEvery := cmp.Or(a.cfg.RTTInterval, DefaultRTTInterval)
 	sup := &tunnel.Supervisor{
 		Dialer:      a.cfg.Dialer,
 		Backoff:     a.cfg.Backoff,
@@ -141,12 +147,25 @@ func (a *Agent) Run(ctx context.Context) error {
 		// Every session serves the hub's streams alike; drains are the
 		// supervisor's and never reach serveStream.
 		Handler: func(ctx context.Context, in *tunnel.Incoming) { a.serveStream(ctx, lis, hubLis, in) },
+		OnConnect: func(s *tunnel.Session) {
+			if rc.connected() {
+				a.metrics.reconnected.Inc()
+			}
+			wg.Go(func() { a.pingEvery(ctx, s, rttEvery) })
+		},
 		OnSessions: func(n int) {
+			rc.sessions(n)
 			a.sessions.Store(int64(n))
 			a.metrics.setSessions(n)
 		},
-		OnDisconnect: func(error) { a.metrics.reconnects.Inc() },
-		OnDrain:      func(*tunnel.Session, time.Duration) { a.metrics.drains.Inc() },
+		OnDisconnect: func(err error) {
+			a.metrics.reconnects.Inc()
+			a.metrics.dialFailed(err)
+		},
+		OnDrain: func(*tunnel.Session, time.Duration) {
+			rc.drained()
+			a.metrics.drains.Inc()
+		},
 	}
 	err := sup.Run(ctx)
 	if errors.Is(err, context.Canceled) {

@@ -72,6 +72,9 @@ type Config struct {
 	// ProbeInterval is how often each held cluster is probed in the
 	// background (round trip, /readyz).
 	ProbeInterval time.Duration
+	// TunnelHealth is how each cluster's tunnel health is measured and
+	// reported (zero: DefaultTunnelHealthConfig).
+	TunnelHealth TunnelHealthConfig
 	// SessionMaxAge, when positive, ends agent sessions after at most
 	// this long (see session.EndpointConfig.MaxAge); sessions of
 	// certificates end at the certificate's expiry in any case.
@@ -133,6 +136,7 @@ func DefaultConfig() Config {
 		Replica:       hostname(),
 		MaxHandshakes: 128,
 		ProbeInterval: 15 * time.Second,
+		TunnelHealth:  DefaultTunnelHealthConfig(),
 		Tunnel:        tunnel.DefaultConfig(),
 		DialTimeout:   10 * time.Second,
 		Limits:        frontend.DefaultLimitsConfig(),

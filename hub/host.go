@@ -65,7 +65,7 @@ func (s *Server) wireHost(mux *http.ServeMux) error {
 		}
 	})
 	s.directory, err = fleet.NewDirectory(fleet.DirectoryConfig{
-		Host: h.Host, Self: s.cfg.Replica, Holdings: s.holdings, LeaseDuration: directoryLease,
+		Host: h.Host, Self: s.cfg.Replica, Holdings: s.holdings, Tunnels: s.tunnels, LeaseDuration: directoryLease,
 		BatchDelay: directoryBatch, OnChange: s.directoryChanged, Log: s.cfg.Log.Named("directory"),
 	})
 	if err != nil {
@@ -100,7 +100,8 @@ func (s *Server) singletonWork(ctx context.Context) error {
 	}
 	status := fleet.NewStatusUpdater(fleet.StatusConfig{
 		Client: mgr.GetClient(), Clusters: h.Clusters, Replicas: s.directory.Live,
-		Resync: time.Second, Heartbeat: h.Heartbeat, Log: s.cfg.Log.Named(logging.Status),
+		Resync: time.Second, Heartbeat: h.Heartbeat, Tunnel: s.cfg.TunnelHealth.Status, Metrics: s.fleetMetrics,
+		Log: s.cfg.Log.Named(logging.Status),
 	})
 	if err := mgr.Add(status); err != nil {
 		return err

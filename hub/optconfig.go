@@ -42,6 +42,7 @@ func (o *Options) Config(ctx context.Context, log hclog.Logger) (Config, error) 
 	}
 	cfg.Metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	cfg.SessionMaxAge = o.SessionMaxAge
+	cfg.TunnelHealth = o.TunnelHealth.config()
 	cfg.ConnectSocketDir = o.ConnectSocketDir
 	cfg.Recording = recording.DefaultConfig()
 	cfg.Recording.Mode, cfg.Recording.Dir, cfg.Recording.Stdin = o.Recording, o.RecordingDir, o.RecordingStdin

@@ -75,6 +75,8 @@ type Options struct {
 	LeaderElect            bool
 	PeerListen             string
 	PeersService           string
+	// TunnelHealth: per-cluster tunnel health (status.tunnel, metrics).
+	TunnelHealth TunnelHealthOptions
 	// Propagation controller (--registry=kube).
 	Propagation        bool
 	PropagationWorkers int
@@ -129,6 +131,7 @@ func NewOptions() *Options {
 		MemberSystemUserPrefix: auth.DefaultMapping().SystemUserPrefix,
 		StatusInterval:         15 * time.Second,
 		Heartbeat:              time.Minute,
+		TunnelHealth:           defaultTunnelHealthOptions(),
 		ReplicaName:            hostname(),
 		PeersService:           "backhaul-hub-peers",
 
@@ -198,6 +201,7 @@ func (o *Options) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&o.MemberGroupPrefix, "member-groups-prefix", o.MemberGroupPrefix, "prefix of callers' groups as members see them; system: groups other than system:authenticated are dropped")
 	fs.DurationVar(&o.StatusInterval, "cluster-status-interval", o.StatusInterval, "how often the hub probes each connected member's /readyz through the tunnel")
 	fs.DurationVar(&o.Heartbeat, "cluster-heartbeat-interval", o.Heartbeat, "how often Cluster status is written when nothing changed")
+	o.TunnelHealth.flags(fs)
 	fs.StringVar(&o.ReplicaName, "replica-name", o.ReplicaName, "this hub replica's name in Cluster status (default: $POD_NAME or the host name)")
 	fs.BoolVar(&o.LeaderElect, "leader-elect", o.LeaderElect, "with --registry=kube, replicas compete for Lease backhaul-hub in --namespace to do the singleton work (Cluster status, Propagation controller, token clean-up); every replica serves either way")
 	fs.StringVar(&o.PeerListen, "peer-listen", o.PeerListen, "with --registry=kube, TLS address where other hub replicas connect to forward streams (empty: this replica serves only the agents connected to it)")

@@ -30,6 +30,7 @@ type Server struct {
 	sessions *session.Registry
 	dialer   *session.Dialer
 	prober   *session.Prober
+	tracker  *session.Tracker
 	endpoint *session.Endpoint
 	gateway  *frontend.Gateway
 	connect  *frontend.Connect
@@ -49,6 +50,9 @@ type Server struct {
 	// propMetrics are the Propagation controller's series, fed by the
 	// controller of each leadership term.
 	propMetrics *propagation.Metrics
+	// fleetMetrics are the fleet's health series, fed by the status
+	// writer of each leadership term.
+	fleetMetrics *fleet.Metrics
 
 	ready       atomic.Bool
 	draining    atomic.Bool
@@ -84,9 +88,12 @@ func New(cfg Config) (*Server, error) {
 		peers = s.peers
 	}
 	s.dialer = session.NewDialer(s.sessions, peers, tm, cfg.DialTimeout)
+	if err := s.newTracker(tm); err != nil {
+		return nil, err
+	}
 	s.prober = session.NewProber(s.dialer, session.ProberConfig{
 		Interval: cfg.ProbeInterval, VersionEvery: 10 * cfg.ProbeInterval, Timeout: cfg.ProbeInterval / 2,
-		Identity: hubIdentity(), OnChange: s.holdingsChanged, Log: cfg.Log.Named(logging.Status),
+		Identity: hubIdentity(), OnChange: s.holdingsChanged, Tracker: s.tracker, Log: cfg.Log.Named(logging.Status),
 	})
 	mux := http.NewServeMux()
 	if err := s.mountFrontEnds(mux, frontend.NewMetrics(cfg.Metrics, tm)); err != nil {
@@ -190,7 +197,7 @@ func (s *Server) mountEndpoint(mux *http.ServeMux, m *session.Metrics) error {
 		Auth: s.cfg.AgentAuth, Tunnel: &tcfg, Log: tcfg.Logger,
 		Replica: s.cfg.Replica, Replicas: s.dialer.Replicas, MaxHandshakes: s.cfg.MaxHandshakes,
 		// A session at its end lets its streams finish as a drain does.
-		MaxAge: s.cfg.SessionMaxAge, CloseGrace: s.cfg.ShutdownGrace,
+		MaxAge: s.cfg.SessionMaxAge, CloseGrace: s.cfg.ShutdownGrace, Health: s.tracker,
 	}
 	if s.cfg.Host != nil {
 		ecfg.NodeCIDRs = s.cfg.Host.Clusters.NodeCIDRs

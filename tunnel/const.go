@@ -39,6 +39,12 @@ const (
 	// agent that did not announce it rather than drop it silently.
 	FeatureImpersonation = "impersonation"
 
+	// HeaderAgentTime carries, on the upgrade, the agent's wall clock when
+	// it started the dial, in RFC 3339 with nanoseconds: the hub compares
+	// it with its own to tell an operator the agent's clock is off (which
+	// makes fresh certificates look not yet valid).
+	HeaderAgentTime = "Backhaul-Agent-Time"
+
 	// HeaderHubReplica, on the hub's 101 answer, names the hub replica that
 	// accepted the session; an agent holding several sessions uses it to
 	// keep them on distinct replicas.

@@ -116,9 +116,14 @@ func (d *Dialer) Dial(ctx context.Context) (*Session, error) {
 	defer cancel()
 	slot := &batchSlot{}
 	ctx = context.WithValue(ctx, batchKey{}, slot)
+	header := d.Header.Clone()
+	if header == nil {
+		header = http.Header{}
+	}
+	header.Set(HeaderAgentTime, time.Now().UTC().Format(time.RFC3339Nano))
 	c, resp, err := websocket.Dial(ctx, u, &websocket.DialOptions{
 		HTTPClient:      d.client,
-		HTTPHeader:      d.Header,
+		HTTPHeader:      header,
 		Subprotocols:    []string{Subprotocol},
 		CompressionMode: websocket.CompressionDisabled,
 	})

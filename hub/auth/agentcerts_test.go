@@ -1,13 +1,18 @@
 package auth
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"math/big"
 	"net/http"
 	"net/url"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -51,12 +56,22 @@ func TestAgentCerts(t *testing.T) {
 		r         *http.Request
 		want      string
 		forbidden bool // else 401
+		// refusal is the reason recorded against cluster refused, if any:
+		// only a certificate of the hub's CA says whose agent it was.
+		refused, refusal string
 	}{
 		{name: "current certificate", r: presenting(current, ""), want: "edge"},
 		{name: "header agrees", r: presenting(current, "edge"), want: "edge"},
-		{name: "header names another cluster", r: presenting(current, "core"), forbidden: true},
-		{name: "re-created cluster", r: presenting(agentCert(t, ca, identity.AgentIdentity{Cluster: "edge", UID: "uid-1"}), ""), forbidden: true},
-		{name: "removed cluster", r: presenting(agentCert(t, ca, identity.AgentIdentity{Cluster: "gone", UID: "uid-9"}), ""), forbidden: true},
+		{name: "header names another cluster", r: presenting(current, "core"), forbidden: true, refused: "edge", refusal: session.RefusalOtherCluster("edge")},
+		{name: "re-created cluster", r: presenting(agentCert(t, ca, identity.AgentIdentity{Cluster: "edge", UID: "uid-1"}), ""), forbidden: true,
+			refused: "edge", refusal: session.RefusalRevoked},
+		{name: "removed cluster", r: presenting(agentCert(t, ca, identity.AgentIdentity{Cluster: "gone", UID: "uid-9"}), ""), forbidden: true,
+			refused: "gone", refusal: session.RefusalNotRegistered},
+		{name: "expired", r: presenting(ca.AgentCert(t, identity.AgentIdentity{Cluster: "edge", UID: "uid-2"}, time.Now().Add(-time.Minute)), ""),
+			refused: "edge", refusal: session.RefusalCertExpired},
+		{name: "not yet valid", r: presenting(futureCert(t, ca, identity.AgentIdentity{Cluster: "edge", UID: "uid-2"}), ""),
+			refused: "edge", refusal: session.RefusalCertNotYetValid},
+		{name: "expired, of another CA", r: presenting(other.AgentCert(t, identity.AgentIdentity{Cluster: "edge", UID: "uid-2"}, time.Now().Add(-time.Minute)), "")},
 		{name: "another CA", r: presenting(agentCert(t, other, identity.AgentIdentity{Cluster: "edge", UID: "uid-2"}), "")},
 		{name: "a caller certificate of the same CA", r: presenting(ca.ClientCert(t, "alice"), "")},
 		{name: "a hub replica's certificate", r: presenting(ca.Issue(t, &x509.Certificate{
@@ -79,8 +94,38 @@ func TestAgentCerts(t *testing.T) {
 			if !tc.forbidden {
 				require.ErrorIs(t, err, ErrAgentAuth)
 			}
+			var ar *session.AgentRefusal
+			if tc.refusal == "" {
+				assert.False(t, errors.As(err, &ar), "nothing proves whose agent it was: %v", err)
+				return
+			}
+			require.ErrorAs(t, err, &ar)
+			assert.Equal(t, tc.refused, ar.Cluster)
+			assert.Equal(t, tc.refusal, ar.Reason)
+			// Behind a chain, an out-of-date certificate still says whose
+			// it was once the chain's other members found nothing.
+			_, err = AgentAuthChain{a, &AgentTokens{}}.AuthenticateAgent(tc.r)
+			require.ErrorAs(t, err, &ar)
+			assert.Equal(t, tc.refusal, ar.Reason)
 		})
 	}
+}
+
+// futureCert is id's agent certificate valid from half an hour on (while
+// the test CA is), as the hub sees one issued by a hub whose clock runs
+// ahead, or presented by an agent whose clock runs behind.
+func futureCert(t *testing.T, ca *hubtest.CA, id identity.AgentIdentity) tls.Certificate {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
+		SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: id.CommonName(), Organization: []string{identity.AgentGroup}},
+		URIs: []*url.URL{id.URI()}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, KeyUsage: x509.KeyUsageDigitalSignature,
+		NotBefore: time.Now().Add(30 * time.Minute), NotAfter: time.Now().Add(50 * time.Minute),
+	}, ca.Cert, &key.PublicKey, ca.Key)
+	require.NoError(t, err)
+	leaf, err := x509.ParseCertificate(der)
+	require.NoError(t, err)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
 }
 
 func isForbidden(err error) bool { return errors.Is(err, session.ErrAgentForbidden) }

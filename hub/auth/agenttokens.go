@@ -38,11 +38,20 @@ var _ session.AgentAuthenticator = AgentAuthChain(nil)
 
 // AuthenticateAgent implements session.AgentAuthenticator.
 func (c AgentAuthChain) AuthenticateAgent(r *http.Request) (string, error) {
+	// An out-of-date certificate of ours is no credential, but it says
+	// which cluster's agent was turned away: keep that for the answer.
+	var refusal error
 	for _, a := range c {
 		cluster, err := a.AuthenticateAgent(r)
 		if !errors.Is(err, errNoAgentCredentials) {
 			return cluster, err
 		}
+		if ar := (*session.AgentRefusal)(nil); refusal == nil && errors.As(err, &ar) {
+			refusal = err
+		}
+	}
+	if refusal != nil {
+		return "", refusal
 	}
 	return "", fmt.Errorf("%w: present a client certificate or a bearer token", errNoAgentCredentials)
 }

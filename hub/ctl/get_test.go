@@ -21,12 +21,18 @@ func fleet() []client.Object {
 			withLabels(map[string]string{"region": "eu", "tier": "edge"}),
 			withCondition(v1alpha1.ClusterTunnelConnected, metav1.ConditionTrue),
 			withCondition(v1alpha1.ClusterReady, metav1.ConditionTrue),
-			withStatus("v0.3.0", "v1.36.3", 5*time.Second, "hub-0", "hub-1")),
+			withStatus("v0.3.0", "v1.36.3", 5*time.Second, "hub-0", "hub-1"),
+			withTunnel(func(t *v1alpha1.TunnelStatus) {
+				t.RTT, t.RTTP99 = &metav1.Duration{Duration: 12345 * time.Microsecond}, &metav1.Duration{Duration: 830 * time.Microsecond}
+				t.Reconnects, t.Streams = 1, 7
+				t.LastDisconnectReason, t.LastDisconnectTime = "keepalive_timeout", &metav1.Time{Time: testNow.Add(-90 * time.Minute)}
+			})),
 		newCluster("idc-7", 3*time.Minute,
 			withLabels(map[string]string{"region": "us"}),
 			withCondition(v1alpha1.ClusterTunnelConnected, metav1.ConditionFalse),
 			withCondition(v1alpha1.ClusterReady, metav1.ConditionFalse),
-			withStatus("v0.2.9", "v1.35.1", 2*time.Hour)),
+			withStatus("v0.2.9", "v1.35.1", 2*time.Hour),
+			withTunnel(func(t *v1alpha1.TunnelStatus) { t.LastDisconnectReason = "agent_closed" })),
 		newCluster("new-site", 20*time.Second),
 	}
 }
@@ -89,9 +95,9 @@ func TestList(t *testing.T) {
 			name: "wide",
 			args: []string{"cluster", "list", "-o", "wide", "-l", "region"},
 			want: [][]string{
-				{"NAME", "CONNECTED", "READY", "AGENT", "KUBERNETES", "HEARTBEAT", "AGE", "AGENTS", "HUB-REPLICAS", "LABELS"},
-				{"edge-1", "True", "True", "v0.3.0", "v1.36.3", "5s", "2d2h", "2", "hub-0,hub-1", "region=eu,tier=edge"},
-				{"idc-7", "False", "False", "v0.2.9", "v1.35.1", "120m", "3m", "0", "<none>", "region=us"},
+				{"NAME", "CONNECTED", "READY", "AGENT", "KUBERNETES", "HEARTBEAT", "AGE", "AGENTS", "RTT", "P99", "RECONNECTS", "STREAMS", "LAST-DISCONNECT", "HUB-REPLICAS", "LABELS"},
+				{"edge-1", "True", "True", "v0.3.0", "v1.36.3", "5s", "2d2h", "2", "12.3ms", "0.83ms", "1", "7", "keepalive_timeout (90m)", "hub-0,hub-1", "region=eu,tier=edge"},
+				{"idc-7", "False", "False", "v0.2.9", "v1.35.1", "120m", "3m", "0", "<none>", "<none>", "0", "0", "agent_closed", "<none>", "region=us"},
 			},
 		},
 		{

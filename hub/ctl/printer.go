@@ -106,7 +106,7 @@ func (p clusterPrinter) table(w io.Writer, items []v1alpha1.Cluster) error {
 	tw := tabwriter.NewWriter(w, 6, 4, 3, ' ', 0)
 	header := []string{"NAME", "CONNECTED", "READY", "AGENT", "KUBERNETES", "HEARTBEAT", "AGE"}
 	if p.format == outputWide {
-		header = append(header, "AGENTS", "HUB-REPLICAS", "LABELS")
+		header = append(header, "AGENTS", "RTT", "P99", "RECONNECTS", "STREAMS", "LAST-DISCONNECT", "HUB-REPLICAS", "LABELS")
 	}
 	fmt.Fprintln(tw, strings.Join(header, "\t"))
 	for _, c := range items {
@@ -130,12 +130,48 @@ func (p clusterPrinter) row(c *v1alpha1.Cluster) []string {
 		p.age(c.CreationTimestamp.Time),
 	}
 	if p.format == outputWide {
+		row = append(row, strconv.Itoa(int(c.Status.Agents)))
+		row = append(row, p.tunnel(c.Status.Tunnel)...)
 		row = append(row,
-			strconv.Itoa(int(c.Status.Agents)),
 			orNone(strings.Join(c.Status.HubReplicas, ",")),
 			orNone(labels.FormatLabels(c.Labels)))
 	}
 	return row
+}
+
+// tunnel is the wide columns of the tunnel's health: round trip (moving
+// average) and its p99, reconnects and streams, and the last disconnect's
+// reason and age.
+func (p clusterPrinter) tunnel(t *v1alpha1.TunnelStatus) []string {
+	if t == nil {
+		return []string{"<none>", "<none>", "0", "0", "<none>"}
+	}
+	last := "<none>"
+	if t.LastDisconnectReason != "" {
+		last = t.LastDisconnectReason
+		if t.LastDisconnectTime != nil {
+			last += " (" + p.age(t.LastDisconnectTime.Time) + ")"
+		}
+	}
+	return []string{rtt(t.RTT), rtt(t.RTTP99), strconv.Itoa(int(t.Reconnects)), strconv.Itoa(int(t.Streams)), last}
+}
+
+// rtt prints a round trip in milliseconds, to a tenth (a hundredth
+// below one), and in seconds from one; ASCII only, so columns line up
+// for tools that count bytes.
+func rtt(d *metav1.Duration) string {
+	if d == nil {
+		return "<none>"
+	}
+	ms := float64(d.Duration) / float64(time.Millisecond)
+	switch {
+	case d.Duration >= time.Second:
+		return d.Duration.Round(10 * time.Millisecond).String()
+	case d.Duration < time.Millisecond:
+		return fmt.Sprintf("%.2fms", ms)
+	default:
+		return fmt.Sprintf("%.1fms", ms)
+	}
 }
 
 // age prints like kubectl's AGE column.

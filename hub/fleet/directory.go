@@ -40,10 +40,17 @@ type Replica struct {
 	Renewed time.Time
 	// Clusters it holds sessions for, by name, from its HubReplica.
 	Clusters map[string]v1alpha1.HeldCluster
+	// Tunnels is what it measured of clusters' tunnels, by name: those it
+	// holds and those it lost or refused within its health window.
+	Tunnels map[string]v1alpha1.ReplicaTunnel
 }
 
 // Holdings is what this replica holds now, from the session registry.
 type Holdings func() []v1alpha1.HeldCluster
+
+// Tunnels is what this replica measured of clusters' tunnels, from its
+// tunnel health tracker.
+type Tunnels func() []v1alpha1.ReplicaTunnel
 
 // DirectoryConfig is what the directory needs.
 type DirectoryConfig struct {
@@ -52,6 +59,9 @@ type DirectoryConfig struct {
 	Self string
 	// Holdings snapshots this replica's sessions for publication.
 	Holdings Holdings
+	// Tunnels, when set, snapshots its tunnel health for publication: the
+	// replica writing Cluster status merges every replica's.
+	Tunnels Tunnels
 	// LeaseDuration is how long a published entry is believed after its
 	// last write; the directory rewrites at least every third of it.
 	LeaseDuration time.Duration
@@ -189,6 +199,10 @@ func (d *Directory) publish(ctx context.Context) {
 		RenewTime: &now, LeaseDurationSeconds: int32(d.cfg.LeaseDuration / time.Second),
 		Draining: draining, ClusterCount: int32(len(held)), Clusters: held,
 	}
+	if d.cfg.Tunnels != nil {
+		st.Tunnels = d.cfg.Tunnels()
+		slices.SortFunc(st.Tunnels, func(a, b v1alpha1.ReplicaTunnel) int { return cmp.Compare(a.Name, b.Name) })
+	}
 	if err := d.write(ctx, st); err != nil {
 		d.failing.Store(true)
 		if ctx.Err() == nil {
@@ -292,6 +306,12 @@ func liveReplicas(self string, entries []v1alpha1.HubReplica, eps []discoveryv1.
 		for _, h := range st.Clusters {
 			r.Clusters[h.Name] = h
 		}
+		if len(st.Tunnels) > 0 {
+			r.Tunnels = make(map[string]v1alpha1.ReplicaTunnel, len(st.Tunnels))
+			for _, t := range st.Tunnels {
+				r.Tunnels[t.Name] = t
+			}
+		}
 		live = append(live, r)
 	}
 	slices.SortFunc(live, func(a, b Replica) int { return cmp.Compare(a.Name, b.Name) })
@@ -336,6 +356,8 @@ func peerEndpoints(items []discoveryv1.EndpointSlice) map[string]peerEndpoint {
 }
 
 // replicasEqual compares live sets by what forwarding and status use.
+// Tunnel health is left out: it moves with every probe, forwarding does
+// not care, and the status updater reads the live set at each resync.
 func replicasEqual(a, b []Replica) bool {
 	return slices.EqualFunc(a, b, func(x, y Replica) bool {
 		return x.Name == y.Name && x.Address == y.Address && x.Ready == y.Ready && x.Draining == y.Draining &&

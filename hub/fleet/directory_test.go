@@ -1,6 +1,8 @@
 package fleet
 
 import (
+	"encoding/json"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -83,4 +85,40 @@ func TestLiveReplicasKeepNodeAddressesPerCluster(t *testing.T) {
 	changed := slices.Clone(live)
 	changed[1].Clusters = map[string]v1alpha1.HeldCluster{"site-a": live[1].Clusters["site-a"], "site-b": {Name: "site-b", Sessions: 1, NodeAddresses: []string{"10.0.0.6"}}}
 	assert.False(t, replicasEqual(live, changed), "a cluster's node addresses changing is a change peers must hear of")
+}
+
+func TestLiveReplicasCarryTunnels(t *testing.T) {
+	now := time.Now()
+	e := entry("hub-b", now, "edge")
+	e.Status.Tunnels = []v1alpha1.ReplicaTunnel{{Name: "edge", RTTMicros: 1200}, {Name: "gone", Losses: []int64{1}}}
+	live := liveReplicas("hub-a", []v1alpha1.HubReplica{e}, nil, now)
+	require.Len(t, live, 1)
+	assert.Equal(t, []string{"edge"}, sortedKeys(live[0].Clusters), "a cluster only reported on is not held")
+	assert.EqualValues(t, 1200, live[0].Tunnels["edge"].RTTMicros)
+	assert.Equal(t, []int64{1}, live[0].Tunnels["gone"].Losses)
+}
+
+// TestDirectoryEntrySize pins what one held cluster costs in a replica's
+// directory entry, which etcd bounds (--max-request-bytes, 1.5 MiB by
+// default; docs/ha.md gives the ceiling it makes).
+func TestDirectoryEntrySize(t *testing.T) {
+	now := time.Unix(1_900_000_000, 0)
+	skew := int64(-12)
+	st := v1alpha1.HubReplicaStatus{}
+	const n = 1000
+	for i := range n {
+		name := fmt.Sprintf("site-%05d", i)
+		st.Clusters = append(st.Clusters, v1alpha1.HeldCluster{
+			Name: name, Sessions: 1, AgentVersion: "v0.15.2", Ready: true, ReadyMessage: "ok", KubernetesVersion: "v1.36.3", RTTMicros: 23_456,
+		})
+		st.Tunnels = append(st.Tunnels, v1alpha1.ReplicaTunnel{
+			Name: name, RTTMicros: 23_456, RTTP99Micros: 45_678, Streams: 3, BytesTx: 123_456_789, BytesRx: 9_876_543_210,
+			Since: now.Add(-72 * time.Hour).Unix(), CertNotAfter: now.Add(20 * 24 * time.Hour).Unix(), SkewMillis: &skew,
+		})
+	}
+	b, err := json.Marshal(st)
+	require.NoError(t, err)
+	perCluster := len(b) / n
+	t.Logf("a held cluster costs %d bytes of the directory entry: %d clusters per replica within 1.5 MiB", perCluster, (3<<19)/perCluster)
+	assert.LessOrEqual(t, perCluster, 400, "docs/ha.md's ceiling assumes at most this")
 }

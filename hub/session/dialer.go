@@ -89,7 +89,7 @@ func (d *Dialer) Replicas() int { return d.peers.Replicas() }
 // the *tunnel.DialError of an agent or peer that refused.
 func (d *Dialer) Open(ctx context.Context, r *Route, req tunnel.Request) (net.Conn, error) {
 	if r.local != nil {
-		c, err := d.open(ctx, r.cluster, req, func(req tunnel.Request) (net.Conn, error) { return r.local.open(ctx, req) })
+		c, err := d.open(ctx, r.cluster, r.local, req, func(req tunnel.Request) (net.Conn, error) { return r.local.open(ctx, req) })
 		var de *tunnel.DialError
 		if err == nil || errors.As(err, &de) || ctx.Err() != nil {
 			return c, err
@@ -114,10 +114,12 @@ func (d *Dialer) Open(ctx context.Context, r *Route, req tunnel.Request) (net.Co
 }
 
 func (d *Dialer) openVia(ctx context.Context, p Peer, cluster string, req tunnel.Request) (net.Conn, error) {
-	return d.open(ctx, cluster, req, func(req tunnel.Request) (net.Conn, error) { return p.Open(ctx, cluster, req) })
+	return d.open(ctx, cluster, nil, req, func(req tunnel.Request) (net.Conn, error) { return p.Open(ctx, cluster, req) })
 }
 
-func (d *Dialer) open(_ context.Context, cluster string, req tunnel.Request, open func(tunnel.Request) (net.Conn, error)) (net.Conn, error) {
+// open opens a stream with open, on local when it is this replica's
+// session (nil: through a peer).
+func (d *Dialer) open(_ context.Context, cluster string, local *Session, req tunnel.Request, open func(tunnel.Request) (net.Conn, error)) (net.Conn, error) {
 	req.Timeout = d.timeout
 	start := time.Now()
 	c, err := open(req)
@@ -125,7 +127,7 @@ func (d *Dialer) open(_ context.Context, cluster string, req tunnel.Request, ope
 		return nil, &ClusterError{Cluster: cluster, Err: err}
 	}
 	d.metrics.streamOpened(req.Kind.String(), time.Since(start).Seconds())
-	return &countedConn{Conn: c, m: d.metrics}, nil
+	return &countedConn{Conn: c, m: d.metrics, s: local}, nil
 }
 
 // stale says a peer no longer holds the cluster (the directory was behind

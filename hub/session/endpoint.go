@@ -45,7 +45,11 @@ type EndpointConfig struct {
 	// CloseGrace bounds how long a session at the end of its life keeps
 	// its streams in flight after the agent is told to reconnect.
 	CloseGrace time.Duration
-	Log        hclog.Logger
+	// Health, when set, records the refusals of agents whose credential
+	// names their cluster, and what each session's upgrade said of the
+	// agent's certificate and clock.
+	Health *Tracker
+	Log    hclog.Logger
 }
 
 // Endpoint serves /v1/tunnel: it authenticates an agent, upgrades, and
@@ -93,6 +97,8 @@ func retryAfter(w http.ResponseWriter, seconds int, msg string) {
 }
 
 func (e *Endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// The agent's clock is compared with this moment, before any wait.
+	recv := time.Now()
 	if r.Method != http.MethodGet {
 		kubestatus.Write(w, http.StatusMethodNotAllowed, "the tunnel endpoint takes GET with a websocket upgrade")
 		return
@@ -106,20 +112,44 @@ func (e *Endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case e.handshakes <- struct{}{}:
 	default:
 		e.metrics.connect("busy")
+		e.refusedBusy(r)
 		retryAfter(w, 5, "too many agents connecting at once; retry later")
 		return
 	}
-	cluster, ts, a, ok := e.handshake(w, r)
+	cluster, ts, a, ok := e.handshake(w, r, recv)
 	<-e.handshakes
 	if ok {
 		e.serve(r, cluster, ts, a)
 	}
 }
 
+// refused records a refusal of an agent of cluster, for its health.
+func (e *Endpoint) refused(cluster, reason string) {
+	if e.cfg.Health != nil && cluster != "" {
+		e.cfg.Health.refused(cluster, reason)
+	}
+}
+
+// refusedBusy records a refusal for want of a handshake slot against the
+// agent's cluster, when its credential proves one: the TLS handshake
+// already cost more than checking it does.
+func (e *Endpoint) refusedBusy(r *http.Request) {
+	if e.cfg.Health == nil {
+		return
+	}
+	if cluster, err := e.cfg.Auth.AuthenticateAgent(r); err == nil {
+		e.refused(cluster, RefusalBusy)
+	}
+}
+
 // handshake authenticates and upgrades, within the handshake bound.
-func (e *Endpoint) handshake(w http.ResponseWriter, r *http.Request) (string, *tunnel.Session, Agent, bool) {
+func (e *Endpoint) handshake(w http.ResponseWriter, r *http.Request, recv time.Time) (string, *tunnel.Session, Agent, bool) {
 	cluster, err := e.cfg.Auth.AuthenticateAgent(r)
 	if err != nil {
+		var ar *AgentRefusal
+		if errors.As(err, &ar) {
+			e.refused(ar.Cluster, ar.Reason)
+		}
 		e.metrics.connect("unauthenticated")
 		e.metrics.Refused(ReasonAgentAuth)
 		e.refusals.Warn("refused agent", "remote", r.RemoteAddr, "cluster", r.Header.Get(tunnel.HeaderCluster), "error", err)
@@ -132,8 +162,9 @@ func (e *Endpoint) handshake(w http.ResponseWriter, r *http.Request) (string, *t
 		http.Error(w, err.Error(), code)
 		return "", nil, Agent{}, false
 	}
-	agent, err := e.agent(r, cluster)
+	agent, err := e.agent(r, cluster, recv)
 	if err != nil {
+		e.refused(cluster, RefusalNodeAddresses)
 		e.metrics.connect("bad_request")
 		e.refusals.Warn("refused agent", "cluster", cluster, "remote", r.RemoteAddr, "error", err)
 		http.Error(w, err.Error(), http.StatusBadRequest)
@@ -145,6 +176,7 @@ func (e *Endpoint) handshake(w http.ResponseWriter, r *http.Request) (string, *t
 	if err != nil {
 		if errors.Is(err, tunnel.ErrVersion) {
 			e.metrics.Refused(ReasonVersion)
+			e.refused(cluster, RefusalVersion)
 		}
 		e.metrics.connect("upgrade_failed")
 		e.refusals.Warn("agent upgrade failed", "cluster", cluster, "remote", r.RemoteAddr, "error", err)
@@ -155,8 +187,8 @@ func (e *Endpoint) handshake(w http.ResponseWriter, r *http.Request) (string, *t
 }
 
 // agent reads what the upgrade says about the agent, checking node
-// addresses against the cluster's bounds.
-func (e *Endpoint) agent(r *http.Request, cluster string) (Agent, error) {
+// addresses against the cluster's bounds (the only error).
+func (e *Endpoint) agent(r *http.Request, cluster string, recv time.Time) (Agent, error) {
 	addrs, err := parseNodeAddresses(r.Header.Get(tunnel.HeaderNodeAddresses))
 	if err == nil && e.cfg.NodeCIDRs != nil {
 		err = withinCIDRs(addrs, e.cfg.NodeCIDRs(cluster))
@@ -164,10 +196,13 @@ func (e *Endpoint) agent(r *http.Request, cluster string) (Agent, error) {
 	if err != nil {
 		return Agent{}, err
 	}
-	return Agent{
+	a := Agent{
 		Version: r.Header.Get(tunnel.HeaderAgentVersion), Node: r.Header.Get(tunnel.HeaderNode), Addresses: addrs,
 		Features: parseFeatures(r.Header),
-	}, nil
+	}
+	a.CertNotAfter, _ = agentCertExpiry(r, recv)
+	a.ClockOffset, a.HasClock = parseAgentTime(r.Header, recv)
+	return a, nil
 }
 
 // serve keeps ts registered until it ends: the agent closes it, a ping
@@ -186,6 +221,12 @@ func (e *Endpoint) serve(r *http.Request, cluster string, ts *tunnel.Session, a 
 	// that sweep would escape it. So the credentials are checked again now
 	// that the session is registered: from here on a revocation finds it.
 	if _, err := e.cfg.Auth.AuthenticateAgent(r); err != nil {
+		s.markEnd(DisconnectRevoked)
+		reason := RefusalRevoked
+		if ar := (*AgentRefusal)(nil); errors.As(err, &ar) {
+			reason = ar.Reason
+		}
+		e.refused(cluster, reason)
 		e.metrics.Refused(ReasonAgentAuth)
 		e.refusals.Warn("revoked while connecting", "cluster", cluster, "remote", r.RemoteAddr, "error", err)
 		_ = ts.Close()
@@ -203,5 +244,7 @@ func (e *Endpoint) serve(r *http.Request, cluster string, ts *tunnel.Session, a 
 	err = ts.Serve(ctx, func(_ context.Context, in *tunnel.Incoming) {
 		_ = in.Reject(tunnel.CodeNotAllowed, "the hub accepts no streams from agents")
 	})
+	// Unless this side ended it on purpose (marked already), why it ended.
+	s.markEnd(endCause(ctx, err))
 	e.cfg.Log.Debug("session ended", "cluster", cluster, "reason", err)
 }

@@ -96,6 +96,7 @@ func (e *Endpoint) retireAt(ctx context.Context, s *Session, ts *tunnel.Session,
 			return
 		}
 		e.metrics.sessionExpired(l.reason)
+		s.markEnd(DisconnectExpired)
 		e.cfg.Log.Info("session nears the end of its life; the agent is asked for a replacement", "cluster", s.Cluster(),
 			"session", s.info.ID, "reason", l.reason, "ends", l.end)
 		e.drain(ctx, s, ts, time.Until(l.end)+grace)
@@ -115,6 +116,7 @@ func (e *Endpoint) retireAt(ctx context.Context, s *Session, ts *tunnel.Session,
 		return
 	}
 	s.retire()
+	s.markEnd(DisconnectExpired)
 	if !drained {
 		e.metrics.sessionExpired(l.reason)
 	}

@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"backhaul.io/backhaul/tunnel"
 )
@@ -44,6 +45,28 @@ func FuzzParseFeatures(f *testing.F) {
 			if g == "" || g != strings.TrimSpace(g) || strings.Contains(g, ",") {
 				t.Fatalf("feature %q", g)
 			}
+		}
+	})
+}
+
+// Agents send their clock in an upgrade header: whatever it holds, the
+// offset believed is within maxSkew, and only a bounded, well-formed
+// value is believed.
+func FuzzParseAgentTime(f *testing.F) {
+	for _, s := range []string{"", "2030-01-01T12:00:00Z", "2030-01-01T12:00:00.123456789+05:30", "9999-12-31T23:59:59Z", "0000-01-01T00:00:00Z", "2030-13-45T99:99:99Z", "\x00"} {
+		f.Add(s)
+	}
+	recv := time.Date(2030, 1, 1, 12, 0, 0, 0, time.UTC)
+	f.Fuzz(func(t *testing.T, s string) {
+		off, ok := parseAgentTime(http.Header{tunnel.HeaderAgentTime: {s}}, recv)
+		if !ok {
+			if off != 0 {
+				t.Fatalf("refused %q but returned %v", s, off)
+			}
+			return
+		}
+		if len(s) > maxAgentTimeLen || off > maxSkew || off < -maxSkew {
+			t.Fatalf("believed %q: offset %v", s, off)
 		}
 	})
 }

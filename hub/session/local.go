@@ -26,7 +26,7 @@ func (r *Registry) OpenLocal(ctx context.Context, cluster string, req tunnel.Req
 		return nil, err
 	}
 	r.metrics.streamOpened(req.Kind.String(), time.Since(start).Seconds())
-	return &countedConn{Conn: c, m: r.metrics}, nil
+	return &countedConn{Conn: c, m: r.metrics, s: s}, nil
 }
 
 func (r *Registry) localFor(cluster string, req tunnel.Request) (*Session, error) {

@@ -1,6 +1,8 @@
 package session
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -34,6 +36,8 @@ type Metrics struct {
 	dialLatency   *prometheus.HistogramVec
 	errors        *prometheus.CounterVec
 	expired       *prometheus.CounterVec
+	rtt           prometheus.Histogram
+	disconnects   *prometheus.CounterVec
 }
 
 // NewMetrics registers the series on reg.
@@ -66,9 +70,19 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "backhaul_hub_sessions_expired_total",
 			Help: "Agent sessions the hub ended because their certificate expired or they reached --session-max-age, by reason.",
 		}, []string{"reason"}),
+		rtt: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "backhaul_hub_tunnel_rtt_seconds",
+			Help:    "Round trips through agent tunnels, each one the hub measured in the background, of every cluster together.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
+		disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "backhaul_hub_session_disconnects_total",
+			Help: "Agent sessions that ended, by reason: agent_closed, keepalive_timeout, connection_lost, expired, revoked, drained, replaced, hub_shutdown, duplicate.",
+		}, []string{"reason"}),
 	}
 	m.bytesTx, m.bytesRx = m.bytes.WithLabelValues("tx"), m.bytes.WithLabelValues("rx")
-	reg.MustRegister(m.sessions, m.connects, m.streamsOpened, m.streamsActive, m.bytes, m.dialLatency, m.errors, m.expired)
+	reg.MustRegister(m.sessions, m.connects, m.streamsOpened, m.streamsActive, m.bytes, m.dialLatency, m.errors, m.expired,
+		m.rtt, m.disconnects)
 	return m
 }
 
@@ -81,6 +95,12 @@ func (m *Metrics) sessionDown()          { m.sessions.Dec() }
 func (m *Metrics) connect(result string) { m.connects.WithLabelValues(result).Inc() }
 
 func (m *Metrics) sessionExpired(reason string) { m.expired.WithLabelValues(reason).Inc() }
+
+// disconnected counts a session that ended, by a Disconnect constant.
+func (m *Metrics) disconnected(reason string) { m.disconnects.WithLabelValues(reason).Inc() }
+
+// observeRTT records one background round trip.
+func (m *Metrics) observeRTT(d time.Duration) { m.rtt.Observe(d.Seconds()) }
 
 func (m *Metrics) streamOpened(kind string, seconds float64) {
 	m.streamsOpened.WithLabelValues(kind).Inc()

@@ -44,7 +44,10 @@ type ProberConfig struct {
 	// OnChange is called, never concurrently, when a cluster's readiness
 	// or version changes. It must not block.
 	OnChange func(cluster string)
-	Log      hclog.Logger
+	// Tracker, when set, keeps each cluster's round trips (moving
+	// average, percentile, the hour's history) from the probes.
+	Tracker *Tracker
+	Log     hclog.Logger
 }
 
 // Prober measures, in the background and never on a request path, each
@@ -186,6 +189,9 @@ func (p *Prober) probe(ctx context.Context, s *Session) {
 	h := Health{At: time.Now(), KubernetesVersion: prev.KubernetesVersion, versionAt: prev.versionAt}
 	if rtt, err := s.Ping(); err == nil {
 		h.RTT = rtt
+		if p.cfg.Tracker != nil {
+			p.cfg.Tracker.observeRTT(s.Cluster(), rtt)
+		}
 	}
 	s.rtt.Store(int64(h.RTT))
 	rt := p.dialer.HubHTTP(&Route{cluster: s.Cluster(), local: s})
@@ -266,6 +272,11 @@ type RTTSample struct {
 }
 
 // History is the cluster's round trips through this replica over the last
-// hour, one sample a minute, oldest first.
-// TODO(health): filled by the tunnel-health work (issue 15 item 3).
-func (p *Prober) History(cluster string) []RTTSample { return nil }
+// hour, one sample a minute, oldest first (minutes without a probe are
+// left out); nil without a Tracker.
+func (p *Prober) History(cluster string) []RTTSample {
+	if p.cfg.Tracker == nil {
+		return nil
+	}
+	return p.cfg.Tracker.History(cluster)
+}

@@ -39,11 +39,36 @@ type Registry struct {
 	// watchers run, outside the lock, whenever a cluster gains or loses a
 	// session.
 	watchers []func(cluster string)
+	// observers hear, outside the lock, of each session added and removed
+	// (the tunnel health tracker).
+	observers []sessionObserver
+	// now is the clock sessions are stamped with (tests set it).
+	now func() time.Time
+}
+
+// sessionObserver hears of each session the registry adds, and of each
+// it removes with why it ended (a Disconnect constant).
+type sessionObserver interface {
+	sessionOpened(s *Session)
+	sessionClosed(s *Session, reason string)
 }
 
 // NewRegistry returns an empty registry.
 func NewRegistry(log hclog.Logger, m *Metrics) *Registry {
-	return &Registry{log: log, metrics: m, sessions: map[string][]*Session{}, nodes: map[netip.Addr]map[string][]*Session{}}
+	return &Registry{log: log, metrics: m, sessions: map[string][]*Session{}, nodes: map[netip.Addr]map[string][]*Session{}, now: time.Now}
+}
+
+// observe adds o to the observers of sessions.
+func (r *Registry) observe(o sessionObserver) {
+	r.mu.Lock()
+	r.observers = append(r.observers, o)
+	r.mu.Unlock()
+}
+
+func (r *Registry) observersNow() []sessionObserver {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.observers
 }
 
 // Watch calls fn, outside the registry's lock, each time a cluster gains
@@ -73,9 +98,9 @@ func (r *Registry) Add(cluster string, ts *tunnel.Session, a Agent) (*Session, f
 		return nil, nil, ErrShutdown
 	}
 	r.nextID++
-	s := &Session{tunnel: ts, features: a.Features, info: Info{
+	s := &Session{tunnel: ts, features: a.Features, agent: a, info: Info{
 		Cluster: cluster, ID: r.nextID, AgentVersion: a.Version,
-		Remote: ts.RemoteAddr().String(), Since: time.Now(), Node: a.Node, Addresses: a.Addresses,
+		Remote: ts.RemoteAddr().String(), Since: r.now(), Node: a.Node, Addresses: a.Addresses,
 	}}
 	r.sessions[cluster] = append(r.sessions[cluster], s)
 	var shared []string
@@ -100,6 +125,9 @@ func (r *Registry) Add(cluster string, ts *tunnel.Session, a Agent) (*Session, f
 	}
 	r.metrics.sessionUp()
 	r.log.Info("agent connected", "cluster", cluster, "session", s.info.ID, "remote", s.info.Remote, "agent_version", a.Version, "sessions", n)
+	for _, o := range r.observersNow() {
+		o.sessionOpened(s)
+	}
 	r.notify(cluster)
 	var once sync.Once
 	return s, func() { once.Do(func() { r.remove(s) }) }, nil
@@ -125,10 +153,15 @@ func (r *Registry) remove(s *Session) {
 	} else {
 		r.sessions[cluster] = list
 	}
+	reason := disconnectReason(s, list, r.now())
 	r.mu.Unlock()
 	s.closeIdle()
 	r.metrics.sessionDown()
-	r.log.Info("agent disconnected", "cluster", cluster, "session", s.info.ID, "sessions", len(list))
+	r.metrics.disconnected(reason)
+	r.log.Info("agent disconnected", "cluster", cluster, "session", s.info.ID, "reason", reason, "sessions", len(list))
+	for _, o := range r.observersNow() {
+		o.sessionClosed(s, reason)
+	}
 	r.notify(cluster)
 }
 
@@ -234,6 +267,7 @@ func (r *Registry) Close(cluster string) int {
 	ss := slices.Clone(r.sessions[cluster])
 	r.mu.RUnlock()
 	for _, s := range ss {
+		s.markEnd(DisconnectRevoked)
 		_ = s.tunnel.Close()
 	}
 	return len(ss)
@@ -249,6 +283,7 @@ func (r *Registry) CloseAll() {
 	}
 	r.mu.Unlock()
 	for _, s := range all {
+		s.markEnd(DisconnectShutdown)
 		_ = s.tunnel.Close()
 	}
 }
@@ -293,6 +328,7 @@ func (r *Registry) DrainAll(ctx context.Context, grace time.Duration) {
 	var wg sync.WaitGroup
 	for _, s := range all {
 		sem <- struct{}{}
+		s.markEnd(DisconnectDrained)
 		wg.Go(func() {
 			defer func() { <-sem }()
 			if err := s.tunnel.Drain(ctx, grace); err != nil {

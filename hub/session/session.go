@@ -23,6 +23,13 @@ type Agent struct {
 	// Features are the tunnel features the agent announced
 	// (tunnel.HeaderAgentFeatures).
 	Features []string
+	// CertNotAfter is when the agent's certificate expires (zero for an
+	// agent authenticated by a token).
+	CertNotAfter time.Time
+	// ClockOffset, when HasClock, is the agent's clock minus the hub's
+	// when the upgrade arrived (tunnel.HeaderAgentTime).
+	ClockOffset time.Duration
+	HasClock    bool
 }
 
 // maxFeatures bounds what an agent may announce; more are ignored.
@@ -69,6 +76,14 @@ type Session struct {
 	retired atomic.Bool
 
 	features []string // what the agent announced
+	agent    Agent    // what it said when it connected
+
+	// bytesTx and bytesRx count the payload bytes of the session's
+	// streams (tx: hub to agent), for its cluster's tunnel health.
+	bytesTx, bytesRx atomic.Int64
+	// ending is why the session ends, once this side decided it (the
+	// first reason set wins); see markEnd.
+	ending atomic.Pointer[string]
 
 	mu   sync.Mutex
 	http map[tunnel.Kind]*http.Transport // by stream kind, built on first use by Dialer
@@ -83,6 +98,26 @@ func (s *Session) Info() Info {
 	info.Streams = s.tunnel.NumStreams()
 	info.RTT = time.Duration(s.rtt.Load())
 	return info
+}
+
+// Bytes are the payload bytes the session's streams carried so far (tx:
+// hub to agent).
+func (s *Session) Bytes() (tx, rx int64) { return s.bytesTx.Load(), s.bytesRx.Load() }
+
+// CertNotAfter is when the agent's certificate expires (zero for a token).
+func (s *Session) CertNotAfter() time.Time { return s.agent.CertNotAfter }
+
+// markEnd records why this side ends the session. The first reason
+// stands: a session asked to move at its expiry and closed when its
+// grace ran out ended because it expired.
+func (s *Session) markEnd(reason string) { s.ending.CompareAndSwap(nil, &reason) }
+
+// endReason is the reason markEnd recorded, or "".
+func (s *Session) endReason() string {
+	if p := s.ending.Load(); p != nil {
+		return *p
+	}
+	return ""
 }
 
 // Done is closed when the session has ended.

@@ -138,10 +138,7 @@ func (h *HubSource) mergeLocal(row *Cluster, l *local) {
 	if p.At.IsZero() {
 		return
 	}
-	row.Ready, row.ReadyMessage = p.Ready, ""
-	if !p.Ready {
-		row.ReadyMessage = p.Message // why not; when ready, /readyz just said "ok"
-	}
+	row.Ready, row.ReadyMessage = p.Ready, p.Message
 	if p.KubernetesVersion != "" {
 		row.KubernetesVersion = p.KubernetesVersion
 	}

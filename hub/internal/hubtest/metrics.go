@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
 )
 
@@ -32,4 +33,18 @@ func Counter(t *testing.T, g prometheus.Gatherer, name string, labels map[string
 		}
 	}
 	return 0
+}
+
+// Histogram reads the histogram name (without labels) from g; one never
+// observed reads empty.
+func Histogram(t *testing.T, g prometheus.Gatherer, name string) *dto.Histogram {
+	t.Helper()
+	families, err := g.Gather()
+	require.NoError(t, err)
+	for _, f := range families {
+		if f.GetName() == name && len(f.GetMetric()) > 0 {
+			return f.GetMetric()[0].GetHistogram()
+		}
+	}
+	return &dto.Histogram{}
 }

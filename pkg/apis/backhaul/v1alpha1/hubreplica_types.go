@@ -49,6 +49,73 @@ type HubReplicaStatus struct {
 	// +listType=map
 	// +listMapKey=name
 	Clusters []HeldCluster `json:"clusters,omitempty"`
+	// Tunnels is what the replica measured in the background of each
+	// cluster's tunnel: the clusters it holds, and those it lost the last
+	// session of or refused an agent of within its tunnel health window.
+	// The replica that writes Cluster status merges every replica's into
+	// status.tunnel. Keys are short: a replica publishes one per cluster.
+	// +optional
+	// +listType=map
+	// +listMapKey=name
+	Tunnels []ReplicaTunnel `json:"tunnels,omitempty"`
+}
+
+// ReplicaTunnel is one replica's measurements of one cluster's tunnel.
+// Times are Unix seconds, zero when unknown.
+type ReplicaTunnel struct {
+	// Name of the cluster.
+	Name string `json:"name"`
+	// RTTMicros is the moving average of the round trip of the newest
+	// session; RTTP99Micros the 99th percentile over the window.
+	// +optional
+	RTTMicros int64 `json:"rtt,omitempty"`
+	// +optional
+	RTTP99Micros int64 `json:"p99,omitempty"`
+	// Opens and Losses are when, within the window, the cluster's agents
+	// opened sessions here and when sessions here were lost (the agent
+	// went away or fell silent, not a planned replacement), in Unix
+	// milliseconds, oldest first, the latest 32 of each: the status
+	// writer pairs each loss with the next open, at any replica, into a
+	// reconnect. A duplicate session its agent closed at once is neither.
+	// +optional
+	// +kubebuilder:validation:MaxItems=32
+	Opens []int64 `json:"opens,omitempty"`
+	// +optional
+	// +kubebuilder:validation:MaxItems=32
+	Losses []int64 `json:"losses,omitempty"`
+	// Streams open through the cluster's sessions here.
+	// +optional
+	Streams int32 `json:"streams,omitempty"`
+	// BytesTx and BytesRx are the payload bytes the open sessions carried
+	// (tx: hub to agent).
+	// +optional
+	BytesTx int64 `json:"tx,omitempty"`
+	// +optional
+	BytesRx int64 `json:"rx,omitempty"`
+	// Since is when the oldest open session started; Newest when the
+	// newest did (zero: the same as Since).
+	// +optional
+	Since int64 `json:"since,omitempty"`
+	// +optional
+	Newest int64 `json:"newest,omitempty"`
+	// CertNotAfter is when the newest session's agent certificate expires.
+	// +optional
+	CertNotAfter int64 `json:"cert,omitempty"`
+	// SkewMillis is the newest session's agent clock minus this replica's.
+	// +optional
+	SkewMillis *int64 `json:"skew,omitempty"`
+	// Disconnect and DisconnectReason: when and why a session of the
+	// cluster last ended here.
+	// +optional
+	Disconnect int64 `json:"disc,omitempty"`
+	// +optional
+	DisconnectReason string `json:"discReason,omitempty"`
+	// Refusal and RefusalReason: when and why this replica last refused an
+	// agent whose credential names the cluster.
+	// +optional
+	Refusal int64 `json:"ref,omitempty"`
+	// +optional
+	RefusalReason string `json:"refReason,omitempty"`
 }
 
 // HeldCluster is one cluster a replica holds sessions for.
