@@ -138,7 +138,10 @@ func (h *HubSource) mergeLocal(row *Cluster, l *local) {
 	if p.At.IsZero() {
 		return
 	}
-	row.Ready, row.ReadyMessage = p.Ready, p.Message
+	row.Ready, row.ReadyMessage = p.Ready, ""
+	if !p.Ready {
+		row.ReadyMessage = p.Message // why not; when ready, /readyz just said "ok"
+	}
 	if p.KubernetesVersion != "" {
 		row.KubernetesVersion = p.KubernetesVersion
 	}

@@ -101,7 +101,7 @@ func TestHubSourceMergesStatusAndLocalState(t *testing.T) {
 		Sessions:   newRegistry(t, "held", "unregistered"),
 		Prober: fakeProber{
 			"held":         {RTT: time.Millisecond, Ready: false, Message: "readyz: [-]etcd", KubernetesVersion: "v1.36.3", At: probed},
-			"unregistered": {RTT: 2 * time.Millisecond, Ready: true, At: probed},
+			"unregistered": {RTT: 2 * time.Millisecond, Ready: true, Message: "ok", At: probed},
 		},
 		Reach:   reach{"held": true, "unregistered": true, "peer": true},
 		Replica: "hub-0",
@@ -142,6 +142,7 @@ func TestHubSourceMergesStatusAndLocalState(t *testing.T) {
 
 	un := rows["unregistered"]
 	assert.True(t, un.Connected && un.Ready)
+	assert.Empty(t, un.ReadyMessage, "what /readyz says when ready is no news")
 	assert.EqualValues(t, 2000, un.RTTMicros, "no status: the probe's round trip")
 	assert.Equal(t, []string{"hub-0"}, un.Replicas)
 	assert.False(t, un.ConnectedSince.IsZero())
