@@ -23,6 +23,7 @@ const (
 	Status      = "status"
 	Recording   = "recording"
 	Propagation = "propagation"
+	Audit       = "audit"
 )
 
 // Options say how a process logs.
