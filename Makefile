@@ -131,7 +131,8 @@ FUZZ_TARGETS := \
 	./tunnel/:FuzzReadRequest ./tunnel/:FuzzReadReply \
 	./hub/session/:FuzzParseNodeAddresses ./hub/session/:FuzzParseFeatures ./hub/session/:FuzzParseAgentTime ./agent/:FuzzCallerIdentityRoundTrip ./hub/frontend/:FuzzCredentialHeaders ./hub/frontend/:FuzzWebsocketFrames ./hub/frontend/:FuzzParseTarget \
 	./hub/propagation/:FuzzPropagationKey ./hub/enrollment/:FuzzParseCSR ./pkg/identity/:FuzzParseToken ./pkg/denylist/:FuzzCheck \
-	./hub/recording/:FuzzWebsocketTap ./hub/recording/:FuzzSPDYTap
+	./hub/recording/:FuzzWebsocketTap ./hub/recording/:FuzzSPDYTap \
+	./hub/audit/:FuzzGatewayEvent
 FUZZTIME ?= 1000000x
 FUZZTIME_SHORT ?= 60000x
 fuzz:
