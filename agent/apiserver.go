@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/hashicorp/go-hclog"
+	auditv1 "k8s.io/apiserver/pkg/apis/audit/v1"
 	"k8s.io/client-go/rest"
 
 	"backhaul.io/backhaul/pkg/kubestatus"
@@ -56,6 +57,13 @@ func newAPIProxy(cfg *rest.Config, denyGroups []string, log hclog.Logger) (*apiP
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(u)
 			pr.Out.Host = ""
+			// The member's kube-apiserver takes Audit-ID as its audit
+			// event's auditID, so its audit log joins the hub's on the
+			// request id (a hub that predates Audit-ID sends only
+			// Backhaul-Request-Id).
+			if id := pr.In.Header.Get(HeaderRequestID); id != "" {
+				pr.Out.Header.Set(auditv1.HeaderAuditID, id)
+			}
 		},
 		Transport:     rt,
 		FlushInterval: 0, // streaming responses are flushed per write regardless

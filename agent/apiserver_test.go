@@ -44,6 +44,7 @@ func TestAPIProxy(t *testing.T) {
 				"Impersonate-Group":        {"dev", "ops"},
 				"Impersonate-Extra-Scopes": {"view"},
 				"Backhaul-Request-Id":      {"0123456789abcdef"},
+				"Audit-Id":                 {"0123456789abcdef"}, // the member's audit joins the hub's on it
 			},
 			wantGroups: []string{"dev", "ops"},
 			wantHeader: http.Header{

@@ -8,6 +8,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"backhaul.io/backhaul/hub/audit"
 	"backhaul.io/backhaul/hub/auth"
 	"backhaul.io/backhaul/hub/enrollment"
 	"backhaul.io/backhaul/hub/fleet"
@@ -99,6 +100,8 @@ type Config struct {
 	// keeps serving after it is told to stop, while its agents move away.
 	ShutdownGrace time.Duration
 	ShutdownDelay time.Duration
+	// Audit is the audit log of callers' requests (off unless Path is set).
+	Audit audit.Config
 
 	Log     hclog.Logger
 	Metrics *prometheus.Registry
@@ -143,6 +146,7 @@ func DefaultConfig() Config {
 		Recording:     recording.DefaultConfig(),
 		ShutdownGrace: 20 * time.Second,
 		ShutdownDelay: 3 * time.Second,
+		Audit:         audit.DefaultConfig(),
 	}
 }
 

@@ -7,6 +7,7 @@
 //	session     tunnel endpoint, session registry, node routes, member dialer
 //	auth        agent and caller authentication, host reviews, admission
 //	frontend    L7 gateway, CONNECT proxy, status page
+//	audit       the audit log of callers' requests (audit.k8s.io/v1 events)
 //	enrollment  enroll/renew endpoints, bootstrap tokens, CA, host set-up
 //	fleet       host cluster connection, Cluster informer and status, leadership
 //	propagation the Propagation controller

@@ -19,7 +19,7 @@ import (
 var hubPackages = map[string][]string{
 	"session":     nil,
 	"auth":        {"session"},
-	"frontend":    {"auth", "recording", "session"},
+	"frontend":    {"audit", "auth", "recording", "session"},
 	"enrollment":  {"auth", "session"},
 	"fleet":       nil,
 	"peer":        {"session"},
@@ -27,6 +27,7 @@ var hubPackages = map[string][]string{
 	"ctl":         nil,
 	"statuspage":  {"auth", "session"},
 	"recording":   nil,
+	"audit":       {"auth"},
 }
 
 // TestPackageLayering keeps the import rules each package's doc.go states.

@@ -46,6 +46,7 @@ func (o *Options) Config(ctx context.Context, log hclog.Logger) (Config, error) 
 	cfg.ConnectSocketDir = o.ConnectSocketDir
 	cfg.Recording = recording.DefaultConfig()
 	cfg.Recording.Mode, cfg.Recording.Dir, cfg.Recording.Stdin = o.Recording, o.RecordingDir, o.RecordingStdin
+	cfg.Audit = o.Audit
 	cfg.Mapping = auth.Mapping{UserPrefix: o.MemberUserPrefix, SystemUserPrefix: o.MemberSystemUserPrefix, GroupPrefix: o.MemberGroupPrefix}
 	var err error
 	if cfg.Limits, err = o.limits(log); err != nil {

@@ -5,6 +5,7 @@ import (
 	"os"
 	"time"
 
+	"backhaul.io/backhaul/hub/audit"
 	"backhaul.io/backhaul/hub/auth"
 	"backhaul.io/backhaul/hub/enrollment"
 	"backhaul.io/backhaul/hub/frontend"
@@ -52,6 +53,8 @@ type Options struct {
 
 	// EnrollLimits bound /v1/enroll and /v1/enroll/status.
 	EnrollLimits enrollment.Limits
+	// Audit is the audit log of callers' requests.
+	Audit audit.Config
 
 	// Host-cluster registry (--registry=kube).
 	Registry          string
@@ -122,6 +125,7 @@ func NewOptions() *Options {
 		MemoryBudget:         frontend.DefaultMemoryBudget,
 
 		EnrollLimits: enrollment.DefaultLimits(),
+		Audit:        audit.DefaultConfig(),
 
 		Registry:               RegistryStatic,
 		Namespace:              identity.DefaultNamespace,
@@ -218,6 +222,13 @@ func (o *Options) Flags(fs *flag.FlagSet) {
 	fs.IntVar(&o.MaxStreamsPerCluster, "max-streams-per-cluster", o.MaxStreamsPerCluster, "streams all callers together may hold to one cluster through this replica at once; beyond it 429 with Retry-After (0: no limit)")
 	fs.StringVar(&o.MemoryLimit, "memory-limit", o.MemoryLimit, "memory limit the stream budget is taken from, e.g. 1Gi (empty: GOMEMLIMIT, else the cgroup's limit, else no budget)")
 	fs.Float64Var(&o.MemoryBudget, "memory-budget", o.MemoryBudget, "share of the memory limit in use above which new streams are refused with 503 and Retry-After, while open ones go on (0: never refuse)")
+	fs.StringVar(&o.Audit.Path, "audit-log-path", o.Audit.Path, "file of the audit log of callers' requests (gateway and CONNECT, refusals included), one audit.k8s.io/v1 Event per line, rotated; - for standard output; empty: no audit log")
+	fs.StringVar(&o.Audit.PolicyFile, "audit-policy-file", o.Audit.PolicyFile, "kube-apiserver audit Policy (audit.k8s.io/v1) choosing what is recorded; levels above Metadata record Metadata (the hub reads no bodies); empty: every request at Metadata")
+	fs.IntVar(&o.Audit.MaxSize, "audit-log-maxsize", o.Audit.MaxSize, "megabytes at which the audit log is rotated")
+	fs.IntVar(&o.Audit.MaxBackups, "audit-log-maxbackup", o.Audit.MaxBackups, "rotated audit log files kept (0: all)")
+	fs.IntVar(&o.Audit.MaxAge, "audit-log-maxage", o.Audit.MaxAge, "days rotated audit log files are kept (0: no limit)")
+	fs.BoolVar(&o.Audit.Compress, "audit-log-compress", o.Audit.Compress, "gzip rotated audit log files")
+	fs.IntVar(&o.Audit.QueueSize, "audit-log-queue-size", o.Audit.QueueSize, "audit events that may wait to be written; when the log falls this far behind, events are dropped (backhaul_hub_audit_events_dropped_total) and requests go on")
 	fs.StringVar(&o.Log.Format, "log-format", o.Log.Format, "log format: text or json")
 	fs.StringVar(&o.Log.Level, "log-level", o.Log.Level, "log level: trace, debug, info, warn, error")
 }

@@ -47,6 +47,13 @@ func (s *Server) Run(ctx context.Context) error {
 	wg.Go(func() { _ = s.prober.Run(bg) })
 	wg.Go(func() { _ = s.status.Run(bg) })
 	wg.Go(func() { s.health.run(bg) })
+	// bg ends after the listeners have closed: the audit log takes every
+	// request's last event, then closes.
+	wg.Go(func() {
+		if err := s.audit.Run(bg); err != nil {
+			s.cfg.Log.Error("closing the audit log", "error", err)
+		}
+	})
 	if s.peers != nil {
 		wg.Go(func() { _ = s.peers.Run(bg) })
 		wg.Go(func() { _ = s.identity.Run(bg) })

@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"backhaul.io/backhaul/hub/audit"
 	"backhaul.io/backhaul/hub/auth"
 	"backhaul.io/backhaul/hub/fleet"
 	"backhaul.io/backhaul/hub/frontend"
@@ -34,6 +35,7 @@ type Server struct {
 	endpoint *session.Endpoint
 	gateway  *frontend.Gateway
 	connect  *frontend.Connect
+	audit    *audit.Logger // nil without --audit-log-path
 	status   *statuspage.Page
 	events   *events
 	health   hostHealth
@@ -95,6 +97,10 @@ func New(cfg Config) (*Server, error) {
 		Interval: cfg.ProbeInterval, VersionEvery: 10 * cfg.ProbeInterval, Timeout: cfg.ProbeInterval / 2,
 		Identity: hubIdentity(), OnChange: s.holdingsChanged, Tracker: s.tracker, Log: cfg.Log.Named(logging.Status),
 	})
+	var err error
+	if s.audit, err = audit.New(cfg.Audit, cfg.Log.Named(logging.Audit), cfg.Metrics); err != nil {
+		return nil, err
+	}
 	mux := http.NewServeMux()
 	if err := s.mountFrontEnds(mux, frontend.NewMetrics(cfg.Metrics, tm)); err != nil {
 		return nil, err
@@ -147,7 +153,7 @@ func (s *Server) mountFrontEnds(mux *http.ServeMux, m *frontend.Metrics) error {
 		return err
 	}
 	s.gateway, err = frontend.NewGateway(frontend.GatewayConfig{
-		Authn: cfg.Authn, Admission: admission, Dialer: s.dialer, Mapping: cfg.Mapping, Limits: limits, Metrics: m, Log: cfg.Log.Named(logging.Gateway),
+		Authn: cfg.Authn, Admission: admission, Dialer: s.dialer, Mapping: cfg.Mapping, Limits: limits, Audit: s.audit, Metrics: m, Log: cfg.Log.Named(logging.Gateway),
 		Recorder: recorder,
 	})
 	if err != nil {
@@ -157,7 +163,7 @@ func (s *Server) mountFrontEnds(mux *http.ServeMux, m *frontend.Metrics) error {
 		return err
 	}
 	s.connect, err = frontend.NewConnect(frontend.ConnectConfig{
-		Authn: cfg.Authn, Admission: admission, Dialer: s.dialer, Limits: limits,
+		Authn: cfg.Authn, Admission: admission, Dialer: s.dialer, Limits: limits, Audit: s.audit,
 		Suffix: cfg.ClusterSuffix, Metrics: m, Log: cfg.Log.Named(logging.Connect),
 		InsecureCredentials: cfg.ConnectInsecureCredentials,
 	})

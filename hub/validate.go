@@ -77,6 +77,9 @@ func (o *Options) Validate() error {
 	if o.ConnectUDS != "" && o.ConnectUDSUser == "" {
 		errs = append(errs, errors.New("--connect-uds-user must name an identity"))
 	}
+	if err := o.Audit.Validate(); err != nil {
+		errs = append(errs, err)
+	}
 	if err := o.Log.Validate(); err != nil {
 		errs = append(errs, err)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"backhaul.io/backhaul/hub/audit"
 	"backhaul.io/backhaul/hub/auth"
 	"backhaul.io/backhaul/hub/session"
 	"backhaul.io/backhaul/pkg/logging"
@@ -31,7 +32,9 @@ type ConnectConfig struct {
 	// Suffix marks cluster targets: NAME+Suffix:port.
 	Suffix string
 	// Limits, when set, bounds the streams callers hold (limits.go).
-	Limits  *Limits
+	Limits *Limits
+	// Audit, when set, records every CONNECT, refusals included.
+	Audit   *audit.Logger
 	Metrics *Metrics
 	Log     hclog.Logger
 	// InsecureCredentials accepts Proxy-Authorization on a plaintext
@@ -69,15 +72,19 @@ func NewConnect(cfg ConnectConfig) (*Connect, error) {
 
 // ServeHTTP serves CONNECT for callers who authenticate.
 func (p *Connect) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if !p.isConnect(w, r) {
+	id := newRequestID()
+	ar := p.audit(r, id, audit.FrontEndConnect)
+	defer func() { ar.End(recover()) }()
+	if !p.isConnect(w, r, ar) {
 		return
 	}
 	user, err := p.authenticate(r)
 	if err != nil {
-		p.refuseAuth(w, err)
+		p.refuseAuth(w, ar, err)
 		return
 	}
-	p.serve(w, r, user, "")
+	ar.Authenticated(user)
+	p.serve(w, r, ar, id, user, "")
 }
 
 // ForSocket serves CONNECT with every caller acting as user: on a Unix
@@ -94,15 +101,37 @@ func (p *Connect) ForSocket(user *auth.User) http.Handler {
 // given does. An empty cluster is the shared socket.
 func (p *Connect) ForClusterSocket(user *auth.User, cluster string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if p.isConnect(w, r) {
-			p.serve(w, r, user, cluster)
+		id := newRequestID()
+		ar := p.audit(r, id, audit.FrontEndConnectSocket)
+		defer func() { ar.End(recover()) }()
+		if p.isConnect(w, r, ar) {
+			ar.Authenticated(user)
+			p.serve(w, r, ar, id, user, cluster)
 		}
 	})
 }
 
-func (p *Connect) isConnect(w http.ResponseWriter, r *http.Request) bool {
+// audit starts the audit of a CONNECT, naming the cluster its target
+// asks for (refused or not; a bare node address's is known once routed).
+func (p *Connect) audit(r *http.Request, id, frontEnd string) *audit.Request {
+	ar := p.cfg.Audit.Connect(r, id, frontEnd)
+	if host, _, err := net.SplitHostPort(r.Host); err == nil {
+		if t, err := parseTarget(host, p.cfg.Suffix); err == nil && t.cluster != "" {
+			ar.SetCluster(t.cluster)
+		}
+	}
+	return ar
+}
+
+// reasonBadRequest marks, in the audit log, CONNECT requests refused as
+// malformed (they are not counted in backhaul_hub_errors_total).
+const reasonBadRequest = "bad_request"
+
+func (p *Connect) isConnect(w http.ResponseWriter, r *http.Request, ar *audit.Request) bool {
 	if r.Method != http.MethodConnect {
-		refuseConnect(w, http.StatusMethodNotAllowed, "this is a CONNECT proxy; use the gateway at /clusters/NAME/ for requests")
+		msg := "this is a CONNECT proxy; use the gateway at /clusters/NAME/ for requests"
+		ar.Refused(http.StatusMethodNotAllowed, reasonBadRequest, msg)
+		refuseConnect(w, http.StatusMethodNotAllowed, msg)
 		return false
 	}
 	return true
@@ -110,31 +139,36 @@ func (p *Connect) isConnect(w http.ResponseWriter, r *http.Request) bool {
 
 // serve admits user's CONNECT, opens the stream and splices it to the
 // caller's connection. scope, when set, is the one cluster the listener
-// serves.
-func (p *Connect) serve(w http.ResponseWriter, r *http.Request, user *auth.User, scope string) {
+// serves; id is the request's.
+func (p *Connect) serve(w http.ResponseWriter, r *http.Request, ar *audit.Request, id string, user *auth.User, scope string) {
 	host, port, err := net.SplitHostPort(r.Host)
 	if err != nil || host == "" || port == "" {
-		refuseConnect(w, http.StatusBadRequest, fmt.Sprintf("CONNECT target %q is not host:port", r.Host))
+		msg := fmt.Sprintf("CONNECT target %q is not host:port", r.Host)
+		ar.Refused(http.StatusBadRequest, reasonBadRequest, msg)
+		refuseConnect(w, http.StatusBadRequest, msg)
 		return
 	}
 	route, req, ref := p.admit(r.Context(), user, scope, host, port)
+	if route != nil {
+		ar.SetCluster(route.Cluster())
+	}
 	release, ref := p.cfg.Limits.admit(frontEndConnect, user, route, ref)
 	defer release() // splice returns when the tunnel closes
 	if ref != nil {
 		retryAfter(w, ref.RetryAfter)
-		p.refuse(w, ref.Code, ref.Reason, ref.Message)
+		p.refuse(w, ar, ref.Code, ref.Reason, ref.Message)
 		return
 	}
-	req.RequestID = newRequestID()
+	req.RequestID = id
 	stream, err := p.cfg.Dialer.Open(r.Context(), route, req)
 	if err != nil {
 		code, reason, msg := classify(route.Cluster(), err)
 		p.cfg.Log.Info("CONNECT failed", "cluster", route.Cluster(), "target", r.Host, "user", user.Name, "request_id", req.RequestID, "code", code, "error", err)
-		p.refuse(w, code, reason, msg)
+		p.refuse(w, ar, code, reason, msg)
 		return
 	}
 	p.cfg.Log.Debug("CONNECT established", "cluster", route.Cluster(), "via", route.Via(), "user", user.Name, "request_id", req.RequestID)
-	splice(w, r, stream)
+	splice(w, r, ar, stream)
 }
 
 // admit resolves a CONNECT host (parseTarget) and admits user to it. A
@@ -226,11 +260,11 @@ func (p *Connect) onlyCluster(ctx context.Context, user *auth.User, addr netip.A
 
 // refuseAuth answers a caller without valid credentials: 407, or 503 when
 // the host cluster could not say.
-func (p *Connect) refuseAuth(w http.ResponseWriter, err error) {
+func (p *Connect) refuseAuth(w http.ResponseWriter, ar *audit.Request, err error) {
 	if errors.Is(err, auth.ErrUnavailable) {
 		retryAfter(w, time.Second)
 		p.cfg.Log.Warn("authentication unavailable", "error", err)
-		p.refuse(w, http.StatusServiceUnavailable, session.ReasonUnauthorized, "cannot authenticate now: the hub's host cluster is unavailable")
+		p.refuse(w, ar, http.StatusServiceUnavailable, session.ReasonUnauthorized, "cannot authenticate now: the hub's host cluster is unavailable")
 		return
 	}
 	msg := err.Error() // how to send credentials, ours to say
@@ -241,21 +275,25 @@ func (p *Connect) refuseAuth(w http.ResponseWriter, err error) {
 		p.badCredentials.Warn("caller not authenticated", "error", err)
 	}
 	w.Header().Set("Proxy-Authenticate", `Basic realm="backhaul", Bearer realm="backhaul"`)
-	p.refuse(w, http.StatusProxyAuthRequired, session.ReasonUnauthorized, msg)
+	p.refuse(w, ar, http.StatusProxyAuthRequired, session.ReasonUnauthorized, msg)
 }
 
-func (p *Connect) refuse(w http.ResponseWriter, code int, reason, msg string) {
+// refuse answers code and msg, counts the reason and audits the refusal.
+func (p *Connect) refuse(w http.ResponseWriter, ar *audit.Request, code int, reason, msg string) {
 	p.cfg.Metrics.refused(reason)
+	ar.Refused(code, reason, msg)
 	refuseConnect(w, code, msg)
 }
 
 // splice hands the caller's connection to stream: 200, then bytes both
 // ways until either side closes.
-func splice(w http.ResponseWriter, r *http.Request, stream net.Conn) {
+func splice(w http.ResponseWriter, r *http.Request, ar *audit.Request, stream net.Conn) {
 	client, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		_ = stream.Close()
-		refuseConnect(w, http.StatusInternalServerError, "cannot take over the connection")
+		msg := "cannot take over the connection"
+		ar.Refused(http.StatusInternalServerError, session.ReasonBadGateway, msg)
+		refuseConnect(w, http.StatusInternalServerError, msg)
 		return
 	}
 	_ = client.SetDeadline(time.Time{})
@@ -264,6 +302,8 @@ func splice(w http.ResponseWriter, r *http.Request, stream net.Conn) {
 		_ = stream.Close()
 		return
 	}
+	ar.Started(http.StatusOK)
+	stream = ar.Conn(stream)
 	// Bytes the client sent after the CONNECT header (a TLS ClientHello,
 	// say) may already sit in the server's read buffer; bufferedConn
 	// delivers them first.

@@ -8,7 +8,8 @@
 //
 // Refusals are Kubernetes Status objects (gateway) or a status line
 // (CONNECT) with a precise code, and are counted by reason in
-// backhaul_hub_errors_total. The package builds on auth and session (and
-// recording, for exec and attach sessions) and must not import
+// backhaul_hub_errors_total. Every request, refused or not, is audited
+// (hub/audit). The package builds on auth and session (and recording, for
+// exec and attach sessions, and audit) and must not import
 // enrollment, fleet or propagation.
 package frontend

@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"backhaul.io/backhaul/hub/audit"
 	"backhaul.io/backhaul/hub/auth"
 	"backhaul.io/backhaul/hub/recording"
 	"backhaul.io/backhaul/hub/session"
@@ -27,7 +28,9 @@ type GatewayConfig struct {
 	// auth.DefaultMapping).
 	Mapping auth.Mapping
 	// Limits, when set, bounds the streams callers hold (limits.go).
-	Limits  *Limits
+	Limits *Limits
+	// Audit, when set, records every request, refusals included.
+	Audit   *audit.Logger
 	Metrics *Metrics
 	Log     hclog.Logger
 	// Recorder, when set, records exec and attach sessions (upgrade.go).
@@ -74,21 +77,27 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 }
 
 // ServeHTTP authenticates the caller, admits the request to the cluster's
-// session and proxies it there.
+// session and proxies it there. Every request, refused or not, has an id
+// (Backhaul-Request-Id; the member's Audit-ID) and an audit event.
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	rec := &statusRecorder{ResponseWriter: w}
-	defer func() { g.cfg.Metrics.request(rec.class()) }()
-
+	id := newRequestID()
 	name := r.PathValue("name")
+	ar := g.cfg.Audit.Gateway(r, id, name)
+	defer func() { ar.End(recover()) }()
+	rec := &statusRecorder{ResponseWriter: ar.ResponseWriter(w)}
+	defer func() { g.cfg.Metrics.request(rec.class()) }()
+	rec.Header().Set("Backhaul-Request-Id", id)
+
 	if errs := validation.IsDNS1123Label(name); len(errs) > 0 {
-		g.refuse(rec, http.StatusNotFound, session.ReasonUnknownCluster, fmt.Sprintf("cluster %q not found: invalid name", name))
+		g.refuse(rec, ar, http.StatusNotFound, session.ReasonUnknownCluster, fmt.Sprintf("cluster %q not found: invalid name", name))
 		return
 	}
 	user, ok, err := g.cfg.Authn.Authenticate(r)
 	if err != nil || !ok {
-		g.unauthenticated(rec, err)
+		g.unauthenticated(rec, ar, err)
 		return
 	}
+	ar.Authenticated(user)
 	route, ref := g.cfg.Admission.Admit(r.Context(), user, name)
 	if ref == nil {
 		ref = refuseUncheckedImpersonation(r, route)
@@ -97,26 +106,27 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer release() // after the response, a watch's or an exec's too: ServeHTTP returns then
 	if ref != nil {
 		retryAfter(rec, ref.RetryAfter)
-		g.refuse(rec, ref.Code, ref.Reason, ref.Message)
+		g.refuse(rec, ar, ref.Code, ref.Reason, ref.Message)
 		return
 	}
-	id := newRequestID()
-	rec.Header().Set("Backhaul-Request-Id", id)
 	rs, err := g.startRecording(r, name, user, id)
 	if err != nil {
-		g.refuse(rec, http.StatusServiceUnavailable, ReasonRecording, whyNotRecorded)
+		g.refuse(rec, ar, http.StatusServiceUnavailable, ReasonRecording, whyNotRecorded)
 		return
 	}
 	defer rs.Close()
-	g.proxy(name, route, user, id, rs).ServeHTTP(rec, r.WithContext(session.WithRequestID(r.Context(), id)))
+	member := g.cfg.Mapping.Member(user)
+	ar.Annotate(audit.AnnotationMemberUser, member.Name)
+	g.proxy(name, route, member, id, ar, rs).ServeHTTP(rec, r.WithContext(session.WithRequestID(r.Context(), id)))
 }
 
 // proxy is the reverse proxy for one request: to cluster along route, as
-// u. (One per request: it is a few words, and it keeps the request's route
-// and identity out of the context.)
-func (g *Gateway) proxy(cluster string, route *session.Route, u *auth.User, id string, rs *recording.Session) *httputil.ReverseProxy {
+// member (the caller as members see them). (One per request: it is a few
+// words, and it keeps the request's route and identity out of the
+// context.)
+func (g *Gateway) proxy(cluster string, route *session.Route, member *auth.User, id string, ar *audit.Request, rs *recording.Session) *httputil.ReverseProxy {
 	return &httputil.ReverseProxy{
-		Rewrite:   func(pr *httputil.ProxyRequest) { rewrite(pr, cluster, g.cfg.Mapping.Member(u), id) },
+		Rewrite:   func(pr *httputil.ProxyRequest) { rewrite(pr, cluster, member, id) },
 		Transport: g.cfg.Dialer.HTTP(route),
 		// 0, not -1: ReverseProxy flushes responses of unknown length
 		// (watches, chunked lists) on every write anyway, and a small
@@ -129,7 +139,7 @@ func (g *Gateway) proxy(cluster string, route *session.Route, u *auth.User, id s
 		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
 			code, reason, msg := classify(cluster, err)
 			g.cfg.Log.Warn("gateway request failed", "cluster", cluster, "request_id", id, "code", code, "error", err)
-			g.refuse(w, code, reason, msg)
+			g.refuse(w, ar, code, reason, msg)
 		},
 		ErrorLog: g.errorLog,
 	}
@@ -137,7 +147,7 @@ func (g *Gateway) proxy(cluster string, route *session.Route, u *auth.User, id s
 
 // unauthenticated answers a caller without valid credentials: 401, or 503
 // when the host cluster could not say.
-func (g *Gateway) unauthenticated(w http.ResponseWriter, err error) {
+func (g *Gateway) unauthenticated(w http.ResponseWriter, ar *audit.Request, err error) {
 	code, msg := http.StatusUnauthorized, "Unauthorized"
 	switch {
 	case errors.Is(err, auth.ErrUnavailable):
@@ -150,11 +160,12 @@ func (g *Gateway) unauthenticated(w http.ResponseWriter, err error) {
 		// with kube-apiserver; anyone can cause it, so the log is limited.
 		g.badCredentials.Warn("caller not authenticated", "error", err)
 	}
-	g.refuse(w, code, session.ReasonUnauthorized, msg)
+	g.refuse(w, ar, code, session.ReasonUnauthorized, msg)
 }
 
-// refuse answers a Status and counts the reason.
-func (g *Gateway) refuse(w http.ResponseWriter, code int, reason, msg string) {
+// refuse answers a Status, counts the reason and audits the refusal.
+func (g *Gateway) refuse(w http.ResponseWriter, ar *audit.Request, code int, reason, msg string) {
 	g.cfg.Metrics.refused(reason)
+	ar.Refused(code, reason, msg)
 	kubestatus.Write(w, code, msg)
 }

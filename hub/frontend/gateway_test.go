@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"testing"
 
+	"github.com/google/uuid"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -87,6 +88,9 @@ func TestGatewayProxiesWithCallerIdentity(t *testing.T) {
 		r.Header.Set("Impersonate-User", "system:admin")
 		r.Header.Set("Impersonate-Group", "system:masters")
 		r.Header.Set("X-Remote-User", "system:admin")
+		r.Header.Set("Audit-ID", "planted-by-the-caller")
+		r.Header.Set("Backhaul-Request-Id", "planted-by-the-caller")
+		r.Header.Set("Backhaul-Planted", "x")
 		rec := httptest.NewRecorder()
 		f.mux.ServeHTTP(rec, r)
 		return rec
@@ -108,8 +112,13 @@ func TestGatewayProxiesWithCallerIdentity(t *testing.T) {
 	assert.Equal(t, []string{"system:admin"}, got.Header.Values("Backhaul-Impersonate-User"))
 	assert.Equal(t, []string{"system:masters"}, got.Header.Values("Backhaul-Impersonate-Group"))
 	id := rec.Header().Get("Backhaul-Request-Id")
-	assert.Len(t, id, 16)
+	_, err := uuid.Parse(id)
+	require.NoError(t, err, "request ids are UUIDs, as kube-apiserver's audit ids")
 	assert.Equal(t, id, got.Header.Get("Backhaul-Request-Id"))
+	// The member's kube-apiserver adopts Audit-ID as its audit event's id;
+	// what the caller sent is not what it gets.
+	assert.Equal(t, []string{id}, got.Header.Values("Audit-Id"))
+	assert.Empty(t, got.Header.Values("Backhaul-Planted"))
 
 	// A second request reuses the session's pooled stream.
 	require.Equal(t, http.StatusOK, do().Code)

@@ -37,11 +37,32 @@ func rewrite(pr *httputil.ProxyRequest, cluster string, u *auth.User, id string)
 
 	asked := requestedImpersonation(pr.Out.Header)
 	stripIdentity(pr.Out.Header)
+	stripHubHeaders(pr.Out.Header)
 	for k, vs := range asked {
 		pr.Out.Header[k] = vs
 	}
 	setImpersonation(pr.Out.Header, u)
 	pr.Out.Header.Set("Backhaul-Request-Id", id)
+	// The member's kube-apiserver takes Audit-ID as its audit event's
+	// auditID, so its audit log and the hub's join on the request id.
+	pr.Out.Header.Set(headerAuditID, id)
+}
+
+// headerAuditID is kube-apiserver's (k8s.io/apiserver/pkg/apis/audit/v1
+// HeaderAuditID): set by the first server to receive a request, and
+// adopted by the servers it passes through.
+const headerAuditID = "Audit-Id"
+
+// stripHubHeaders removes the headers only the hub sets: Backhaul-* (the
+// request id, the impersonation it moves aside) and Audit-ID, which a
+// caller could otherwise use to plant an id in the member's audit log.
+func stripHubHeaders(h http.Header) {
+	for k := range h {
+		ck := textproto.CanonicalMIMEHeaderKey(k)
+		if ck == headerAuditID || strings.HasPrefix(ck, "Backhaul-") {
+			delete(h, k)
+		}
+	}
 }
 
 // requestedImpersonation is the caller's Impersonate-* headers renamed to

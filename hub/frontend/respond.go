@@ -2,13 +2,13 @@ package frontend
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/google/uuid"
 
 	"backhaul.io/backhaul/hub/session"
 	"backhaul.io/backhaul/tunnel"
@@ -32,13 +32,11 @@ func classify(name string, err error) (code int, reason, msg string) {
 	}
 }
 
-// newRequestID names a request in the hub's log and, through the
-// Backhaul-Request-Id header, in the member's.
-func newRequestID() string {
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}
+// newRequestID names a request in the hub's log and audit log and,
+// through the Backhaul-Request-Id and Audit-ID headers, in the agent's
+// and the member's audit log. A random UUID, as kube-apiserver makes its
+// own audit ids: tools that read audit logs expect that shape.
+func newRequestID() string { return uuid.NewString() }
 
 // statusRecorder notes the response code class for metrics; it passes
 // Flush and Hijack through (watches and upgrades need them).
