@@ -26,28 +26,7 @@ func TestConnectPassthroughKubectl(t *testing.T) {
 	e := requireEnv(t)
 	ctx := context.Background()
 	m := e.members["m2"]
-	proxy := url.URL{Scheme: "http", User: url.UserPassword("fleet-admin", callers["admin"].Token), Host: e.hub.ConnectAddr}
-	kc := fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters:
-- name: m2
-  cluster:
-    server: https://m2.cluster.backhaul:6443
-    tls-server-name: kubernetes.default.svc
-    certificate-authority-data: %s
-    proxy-url: %s
-users:
-- name: member-admin
-  user:
-    token: %s
-contexts:
-- name: m2
-  context: {cluster: m2, user: member-admin}
-current-context: m2
-`, base64.StdEncoding.EncodeToString(m.CAPEM), strconv.Quote(proxy.String()), strconv.Quote(m.AdminToken))
-	path := filepath.Join(t.TempDir(), "kubeconfig")
-	require.NoError(t, os.WriteFile(path, []byte(kc), 0o600))
-
+	path := e.connectKubeconfig(t, "m2")
 	out, err := execCommand(ctx, e.bins.Kubectl, "--kubeconfig", path, "get", "namespaces", "kube-system", "-o", "name").CombinedOutput()
 	require.NoError(t, err, string(out))
 	assert.Equal(t, "namespace/kube-system", strings.TrimSpace(string(out)))
@@ -60,6 +39,36 @@ current-context: m2
 	require.NoError(t, err)
 	assert.NotContains(t, string(hubLog), "/api/v1/namespaces/kube-system", "the hub saw a request path through CONNECT")
 	assert.NotContains(t, string(hubLog), m.AdminToken)
+}
+
+// connectKubeconfig writes a kubeconfig for cluster's own API server, as
+// its own admin with its own CA, through the hub's CONNECT front end
+// (proxy-url, as the fleet admin), and returns its path.
+func (e *environment) connectKubeconfig(t *testing.T, cluster string) string {
+	t.Helper()
+	m := e.members[cluster]
+	proxy := url.URL{Scheme: "http", User: url.UserPassword(callers["admin"].User, callers["admin"].Token), Host: e.hub.ConnectAddr}
+	kc := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- name: %[1]s
+  cluster:
+    server: https://%[1]s.cluster.backhaul:6443
+    tls-server-name: kubernetes.default.svc
+    certificate-authority-data: %[2]s
+    proxy-url: %[3]s
+users:
+- name: member-admin
+  user:
+    token: %[4]s
+contexts:
+- name: %[1]s
+  context: {cluster: %[1]s, user: member-admin}
+current-context: %[1]s
+`, cluster, base64.StdEncoding.EncodeToString(m.CAPEM), strconv.Quote(proxy.String()), strconv.Quote(m.AdminToken))
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	require.NoError(t, os.WriteFile(path, []byte(kc), 0o600))
+	return path
 }
 
 // rawConnect sends raw bytes to a CONNECT front end and returns the status

@@ -108,6 +108,10 @@ func setup(ctx context.Context, cl *harness.Cleanups) (_ *environment, err error
 	})
 
 	names := []string{"m1", "m2"}
+	hubAudit, memberAudit, err := auditArgs(e.dir)
+	if err != nil {
+		return nil, err
+	}
 	var wg sync.WaitGroup
 	errs := make([]error, len(names))
 	ms := make([]*harness.Member, len(names))
@@ -115,7 +119,7 @@ func setup(ctx context.Context, cl *harness.Cleanups) (_ *environment, err error
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ms[i], errs[i] = harness.StartMember(ctx, harness.MemberConfig{Name: n, Index: 40 + i, Dir: filepath.Join(e.dir, n)})
+			ms[i], errs[i] = harness.StartMember(ctx, harness.MemberConfig{Name: n, Index: 40 + i, Dir: filepath.Join(e.dir, n), APIServerArgs: memberAudit(n)})
 		}()
 	}
 	wg.Wait()
@@ -137,7 +141,7 @@ func setup(ctx context.Context, cl *harness.Cleanups) (_ *environment, err error
 	}
 	e.hub, err = harness.StartHub(ctx, harness.HubConfig{
 		Binary: hubBin, Dir: filepath.Join(e.dir, "hub"), HostIPs: hostIPs,
-		Clusters: append(names, "ghost"), Callers: callers,
+		Clusters: append(names, "ghost"), Callers: callers, Args: hubAudit,
 	})
 	if e.hub != nil {
 		cl.Add(e.hub.Stop)
