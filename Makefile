@@ -20,7 +20,7 @@ GOTEST_FLAGS ?=
 export GONOSUMDB := k8s.io
 
 
-.PHONY: all build image docs generate test unit e2e bench demo lint fuzz fuzz-short deps kube-bins clean
+.PHONY: all build image docs generate test unit e2e bench demo lint fuzz fuzz-short deps kube-bins clean monitoring monitoring-update
 
 all: build
 
@@ -96,8 +96,8 @@ $(BIN)/kube-apiserver $(BIN)/kubectl &: test/tools/kube/go.mod test/tools/kube/g
 		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
 	@touch $(BIN)/kube-apiserver $(BIN)/kubectl
 
-## test: unit tests (race detector) and the end-to-end suite
-test: unit fuzz-short e2e
+## test: unit tests (race detector), the alerts and dashboard, and the end-to-end suite
+test: unit monitoring fuzz-short e2e
 
 unit:
 	go test -race -count=1 $(GOTEST_FLAGS) $(UNIT_PKGS)
@@ -151,9 +151,31 @@ lint: $(BIN)/staticcheck $(BIN)/controller-gen
 	go vet -tags bench ./test/e2e/scale/
 	$(BIN)/staticcheck ./...
 	$(BIN)/staticcheck -tags bench ./test/e2e/scale/
+	cd test/tools/promtool && go vet ./... && $(BIN)/staticcheck ./...
 	@$(MAKE) --no-print-directory generate >/dev/null
 	@git diff --quiet -- pkg/apis deploy/hub/crds && test -z "$$(git status --porcelain -- pkg/apis deploy/hub/crds)" \
 		|| { echo "generated files are stale: run make generate and commit"; git status --short -- pkg/apis deploy/hub/crds; exit 1; }
+
+## monitoring: deploy/monitoring's alerts and dashboard: promtool check
+## rules and test rules, and every query checked against the series the
+## code exports (test/tools/promtool/monitoring)
+monitoring: $(BIN)/promtool
+	$(BIN)/promtool check rules deploy/monitoring/rules/*.rules.yaml
+	cd deploy/monitoring/tests && $(BIN)/promtool test rules *.yaml
+	cd test/tools/promtool && go test -count=1 ./monitoring/
+
+## monitoring-update: the PrometheusRule manifests from deploy/monitoring/rules
+monitoring-update:
+	cd test/tools/promtool && go test -count=1 -run TestPrometheusRuleManifests ./monitoring/ -update
+
+# promtool, like staticcheck below, is pinned in its own module
+# (test/tools/promtool, which also holds the dashboard and rule checks),
+# so Prometheus and its dependencies stay out of Backhaul's go.mod.
+$(BIN)/promtool: test/tools/promtool/go.mod test/tools/promtool/go.sum
+	@mkdir -p $(BIN)
+	@echo ">> building promtool from the module proxy (first run: ~10 min)"
+	cd test/tools/promtool && go build -trimpath -o $(BIN)/promtool github.com/prometheus/prometheus/cmd/promtool
+	@touch $(BIN)/promtool
 
 # staticcheck is pinned in its own module (test/tools/staticcheck) like the
 # kube binaries, so it stays out of Backhaul's go.mod and is rebuilt only
