@@ -19,9 +19,9 @@ type RuleManifest struct {
 // RuleManifests are deploy/monitoring's PrometheusRules.
 var RuleManifests = []RuleManifest{
 	{Rules: "rules/hub.rules.yaml", Manifest: "prometheusrule.yaml", Name: "backhaul-hub",
-		Scrapes: "the Prometheus that scrapes the hub"},
+		Scrapes: "the Prometheus scraping the hub"},
 	{Rules: "rules/agent.rules.yaml", Manifest: "agent/prometheusrule.yaml", Name: "backhaul-agent",
-		Scrapes: "the Prometheus that scrapes the agents (each member cluster's own, usually)"},
+		Scrapes: "the Prometheus scraping the agents (a member's own, usually)"},
 }
 
 // Render is the manifest for the rule file's content: the file's groups,
@@ -34,9 +34,10 @@ func (m RuleManifest) Render(rules []byte) ([]byte, error) {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, `# Generated from %s by make monitoring-update: edit that file.
-# The same alerts for the Prometheus Operator, for %s. A Prometheus loads
-# the PrometheusRules its ruleSelector matches: add the labels yours
-# selects in an overlay (kube-prometheus-stack's default: release: NAME).
+# The same alerts for the Prometheus Operator, for %s.
+# A Prometheus loads the PrometheusRules its ruleSelector matches: add the
+# labels yours selects in an overlay (kube-prometheus-stack's default:
+# release: NAME).
 apiVersion: monitoring.coreos.com/v1
 kind: PrometheusRule
 metadata:
