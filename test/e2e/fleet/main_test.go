@@ -172,7 +172,7 @@ func setup(ctx context.Context, cl *harness.Cleanups) (_ *environment, err error
 			"--advertise-url", e.agentURL,
 			// Short enough that every agent renews during the suite.
 			"--agent-cert-validity", "2m",
-			"--cluster-status-interval", "1s", "--cluster-heartbeat-interval", "5s",
+			"--cluster-status-interval", "1s", "--cluster-heartbeat-interval", "5s", "--tunnel-health-write-interval", "5s",
 			"--auth-cache-ttl", "1s",
 		},
 	})
