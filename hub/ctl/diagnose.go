@@ -193,8 +193,8 @@ type tokenFact struct {
 func (r *runner) gather(ctx context.Context, c client.Client, name string, o diagnoseOptions) (*facts, error) {
 	f := &facts{
 		name: name, namespace: r.opts.Namespace, now: r.env.Now(), certWarning: o.certWarning,
-		// The hub does not publish its build version; backhaulctl ships
-		// in the same release, so its version stands in for the hub's.
+		// Until a live replica says its version (older hubs do not),
+		// backhaulctl's stands in: it ships in the same release.
 		refVersion: version.Version, refVersionFrom: "backhaulctl",
 	}
 	var cl v1alpha1.Cluster
@@ -212,6 +212,9 @@ func (r *runner) gather(ctx context.Context, c client.Client, name string, o dia
 		f.replicasErr = explain(err)
 	} else {
 		f.replicas = replicas.Items
+		if v, from := hubVersion(f.replicas, f.now); v != "" {
+			f.refVersion, f.refVersionFrom = v, from
+		}
 	}
 
 	f.hub, f.hubErr = resolveHubInfo(ctx, c, r.opts)
@@ -338,4 +341,24 @@ func short(d time.Duration) string {
 	default:
 		return d.Round(10 * time.Millisecond).String()
 	}
+}
+
+// hubVersion is the version a live replica publishes, preferring the
+// newest (a rollout in progress compares agents with where it is going),
+// and which replica said it.
+func hubVersion(replicas []v1alpha1.HubReplica, now time.Time) (v, from string) {
+	var newest time.Time
+	for _, r := range replicas {
+		st := r.Status
+		if st.Version == "" || st.RenewTime == nil {
+			continue
+		}
+		if now.After(st.RenewTime.Add(time.Duration(st.LeaseDurationSeconds) * time.Second)) {
+			continue // expired: not serving
+		}
+		if t := r.CreationTimestamp.Time; v == "" || t.After(newest) {
+			v, from, newest = st.Version, "hub "+r.Name, t
+		}
+	}
+	return v, from
 }

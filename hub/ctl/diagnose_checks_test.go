@@ -598,3 +598,35 @@ func TestRefusalHints(t *testing.T) {
 		})
 	}
 }
+
+func TestHubVersionFromLiveReplicas(t *testing.T) {
+	withVersion := func(r *v1alpha1.HubReplica, v string, created time.Duration) v1alpha1.HubReplica {
+		r.Status.Version = v
+		r.CreationTimestamp = metav1.NewTime(testNow.Add(-created))
+		return *r
+	}
+	tests := []struct {
+		name     string
+		replicas []v1alpha1.HubReplica
+		want     string
+		wantFrom string
+	}{
+		{name: "no replica says", replicas: []v1alpha1.HubReplica{*replica("hub-0", time.Second)}},
+		{name: "a live replica", replicas: []v1alpha1.HubReplica{withVersion(replica("hub-0", time.Second), "v0.9.0", time.Hour)},
+			want: "v0.9.0", wantFrom: "hub hub-0"},
+		{name: "the newest live replica wins during a rollout", replicas: []v1alpha1.HubReplica{
+			withVersion(replica("hub-old", time.Second), "v0.9.0", time.Hour),
+			withVersion(replica("hub-new", time.Second), "v1.0.0", time.Minute),
+		}, want: "v1.0.0", wantFrom: "hub hub-new"},
+		{name: "an expired replica does not count", replicas: []v1alpha1.HubReplica{
+			withVersion(replica("hub-gone", time.Hour), "v0.1.0", time.Minute),
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			v, from := hubVersion(tc.replicas, testNow)
+			assert.Equal(t, tc.want, v)
+			assert.Equal(t, tc.wantFrom, from)
+		})
+	}
+}

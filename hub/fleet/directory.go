@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"backhaul.io/backhaul/pkg/apis/backhaul/v1alpha1"
+	"backhaul.io/backhaul/pkg/version"
 )
 
 // PeerPortName is the EndpointSlice port the hub replicas reach each
@@ -198,6 +199,7 @@ func (d *Directory) publish(ctx context.Context) {
 	st := v1alpha1.HubReplicaStatus{
 		RenewTime: &now, LeaseDurationSeconds: int32(d.cfg.LeaseDuration / time.Second),
 		Draining: draining, ClusterCount: int32(len(held)), Clusters: held,
+		Version: version.Version,
 	}
 	if d.cfg.Tunnels != nil {
 		st.Tunnels = d.cfg.Tunnels()

@@ -40,6 +40,10 @@ type HubReplicaStatus struct {
 	// its agents are moving away and new streams prefer other replicas.
 	// +optional
 	Draining bool `json:"draining,omitempty"`
+	// Version is the replica's build version (what agents are compared
+	// with when a cluster is diagnosed).
+	// +optional
+	Version string `json:"version,omitempty"`
 	// ClusterCount is len(Clusters), for kubectl get.
 	// +optional
 	ClusterCount int32 `json:"clusterCount,omitempty"`
