@@ -166,6 +166,7 @@ func (s *Server) mountFrontEnds(mux *http.ServeMux, m *frontend.Metrics) error {
 		Authn: cfg.Authn, Admission: admission, Dialer: s.dialer, Limits: limits, Audit: s.audit,
 		Suffix: cfg.ClusterSuffix, Metrics: m, Log: cfg.Log.Named(logging.Connect),
 		InsecureCredentials: cfg.ConnectInsecureCredentials,
+		RecordingRequired:   rc.Mode == recording.Required,
 	})
 	if err != nil {
 		return err

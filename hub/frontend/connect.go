@@ -37,6 +37,12 @@ type ConnectConfig struct {
 	Audit   *audit.Logger
 	Metrics *Metrics
 	Log     hclog.Logger
+	// RecordingRequired refuses CONNECT to clusters' API servers: TLS is
+	// end to end there, so an exec through it could not be recorded, and
+	// --recording=required promises that none goes unrecorded. Node
+	// addresses stay open (kube-apiserver's egress selector, allowlisted
+	// services).
+	RecordingRequired bool
 	// InsecureCredentials accepts Proxy-Authorization on a plaintext
 	// listener, where anyone on the path reads the token. Off, such a
 	// request is refused and the caller told to use TLS.
@@ -185,6 +191,10 @@ func (p *Connect) admit(ctx context.Context, user *auth.User, scope, host, port 
 	if !t.node() {
 		if ref := p.inScope(scope, t.cluster, hostport); ref != nil {
 			return nil, tunnel.Request{}, ref
+		}
+		if p.cfg.RecordingRequired {
+			return nil, tunnel.Request{}, &auth.Refusal{Code: http.StatusForbidden, Reason: session.ReasonForbidden,
+				Message: fmt.Sprintf("this hub records every exec and attach (--recording=required), which it cannot do through CONNECT: use the gateway at /clusters/%s/ for cluster %[1]s's API server", t.cluster)}
 		}
 		route, ref := p.cfg.Admission.Admit(ctx, user, t.cluster)
 		return route, tunnel.Request{Kind: tunnel.KindAPIServerTCP}, ref

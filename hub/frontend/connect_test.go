@@ -243,3 +243,25 @@ type onlyCluster string
 func (o onlyCluster) Authorize(_ context.Context, _ *auth.User, cluster string) (bool, string, error) {
 	return cluster == string(o), "not granted", nil
 }
+
+// With --recording=required, CONNECT to a cluster's API server would carry
+// exec sessions the hub cannot record (TLS is end to end): it is refused,
+// saying where to go instead. Node addresses still splice.
+func TestConnectRecordingRequiredRefusesAPIServers(t *testing.T) {
+	f := newFrontEnds(t, auth.AllowAuthenticated{}, "alpha")
+	f.connect.cfg.RecordingRequired = true
+	f.agent(t, "alpha", echoAgent, session.Agent{Addresses: []netip.Addr{netip.MustParseAddr("10.0.0.7")}})
+	for _, h := range []http.Handler{f.connect, f.connect.ForSocket(alice)} {
+		status, body, _ := rawConnect(t, h, "alpha.cluster.backhaul:443", "Bearer alice-token")
+		assert.True(t, strings.HasPrefix(status, "403"), "got %q", status)
+		msg, _ := io.ReadAll(body)
+		assert.Contains(t, string(msg), "use the gateway at /clusters/alpha/")
+	}
+	assert.Equal(t, 2.0, f.errors(t, session.ReasonForbidden))
+
+	status, br, _ := rawConnect(t, f.connect, "10.0.0.7:10250", "Bearer alice-token")
+	require.Equal(t, "200 Connection established", status)
+	first, err := br.ReadString('\n')
+	require.NoError(t, err)
+	assert.Equal(t, "tcp 10.0.0.7:10250\n", first)
+}
