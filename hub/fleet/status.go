@@ -99,14 +99,23 @@ func (o observation) equal(p observation) bool {
 }
 
 // tunnelEventsEqual compares two merged tunnels but for their moving
-// figures.
+// figures (figuresEqual compares those). It runs for every cluster at
+// every resync, so it compares fields rather than copies.
 func tunnelEventsEqual(a, b *v1alpha1.TunnelStatus) bool {
 	if a == nil || b == nil {
 		return a == b
 	}
-	a, b = a.DeepCopy(), b.DeepCopy()
-	keepFigures(a, b)
-	return equality.Semantic.DeepEqual(a, b)
+	return durEqual(a.RTTWindow, b.RTTWindow) && a.Reconnects == b.Reconnects && a.Flapping == b.Flapping &&
+		timeEqual(a.ConnectedSince, b.ConnectedSince) && timeEqual(a.CertificateNotAfter, b.CertificateNotAfter) &&
+		timeEqual(a.LastDisconnectTime, b.LastDisconnectTime) && a.LastDisconnectReason == b.LastDisconnectReason &&
+		timeEqual(a.LastRefusalTime, b.LastRefusalTime) && a.LastRefusalReason == b.LastRefusalReason
+}
+
+func timeEqual(a, b *metav1.Time) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Equal(b)
 }
 
 // Start writes status until ctx ends.

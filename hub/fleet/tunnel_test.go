@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"context"
+	"reflect"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -213,4 +214,39 @@ func (e *batchEnv) status(t *testing.T) v1alpha1.ClusterStatus {
 	var c v1alpha1.Cluster
 	require.NoError(t, e.host.Get(t.Context(), types.NamespacedName{Name: "edge"}, &c))
 	return c.Status
+}
+
+// TestTunnelComparisonsCoverEveryField: every field of TunnelStatus is
+// either a moving figure (batched) or an event (written at once), and a
+// field added later must be sorted into one of them.
+func TestTunnelComparisonsCoverEveryField(t *testing.T) {
+	figures := map[string]bool{"RTT": true, "RTTP99": true, "Streams": true, "BytesTx": true, "BytesRx": true, "ClockSkew": true}
+	typ := reflect.TypeFor[v1alpha1.TunnelStatus]()
+	for i := range typ.NumField() {
+		f := typ.Field(i)
+		t.Run(f.Name, func(t *testing.T) {
+			a, b := &v1alpha1.TunnelStatus{}, &v1alpha1.TunnelStatus{}
+			v := reflect.ValueOf(b).Elem().Field(i)
+			switch v.Kind() {
+			case reflect.Pointer:
+				v.Set(reflect.New(v.Type().Elem()))
+				if tm, ok := v.Interface().(*metav1.Time); ok {
+					tm.Time = time.Unix(1, 0)
+				}
+				if d, ok := v.Interface().(*metav1.Duration); ok {
+					d.Duration = time.Second
+				}
+			case reflect.Int32, reflect.Int64:
+				v.SetInt(1)
+			case reflect.Bool:
+				v.SetBool(true)
+			case reflect.String:
+				v.SetString("x")
+			default:
+				t.Fatalf("field %s of kind %s: teach this test", f.Name, v.Kind())
+			}
+			assert.Equal(t, figures[f.Name], tunnelEventsEqual(a, b), "events compare %s", f.Name)
+			assert.Equal(t, !figures[f.Name], figuresEqual(a, b), "figures compare %s", f.Name)
+		})
+	}
 }

@@ -327,7 +327,7 @@ func TestEndpointRecordsRefusals(t *testing.T) {
 			if tc.header != nil {
 				tc.header(req.Header)
 			}
-			ep.ServeHTTP(newRecorder(), req)
+			ep.ServeHTTP(httptest.NewRecorder(), req)
 			r := e.report(t, "edge")
 			assert.Equal(t, tc.want, r.RefusalReason)
 			assert.Equal(t, e.clock.Now(), r.Refusal)
@@ -344,23 +344,11 @@ func TestEndpointRecordsBusyRefusals(t *testing.T) {
 	require.NoError(t, err)
 	ep.handshakes <- struct{}{} // the one slot is taken
 	req, _ := http.NewRequest(http.MethodGet, "/v1/tunnel", nil)
-	rec := newRecorder()
+	rec := httptest.NewRecorder()
 	ep.ServeHTTP(rec, req)
-	assert.Equal(t, http.StatusServiceUnavailable, rec.code)
+	assert.Equal(t, http.StatusServiceUnavailable, rec.Code)
 	assert.Equal(t, RefusalBusy, e.report(t, "edge").RefusalReason)
 }
-
-// recorder is a ResponseWriter that keeps the status (httptest's would
-// do, but cannot be hijacked either, which is all the refusals need).
-type recorder struct {
-	h    http.Header
-	code int
-}
-
-func newRecorder() *recorder                    { return &recorder{h: http.Header{}} }
-func (r *recorder) Header() http.Header         { return r.h }
-func (r *recorder) Write(b []byte) (int, error) { return len(b), nil }
-func (r *recorder) WriteHeader(code int)        { r.code = code }
 
 func TestParseAgentTime(t *testing.T) {
 	recv := time.Date(2030, 1, 1, 12, 0, 0, 0, time.UTC)
