@@ -280,6 +280,11 @@ func (f *facts) refusalHint(reason string) string {
 			identity.AgentNamespace)
 	case has("not registered"):
 		return fmt.Sprintf("`backhaulctl cluster add %s`, then onboard the site again", f.name)
+	case has("hub replicas' clocks"):
+		// The hub checks the certificate against its own clock; another
+		// replica issued it by its own: the hubs' clocks disagree, not
+		// the agent's.
+		return hubClockHint
 	case has("not yet valid") && !has("expired") || has("is before"):
 		return clockHint
 	case has("expired"):
@@ -296,6 +301,8 @@ func (f *facts) refusalHint(reason string) string {
 		return "the hub's log has the details: `" + f.hubLogs() + "`"
 	}
 }
+
+const hubClockHint = "a hub replica refused a certificate another replica issued moments ago by its own clock: fix time sync (NTP, chrony) on the hub's nodes; the agent retries and succeeds once the refusing replica's clock passes the certificate's start"
 
 const clockHint = "fix time sync (NTP, chrony) on the member's nodes: with a clock minutes off, fresh certificates look not yet valid, renewals run at the wrong time and bootstrap tokens expire early or late"
 

@@ -583,7 +583,7 @@ func TestDisconnectHints(t *testing.T) {
 func TestRefusalHints(t *testing.T) {
 	tests := []struct{ reason, next string }{
 		{"certificate expired", "re-enroll"},
-		{"certificate not yet valid (is the agent's clock behind?)", "NTP"},
+		{"certificate not yet valid (do the hub replicas' clocks disagree?)", "on the hub's nodes"},
 		{"certificate revoked: it was issued to an earlier cluster of this name", "delete secret backhaul-agent"},
 		{"cluster not registered (removed?)", "`backhaulctl cluster add edge-1`, then onboard"},
 		{"unsupported tunnel protocol version", "set image"},
