@@ -255,7 +255,11 @@ func (d *wsDecoder) decode64(p []byte) error {
 		return fmt.Errorf("%w: base64: %w", errWebsocketFrame, err)
 	}
 	out = d.decoded[:len(out)+n]
-	d.b64end = whole > 0 && p[whole-1] == '='
+	if whole > 0 {
+		// Not otherwise: a group completed from the carry above may have
+		// ended the text already.
+		d.b64end = p[whole-1] == '='
+	}
 	if d.b64n = copy(d.b64[:], p[whole:]); d.b64end && d.b64n > 0 {
 		return fmt.Errorf("%w: base64 after padding", errWebsocketFrame)
 	}
