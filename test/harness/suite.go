@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"testing"
 	"time"
 )
@@ -69,4 +70,41 @@ func Skip(t testing.TB, format string, args ...any) {
 		t.Fatalf("missing prerequisite (%s is set, so this fails instead of skipping): %s", EnvRequire, msg)
 	}
 	t.Skip(msg)
+}
+
+// SuiteDir makes the suite's directory for logs and state. It is removed
+// when the suite ends, unless BACKHAUL_E2E_KEEP is set: then its path is
+// printed.
+func SuiteDir(cl *Cleanups, suite string) (string, error) {
+	dir, err := os.MkdirTemp("", "backhaul-"+suite+"-")
+	if err != nil {
+		return "", err
+	}
+	cl.Add(func() {
+		if os.Getenv("BACKHAUL_E2E_KEEP") == "" {
+			_ = os.RemoveAll(dir)
+		} else {
+			fmt.Fprintf(os.Stderr, "%s e2e: logs kept in %s\n", suite, dir)
+		}
+	})
+	return dir, nil
+}
+
+// StartMembers starts the members at once (their API servers are the slow
+// part) and registers every one that started to be stopped with the
+// suite, also when another failed.
+func StartMembers(ctx context.Context, cl *Cleanups, cfgs ...MemberConfig) ([]*Member, error) {
+	ms := make([]*Member, len(cfgs))
+	errs := make([]error, len(cfgs))
+	var wg sync.WaitGroup
+	for i, c := range cfgs {
+		wg.Go(func() { ms[i], errs[i] = StartMember(ctx, c) })
+	}
+	wg.Wait()
+	for _, m := range ms {
+		if m != nil {
+			cl.Add(func() { _ = m.Stop() })
+		}
+	}
+	return ms, errors.Join(errs...)
 }

@@ -11,7 +11,6 @@ package deploy
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -83,25 +82,16 @@ func setup(ctx context.Context, cl *harness.Cleanups) (_ *environment, err error
 	})
 
 	names := []string{hostMember, onboardMember}
-	ms := make([]*harness.Member, len(names))
-	errs := make([]error, len(names))
-	var wg sync.WaitGroup
+	cfgs := make([]harness.MemberConfig, len(names))
 	for i, n := range names {
-		wg.Go(func() {
-			ms[i], errs[i] = harness.StartMember(ctx, harness.MemberConfig{
-				Name: n, Index: memberIndexes[n], Dir: filepath.Join(e.dir, n),
-			})
-		})
+		cfgs[i] = harness.MemberConfig{Name: n, Index: memberIndexes[n], Dir: filepath.Join(e.dir, n)}
 	}
-	wg.Wait()
-	for i, n := range names {
-		if m := ms[i]; m != nil {
-			e.members[n] = m
-			cl.Add(func() { _ = m.Stop() })
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
+	ms, err := harness.StartMembers(ctx, cl, cfgs...)
+	if err != nil {
 		return nil, err
+	}
+	for i, n := range names {
+		e.members[n] = ms[i]
 	}
 	return e, nil
 }

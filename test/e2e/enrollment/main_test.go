@@ -79,16 +79,9 @@ func setup(ctx context.Context, cl *harness.Cleanups) (_ *environment, err error
 	if e.ctlBin, err = harness.CtlBinary(ctx); err != nil {
 		return nil, err
 	}
-	if e.dir, err = os.MkdirTemp("", "backhaul-enroll-"); err != nil {
+	if e.dir, err = harness.SuiteDir(cl, "enroll"); err != nil {
 		return nil, err
 	}
-	cl.Add(func() {
-		if os.Getenv("BACKHAUL_E2E_KEEP") == "" {
-			_ = os.RemoveAll(e.dir)
-		} else {
-			fmt.Fprintf(os.Stderr, "enrollment e2e: logs kept in %s\n", e.dir)
-		}
-	})
 	e.host, err = harness.StartMember(ctx, harness.MemberConfig{Name: "eh", Index: hostIndex, Dir: filepath.Join(e.dir, "eh")})
 	if e.host != nil {
 		cl.Add(func() { _ = e.host.Stop() })

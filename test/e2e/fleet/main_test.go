@@ -97,16 +97,9 @@ func setup(ctx context.Context, cl *harness.Cleanups) (_ *environment, err error
 	if e.ctlBin, err = harness.CtlBinary(ctx); err != nil {
 		return nil, err
 	}
-	if e.dir, err = os.MkdirTemp("", "backhaul-fleet-"); err != nil {
+	if e.dir, err = harness.SuiteDir(cl, "fleet"); err != nil {
 		return nil, err
 	}
-	cl.Add(func() {
-		if os.Getenv("BACKHAUL_E2E_KEEP") == "" {
-			_ = os.RemoveAll(e.dir)
-		} else {
-			fmt.Fprintf(os.Stderr, "fleet e2e: logs kept in %s\n", e.dir)
-		}
-	})
 
 	// The host cluster trusts an OIDC issuer, as many do.
 	if e.oidc, err = startOIDC(e.dir, 50); err != nil {

@@ -145,34 +145,18 @@ func setup(ctx context.Context, cl *harness.Cleanups) (_ *environment, err error
 	if err != nil {
 		return nil, err
 	}
-	if e.dir, err = os.MkdirTemp("", "backhaul-ha-"); err != nil {
+	if e.dir, err = harness.SuiteDir(cl, "ha"); err != nil {
 		return nil, err
 	}
-	cl.Add(func() {
-		if os.Getenv("BACKHAUL_E2E_KEEP") == "" {
-			_ = os.RemoveAll(e.dir)
-		} else {
-			fmt.Fprintf(os.Stderr, "ha e2e: logs kept in %s\n", e.dir)
-		}
-	})
 
 	// The host cluster and the members start together.
 	names := append([]string{"hah"}, memberNames...)
-	var wg sync.WaitGroup
-	errs := make([]error, len(names))
-	ms := make([]*harness.Member, len(names))
+	cfgs := make([]harness.MemberConfig, len(names))
 	for i, n := range names {
-		wg.Go(func() {
-			ms[i], errs[i] = harness.StartMember(ctx, harness.MemberConfig{Name: n, Index: hostIndex + i, Dir: filepath.Join(e.dir, n)})
-		})
+		cfgs[i] = harness.MemberConfig{Name: n, Index: hostIndex + i, Dir: filepath.Join(e.dir, n)}
 	}
-	wg.Wait()
-	for _, m := range ms {
-		if m != nil {
-			cl.Add(func() { _ = m.Stop() })
-		}
-	}
-	if err := joinErrs(errs); err != nil {
+	ms, err := harness.StartMembers(ctx, cl, cfgs...)
+	if err != nil {
 		return nil, err
 	}
 	e.host = ms[0]
@@ -260,6 +244,7 @@ func setup(ctx context.Context, cl *harness.Cleanups) (_ *environment, err error
 		}
 	})
 	oerrs := make([]error, len(memberNames))
+	var wg sync.WaitGroup
 	for i, n := range memberNames {
 		wg.Go(func() { oerrs[i] = e.onboard(ctx, n) })
 	}

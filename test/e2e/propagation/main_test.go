@@ -129,21 +129,12 @@ func setup(ctx context.Context, cl *harness.Cleanups) (_ *environment, err error
 
 	// Start the four API servers at once: that is the slow part.
 	names := append([]string{hostName}, memberNames...)
-	started := make([]*harness.Member, len(names))
-	errs := make([]error, len(names))
-	var wg sync.WaitGroup
+	cfgs := make([]harness.MemberConfig, len(names))
 	for i, n := range names {
-		wg.Go(func() {
-			started[i], errs[i] = harness.StartMember(ctx, harness.MemberConfig{Name: n, Index: hostIndex + i, Dir: filepath.Join(e.dir, n)})
-		})
+		cfgs[i] = harness.MemberConfig{Name: n, Index: hostIndex + i, Dir: filepath.Join(e.dir, n)}
 	}
-	wg.Wait()
-	for _, m := range started {
-		if m != nil {
-			cl.Add(func() { _ = m.Stop() })
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
+	started, err := harness.StartMembers(ctx, cl, cfgs...)
+	if err != nil {
 		return nil, err
 	}
 	for i, m := range started {

@@ -88,36 +88,18 @@ func setup(ctx context.Context, cl *harness.Cleanups) (_ *environment, err error
 		return nil, err
 	}
 	e.agentBin = agentBin
-	if e.dir, err = os.MkdirTemp("", "backhaul-statuspage-"); err != nil {
+	if e.dir, err = harness.SuiteDir(cl, "statuspage"); err != nil {
 		return nil, err
 	}
-	cl.Add(func() {
-		if os.Getenv("BACKHAUL_E2E_KEEP") == "" {
-			_ = os.RemoveAll(e.dir)
-		} else {
-			fmt.Fprintf(os.Stderr, "statuspage e2e: logs kept in %s\n", e.dir)
-		}
-	})
 
 	names := append([]string{"sph"}, memberNames...)
-	var wg sync.WaitGroup
-	errs := make([]error, len(names))
-	ms := make([]*harness.Member, len(names))
+	cfgs := make([]harness.MemberConfig, len(names))
 	for i, n := range names {
-		wg.Go(func() {
-			ms[i], errs[i] = harness.StartMember(ctx, harness.MemberConfig{Name: n, Index: hostIndex + i, Dir: filepath.Join(e.dir, n)})
-		})
+		cfgs[i] = harness.MemberConfig{Name: n, Index: hostIndex + i, Dir: filepath.Join(e.dir, n)}
 	}
-	wg.Wait()
-	for _, m := range ms {
-		if m != nil {
-			cl.Add(func() { _ = m.Stop() })
-		}
-	}
-	for _, err := range errs {
-		if err != nil {
-			return nil, err
-		}
+	ms, err := harness.StartMembers(ctx, cl, cfgs...)
+	if err != nil {
+		return nil, err
 	}
 	e.host = ms[0]
 	for i, n := range memberNames {
