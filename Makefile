@@ -20,7 +20,7 @@ GOTEST_FLAGS ?=
 export GONOSUMDB := k8s.io
 
 
-.PHONY: all build image docs generate test unit e2e bench demo lint fuzz fuzz-short deps kube-bins clean monitoring monitoring-update
+.PHONY: all build image node-images docs generate test unit e2e bench demo lint fuzz fuzz-short deps kube-bins clean monitoring monitoring-update
 
 all: build
 
@@ -71,10 +71,18 @@ $(BIN)/controller-gen: test/tools/controller-gen/go.mod test/tools/controller-ge
 docs:
 	go run ./pkg/flagdoc/cmd/gendocs -o docs/configuration.md
 
-## deps: Debian packages the end-to-end suite and demo use (etcd, ip, nft, wget, shellcheck, chromium)
+## deps: Debian packages the end-to-end suite and demo use (etcd, ip, nft, wget, shellcheck, chromium,
+## and for the real nodes containerd, runc, CNI plugins, conntrack, busybox-static and a static libc)
 deps:
 	@missing=""; \
 	command -v etcd >/dev/null || missing="$$missing etcd-server"; \
+	command -v containerd >/dev/null || missing="$$missing containerd"; \
+	command -v runc >/dev/null || missing="$$missing runc"; \
+	command -v conntrack >/dev/null || missing="$$missing conntrack"; \
+	[ -x /usr/lib/cni/bridge ] || missing="$$missing containernetworking-plugins"; \
+	[ -x /bin/busybox ] || missing="$$missing busybox-static"; \
+	command -v gcc >/dev/null || missing="$$missing gcc"; \
+	[ -f /usr/lib/x86_64-linux-gnu/libc.a ] || missing="$$missing libc6-dev"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v ip   >/dev/null || missing="$$missing iproute2"; \
 	command -v nft  >/dev/null || missing="$$missing nftables"; \
@@ -86,15 +94,29 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-## kube-bins: kube-apiserver and kubectl $(KUBE_VERSION), built once and cached
-kube-bins: $(BIN)/kube-apiserver $(BIN)/kubectl
+## kube-bins: kube-apiserver, kubectl, kubelet, kube-controller-manager, kube-scheduler and
+## kube-proxy $(KUBE_VERSION), built once and cached
+KUBE_CMDS := kube-apiserver kubectl kubelet kube-controller-manager kube-scheduler kube-proxy
+kube-bins: $(addprefix $(BIN)/,$(KUBE_CMDS))
 
-$(BIN)/kube-apiserver $(BIN)/kubectl &: test/tools/kube/go.mod test/tools/kube/go.sum
+$(addprefix $(BIN)/,$(KUBE_CMDS)) &: test/tools/kube/go.mod test/tools/kube/go.sum
 	@mkdir -p $(BIN)
-	@echo ">> building kube-apiserver and kubectl $(KUBE_VERSION) from the module proxy (first run: ~5 min)"
+	@echo ">> building $(KUBE_CMDS) $(KUBE_VERSION) from the module proxy (first run: ~10 min)"
 	cd test/tools/kube && go build -trimpath -ldflags '$(KUBE_LDFLAGS)' -o $(BIN)/ \
-		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
-	@touch $(BIN)/kube-apiserver $(BIN)/kubectl
+		$(addprefix k8s.io/kubernetes/cmd/,$(KUBE_CMDS))
+	@touch $(addprefix $(BIN)/,$(KUBE_CMDS))
+
+## node-images: the pause and busybox images real test nodes run (test/tools/nodeimages),
+## built FROM scratch: pause from upstream's pause.c, busybox from Debian's busybox-static
+NODE_IMG := $(OUT)/node-images
+node-images: deps
+	@mkdir -p $(NODE_IMG)
+	@src=$$(cd test/tools/kube && go list -m -f '{{.Dir}}' k8s.io/kubernetes) && \
+		gcc -Os -static -DVERSION=3.10.2 -o $(NODE_IMG)/pause $$src/build/pause/linux/pause.c
+	@cp /bin/busybox $(NODE_IMG)/busybox && cp test/tools/nodeimages/Dockerfile $(NODE_IMG)/Dockerfile
+	tar -C $(NODE_IMG) -c Dockerfile pause busybox | docker build -q --target pause -t registry.k8s.io/pause:3.10.2 - >/dev/null
+	tar -C $(NODE_IMG) -c Dockerfile pause busybox | docker build -q --target busybox -t backhaul-e2e/busybox:1.35 - >/dev/null
+	@echo ">> node images: registry.k8s.io/pause:3.10.2 backhaul-e2e/busybox:1.35"
 
 ## test: unit tests (race detector), the alerts and dashboard, and the end-to-end suite
 test: unit monitoring fuzz-short e2e
@@ -105,7 +127,7 @@ unit:
 ## e2e: real kube-apiservers in network namespaces, reached only through the hub
 # testsummary prints, after each package's result, how many tests ran,
 # passed, skipped and failed (and what a skipped test said).
-e2e: deps kube-bins build
+e2e: deps kube-bins build image node-images
 	go run ./test/testsummary go test -json -count=1 -p 1 -timeout 25m $(GOTEST_FLAGS) ./test/...
 
 ## bench: tunnel and gateway figures side by side with direct connections,

@@ -293,7 +293,8 @@ func FreePort() (int, error) {
 }
 
 // WaitFor polls cond every interval until it returns nil or timeout passes,
-// returning the last error.
+// returning the last error. An error wrapped by [Permanent] ends the wait
+// at once.
 func WaitFor(ctx context.Context, timeout, interval time.Duration, cond func() error) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -302,6 +303,10 @@ func WaitFor(ctx context.Context, timeout, interval time.Duration, cond func() e
 		if last = cond(); last == nil {
 			return nil
 		}
+		var p permanentError
+		if errors.As(last, &p) {
+			return p.err
+		}
 		select {
 		case <-ctx.Done():
 			return errors.Join(ctx.Err(), last)
@@ -309,3 +314,12 @@ func WaitFor(ctx context.Context, timeout, interval time.Duration, cond func() e
 		}
 	}
 }
+
+// Permanent marks err as one [WaitFor] must not wait out (a process that
+// exited, say).
+func Permanent(err error) error { return permanentError{err} }
+
+type permanentError struct{ err error }
+
+func (p permanentError) Error() string { return p.err.Error() }
+func (p permanentError) Unwrap() error { return p.err }

@@ -13,7 +13,8 @@ import (
 // can cut them: a process given Addr instead of the target can be cut off
 // from it (a network partition the test controls) and reconnected.
 type Forwarder struct {
-	// Addr is 127.0.0.1:PORT, where the forwarder listens.
+	// Addr is where the forwarder listens (127.0.0.1:PORT from
+	// [NewForwarder]).
 	Addr   string
 	target string
 	ln     net.Listener
@@ -28,7 +29,13 @@ type Forwarder struct {
 // NewForwarder listens on 127.0.0.1:0 and relays each connection to
 // target (host:port). Close stops it.
 func NewForwarder(target string) (*Forwarder, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return NewForwarderOn("127.0.0.1:0", target)
+}
+
+// NewForwarderOn is [NewForwarder] listening on listen (host:port): a
+// TCP load balancer in front of a Service's NodePort, say.
+func NewForwarderOn(listen, target string) (*Forwarder, error) {
+	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		return nil, fmt.Errorf("forwarder to %s: %w", target, err)
 	}

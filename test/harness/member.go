@@ -61,19 +61,24 @@ type Member struct {
 	AdminKubeconfig string        // kubeconfig for InternalURL as admin (for use inside the namespace)
 	StartupTime     time.Duration // from starting etcd to the apiserver being ready
 
-	bins     Binaries
-	logDir   string
-	etcdArgs []string // empty when the member uses an external etcd
-	apiArgs  []string
+	bins      Binaries
+	logDir    string
+	etcdArgs  []string // empty when the member uses an external etcd
+	saKeyFile string   // signs and verifies service account tokens
+	apiArgs   []string
 	// extraArgs come from MemberConfig.APIServerArgs.
 	extraArgs []string
 
 	mu        sync.Mutex // guards etcd, apiserver and stopped
 	etcd      *Process
 	apiserver *Process
-	stopped   bool
-	stopOnce  sync.Once
-	stopErr   error
+	// controllers are kube-controller-manager and kube-scheduler, once
+	// [Member.StartControlPlane] has started them.
+	controllers []*Process
+	nodes       []*Node // stopped before the rest, see [StartNode]
+	stopped     bool
+	stopOnce    sync.Once
+	stopErr     error
 }
 
 // StartMember creates the member's namespace, starts etcd and kube-apiserver
@@ -173,6 +178,7 @@ func (m *Member) prepare(etcdServers, etcdPrefix string) error {
 	if err := WriteKey(saKey); err != nil {
 		return err
 	}
+	m.saKeyFile = saKey
 	if m.AdminToken, err = newToken(); err != nil {
 		return err
 	}
@@ -361,15 +367,35 @@ func (m *Member) Stop() error {
 	m.stopOnce.Do(func() {
 		m.mu.Lock()
 		m.stopped = true
-		etcd := m.etcd
+		etcd, controllers, nodes := m.etcd, m.controllers, m.nodes
 		m.mu.Unlock()
+		// A node's containers outlive the namespace (each Pod has its
+		// own), so nodes go first.
+		var errs []error
+		for _, n := range nodes {
+			errs = append(errs, n.Stop())
+		}
+		for _, p := range controllers {
+			p.Stop()
+		}
 		m.StopAPIServer()
 		if etcd != nil {
 			etcd.Stop()
 		}
-		m.stopErr = m.Netns.Close()
+		m.stopErr = errors.Join(append(errs, m.Netns.Close())...)
 	})
 	return m.stopErr
+}
+
+// addNode records n so [Member.Stop] stops it first.
+func (m *Member) addNode(n *Node) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.stopped {
+		return errors.New("member is stopped")
+	}
+	m.nodes = append(m.nodes, n)
+	return nil
 }
 
 // Logs returns the tails of the etcd and kube-apiserver logs, for test

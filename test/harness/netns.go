@@ -126,6 +126,16 @@ func (n *Netns) Command(ctx context.Context, name string, args ...string) *exec.
 	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.Name, name}, args...)...)
 }
 
+// NetCommand is like [Netns.Command] but enters only the network
+// namespace (nsenter --net), keeping the machine's mount namespace: `ip
+// netns exec` gives its command a private one with a fresh /sys, where the
+// cgroup hierarchies are missing and mounts made (a container's root file
+// system) are invisible to everyone else. A real node's containerd,
+// kubelet and kube-proxy need the machine's.
+func (n *Netns) NetCommand(ctx context.Context, name string, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + netnsDir + "/" + n.Name, "--", name}, args...)...)
+}
+
 // Close kills any processes still running inside the namespace (all started
 // by the harness), deletes the namespace and the root-side veth, and releases
 // the name and index locks. It is idempotent and returns the first error.
@@ -275,6 +285,21 @@ func (n *Netns) AllowInbound(port int) error {
 		"tcp", "dport", strconv.Itoa(port), "accept")
 	if err != nil {
 		return fmt.Errorf("netns %s: allow inbound tcp/%d: %w", n.Name, port, err)
+	}
+	return nil
+}
+
+// AllowInboundFrom opens the namespace to new connections from addresses
+// in prefix: a node's Pods, whose packets reach the node's own addresses
+// (an API server behind the kubernetes Service, a hostNetwork Pod) from
+// the node's bridge rather than from outside.
+func (n *Netns) AllowInboundFrom(prefix netip.Prefix) error {
+	ctx, cancel := context.WithTimeout(context.Background(), shellTimeout)
+	defer cancel()
+	_, err := run(ctx, nil, "ip", "netns", "exec", n.Name, "nft", "insert", "rule", "inet", nftTable, "input",
+		"ip", "saddr", prefix.String(), "accept")
+	if err != nil {
+		return fmt.Errorf("netns %s: allow inbound from %s: %w", n.Name, prefix, err)
 	}
 	return nil
 }
