@@ -3,6 +3,9 @@ package tunnel
 import (
 	"errors"
 	"fmt"
+	"io"
+	stdlog "log"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -74,7 +77,8 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-func (c *Config) yamux() *yamux.Config {
+// yamux is the yamux configuration; its logger writes to log.
+func (c *Config) yamux(log io.Writer) *yamux.Config {
 	y := yamux.DefaultConfig()
 	y.AcceptBacklog = c.AcceptBacklog
 	y.EnableKeepAlive = true
@@ -85,6 +89,35 @@ func (c *Config) yamux() *yamux.Config {
 	y.StreamOpenTimeout = c.HeaderTimeout
 	y.StreamCloseTimeout = 5 * time.Minute
 	y.LogOutput = nil
-	y.Logger = c.Logger.Named("yamux").StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})
+	y.Logger = stdlog.New(log, "", 0)
 	return y
+}
+
+// yamuxLog is where a session's yamux logs. yamux logs at [ERR] whatever
+// its read and write loops see fail, and that includes what shutting the
+// session down does to them: closing the conn cancels the websocket's
+// pending read ("context canceled") and fails a frame already queued
+// ("use of closed network connection"). So once the session has shut down,
+// for whatever reason, what yamux says is the aftermath and goes out at
+// DEBUG. What made it shut down (a dead keepalive, a broken conn, a
+// protocol error) is logged before, at yamux's own level.
+type yamuxLog struct {
+	mux  atomic.Pointer[yamux.Session] // set once the session exists
+	live io.Writer
+	done io.Writer
+}
+
+func newYamuxLog(l hclog.Logger) *yamuxLog {
+	l = l.Named("yamux")
+	return &yamuxLog{
+		live: l.StandardWriter(&hclog.StandardLoggerOptions{InferLevels: true}),
+		done: l.StandardWriter(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
+	}
+}
+
+func (w *yamuxLog) Write(p []byte) (int, error) {
+	if m := w.mux.Load(); m != nil && m.IsClosed() {
+		return w.done.Write(p)
+	}
+	return w.live.Write(p)
 }

@@ -39,15 +39,17 @@ func newSession(conn net.Conn, client bool, cfg *Config, batch *batchConn) (*Ses
 		err error
 	)
 	fc := &frameConn{Conn: conn, batch: batch}
+	ylog := newYamuxLog(cfg.Logger)
 	if client {
-		mux, err = yamux.Client(fc, cfg.yamux())
+		mux, err = yamux.Client(fc, cfg.yamux(ylog))
 	} else {
-		mux, err = yamux.Server(fc, cfg.yamux())
+		mux, err = yamux.Server(fc, cfg.yamux(ylog))
 	}
 	if err != nil {
 		_ = conn.Close()
 		return nil, fmt.Errorf("start yamux: %w", err)
 	}
+	ylog.mux.Store(mux)
 	return &Session{mux: mux, conn: conn, cfg: cfg, log: cfg.Logger}, nil
 }
 

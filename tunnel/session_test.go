@@ -3,13 +3,18 @@ package tunnel
 import (
 	"context"
 	"crypto/rand"
+	"fmt"
+	"io"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -460,6 +465,80 @@ func TestSessionCloseEndsServe(t *testing.T) {
 			})
 		}
 	})
+}
+
+// TestSessionCloseLogsNoError: a session ending the ordinary ways is no
+// error in either side's log. The side that closes sees its own conn fail
+// under yamux (on a websocket, its pending read is cancelled); the other
+// sees the conn end, with a close frame or, when the closer's TCP
+// connection goes first, without one.
+func TestSessionCloseLogsNoError(t *testing.T) {
+	tests := []struct {
+		name string
+		// cut, when set, ends the connection between the two sides
+		// instead of end.
+		cut bool
+		end func(client, server *Session, clientServe, serverServe *served)
+	}{
+		{name: "client closes", end: func(client, _ *Session, _, _ *served) { _ = client.Close() }},
+		{name: "server closes", end: func(_, server *Session, _, _ *served) { _ = server.Close() }},
+		{name: "client context ends", end: func(_, _ *Session, clientServe, _ *served) { clientServe.cancel() }},
+		{name: "server context ends", end: func(_, _ *Session, _, serverServe *served) { serverServe.cancel() }},
+		{name: "connection ends without a goodbye", cut: true},
+	}
+	forEachTransport(t, func(t *testing.T, tr transport) {
+		for _, tc := range tests {
+			t.Run(tc.name, func(t *testing.T) {
+				errs := &errorSink{}
+				log := hclog.NewInterceptLogger(&hclog.LoggerOptions{Name: "test", Level: hclog.Debug, Output: io.Discard})
+				log.RegisterSink(errs)
+				cfg := testConfig(t)
+				cfg.Logger = log
+				var proxy *stallProxy
+				var via func(string) string
+				if tc.cut {
+					via = func(addr string) string { proxy = newStallProxy(t, addr); return proxy.Addr() }
+				}
+				client, server := tr.connect(t, cfg, via)
+				cs := serve(t, client, echoHandler)
+				ss := serve(t, server, echoHandler)
+				_, err := client.Ping()
+				require.NoError(t, err)
+
+				if tc.cut {
+					proxy.cut()
+				} else {
+					tc.end(client, server, cs, ss)
+				}
+				// Serve returns once its session's Close has returned,
+				// which is after yamux's loops have logged their last.
+				waitClosed(t, cs.done, "client Serve")
+				waitClosed(t, ss.done, "server Serve")
+				assert.Empty(t, errs.lines(), "logged at ERROR")
+			})
+		}
+	})
+}
+
+// errorSink keeps what reaches a logger at ERROR or above.
+type errorSink struct {
+	mu  sync.Mutex
+	got []string
+}
+
+func (s *errorSink) Accept(name string, level hclog.Level, msg string, args ...any) {
+	if level < hclog.Error {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.got = append(s.got, fmt.Sprintf("%s: %s %v", name, msg, args))
+}
+
+func (s *errorSink) lines() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.got)
 }
 
 // TestSessionServeWaitsForHandlersThatWatchContext: handlers are told to

@@ -258,6 +258,16 @@ func (p *stallProxy) Addr() string { return p.ln.Addr().String() }
 
 func (p *stallProxy) stall() { p.once.Do(func() { close(p.stalled) }) }
 
+// cut closes every connection through the proxy, as a reset path or a
+// process that died does: no close frame, just the end of the stream.
+func (p *stallProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		_ = c.Close()
+	}
+}
+
 func (p *stallProxy) accept() {
 	defer p.wg.Done()
 	for {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -47,7 +48,22 @@ func sessionOver(c *websocket.Conn, client bool, cfg *Config, batch *batchConn) 
 	// NetConn lifts the read limit; put a bound back so a peer cannot send
 	// one endless message.
 	c.SetReadLimit(int64(cfg.StreamWindow) + frameSlack)
-	return newSession(nc, client, cfg, batch)
+	return newSession(eofConn{nc}, client, cfg, batch)
+}
+
+// eofConn reads the end of the peer's stream as a bare io.EOF. Without a
+// close frame (the peer's TCP connection went first, as it can when the
+// peer closes) coder/websocket reports it wrapped, and yamux, which keeps
+// quiet only about a bare io.EOF, would log an agent's goodbye at ERROR.
+// The session ends the same either way.
+type eofConn struct{ net.Conn }
+
+func (c eofConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if errors.Is(err, io.EOF) {
+		err = io.EOF
+	}
+	return n, err
 }
 
 func offers(h http.Header, proto string) bool {
