@@ -63,7 +63,8 @@ func run(smoke bool, port int) (err error) {
 	if err != nil {
 		return fmt.Errorf("%w (run `make kube-bins deps`)", err)
 	}
-	step("building backhaul-hub and backhaul-agent")
+	// After `make build` this go build is a no-op that keeps its binaries.
+	step("building backhaul-hub and backhaul-agent %s (go build, as `make build` does)", harness.BuildVersion())
 	hubBin, agentBin, err := harness.BackhaulBinaries(ctx)
 	if err != nil {
 		return err
@@ -166,10 +167,10 @@ connection; every call below goes hub -> tunnel -> agent -> API server.
   %[1]s --context edge get configmaps -A --watch      # then write in the other terminal
 
   curl -s %[2]s/metrics | grep ^backhaul_        # hub metrics
-  curl -sk -H 'Authorization: Bearer %[3]s' %[4]s/status   # connected agents
+  curl -s --cacert %[6]s -H 'Authorization: Bearer %[3]s' -H 'Accept: application/json' %[4]s/status   # connected agents
 
 Logs: %[5]s/{hub,edge,idc}/*.log    Press Ctrl-C to stop.
-`, k, hub.AdminURL, token, hub.URL, dir)
+`, k, hub.AdminURL, token, hub.URL, dir, hub.CA.CertFile)
 	<-ctx.Done()
 	return nil
 }

@@ -13,13 +13,17 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
 // buildBinaries builds Go packages of this repository into the bin dir
 // (EnvBinDir, or _output/bin) and returns the path of each binary, named
-// after its package directory. It always runs go build: that is a no-op
-// when nothing changed, and a stale binary would test old code.
+// after its package directory. It always runs go build, with the flags and
+// version stamp `make build` uses: right after `make build` that is a no-op
+// that leaves its binaries as they are, and after a change it builds the
+// new code (a stale binary would test old code) still stamped, never a
+// "dev" build over a stamped one.
 func buildBinaries(ctx context.Context, pkgs ...string) ([]string, error) {
 	root, err := RepoRoot()
 	if err != nil {
@@ -29,8 +33,10 @@ func buildBinaries(ctx context.Context, pkgs ...string) ([]string, error) {
 	if dir == "" {
 		dir = filepath.Join(root, "_output", "bin")
 	}
-	cmd := exec.CommandContext(ctx, "go", append([]string{"build", "-o", dir + "/"}, pkgs...)...)
+	args := []string{"build", "-trimpath", "-ldflags", "-s -w -X " + versionVar + "=" + BuildVersion(), "-o", dir + "/"}
+	cmd := exec.CommandContext(ctx, "go", append(args, pkgs...)...)
 	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("build %s: %w\n%s", strings.Join(pkgs, " "), err, out)
 	}
@@ -40,6 +46,28 @@ func buildBinaries(ctx context.Context, pkgs ...string) ([]string, error) {
 	}
 	return paths, nil
 }
+
+// versionVar is the variable the Makefile stamps with -X.
+const versionVar = "backhaul.io/backhaul/pkg/version.Version"
+
+// BuildVersion is the version buildBinaries stamps, worked out as the
+// Makefile does: $VERSION, else `git describe --tags --always --dirty`,
+// else "dev". It is worked out once, so every binary a suite builds
+// reports the same version even if the tree changes meanwhile.
+var BuildVersion = sync.OnceValue(func() string {
+	if v := os.Getenv("VERSION"); v != "" {
+		return v
+	}
+	cmd := exec.Command("git", "describe", "--tags", "--always", "--dirty")
+	if root, err := RepoRoot(); err == nil {
+		cmd.Dir = root
+	}
+	out, err := cmd.Output()
+	if v := strings.TrimSpace(string(out)); err == nil && v != "" {
+		return v
+	}
+	return "dev"
+})
 
 // BackhaulBinaries builds backhaul-hub and backhaul-agent into the bin dir.
 func BackhaulBinaries(ctx context.Context) (hub, agent string, err error) {
