@@ -138,9 +138,10 @@ bench: deps kube-bins build
 	BACKHAUL_BENCH=1 go test -count=1 -v -timeout 30m -run 'TestConverge1000' ./test/e2e/propagation/
 	go test -tags bench -count=1 -v -timeout 60m -run 'TestPropagationScale' ./test/e2e/scale/
 
-## demo: a hub and two member clusters on this machine; Ctrl-C stops all
-demo: deps kube-bins build
-	go run ./test/demo
+## demo: a hub and two member clusters on this machine; Ctrl-C stops all.
+## REAL_NODES=1 gives each member a real node (containerd + kubelet) with a container to exec into
+demo: deps kube-bins build $(if $(REAL_NODES),node-images)
+	go run ./test/demo $(if $(REAL_NODES),-real-nodes)
 
 ## fuzz: each fuzz target for FUZZTIME (default 1,000,000 inputs)
 # Every decoder of bytes from the network has a fuzz target, as

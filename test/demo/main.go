@@ -2,7 +2,10 @@
 // namespace and two member clusters (etcd + kube-apiserver + agent), each in
 // a network namespace that refuses inbound connections. It writes a
 // kubeconfig with one context per cluster through the hub, prints commands
-// to try, and stops everything on Ctrl-C. `make demo` runs it.
+// to try, and stops everything on Ctrl-C. `make demo` runs it; with
+// -real-nodes (`make demo REAL_NODES=1`) each member also gets a
+// controller manager, a scheduler and a real node (containerd, kubelet,
+// kube-proxy) running a busybox Deployment to exec into through the hub.
 package main
 
 import (
@@ -25,8 +28,9 @@ import (
 func main() {
 	smoke := flag.Bool("smoke", false, "start everything, check both clusters answer through the hub, then stop (for tests)")
 	port := flag.Int("port", 8443, "hub port (0: any free port)")
+	realNodes := flag.Bool("real-nodes", false, "give each member a real node (containerd + kubelet) running a busybox Deployment (needs `make node-images`)")
 	flag.Parse()
-	if err := run(*smoke, *port); err != nil {
+	if err := run(*smoke, *port, *realNodes); err != nil {
 		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
 		os.Exit(1)
 	}
@@ -34,7 +38,10 @@ func main() {
 
 func step(format string, args ...any) { fmt.Printf("==> "+format+"\n", args...) }
 
-func run(smoke bool, port int) (err error) {
+// busybox is the image of the demo's workload on real nodes.
+const busybox = "backhaul-e2e/busybox:1.35"
+
+func run(smoke bool, port int, realNodes bool) (err error) {
 	if os.Geteuid() != 0 {
 		return errors.New("the demo creates network namespaces and needs root")
 	}
@@ -78,8 +85,21 @@ func run(smoke bool, port int) (err error) {
 		}
 	}
 
+	var images string
+	if realNodes {
+		step("saving the node images (pause, busybox) for the nodes' containerd")
+		images = filepath.Join(dir, "images.tar")
+		if err := harness.SaveImages(ctx, images, harness.PauseImage, busybox); err != nil {
+			return err
+		}
+	}
+
 	names := []string{"edge", "idc"}
-	step("starting member clusters %s (etcd + kube-apiserver %s, each in a firewalled network namespace)", strings.Join(names, ", "), "v1.36")
+	what := "etcd + kube-apiserver"
+	if realNodes {
+		what += " + controller manager + scheduler + a node"
+	}
+	step("starting member clusters %s (%s, v1.36, each in a firewalled network namespace)", strings.Join(names, ", "), what)
 	members := make([]*harness.Member, len(names))
 	errs := make([]error, len(names))
 	var wg sync.WaitGroup
@@ -87,7 +107,14 @@ func run(smoke bool, port int) (err error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			members[i], errs[i] = harness.StartMember(ctx, harness.MemberConfig{Name: n, Index: 60 + i, Dir: filepath.Join(dir, n)})
+			cfg := harness.MemberConfig{Name: n, Index: 60 + i, Dir: filepath.Join(dir, n)}
+			if realNodes {
+				cfg.APIServerArgs = []string{"--authorization-mode=Node", "--enable-admission-plugins=NodeRestriction"}
+			}
+			members[i], errs[i] = harness.StartMember(ctx, cfg)
+			if errs[i] == nil && realNodes {
+				errs[i] = startNode(ctx, members[i], bins.Kubectl, images)
+			}
 		}()
 	}
 	wg.Wait()
@@ -150,6 +177,16 @@ func run(smoke bool, port int) (err error) {
 		}
 		step("  %s answers through the hub", n)
 	}
+	if realNodes {
+		for _, n := range names {
+			out, err := exec.CommandContext(ctx, bins.Kubectl, "--kubeconfig", kubeconfig, "--context", n,
+				"exec", "deploy/hello", "--", "sh", "-c", "echo hello from $(hostname)").CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("exec into %s's container through the hub: %w: %s", n, err, out)
+			}
+			step("  %s: kubectl exec through the hub: %s", n, strings.TrimSpace(string(out)))
+		}
+	}
 	if smoke {
 		step("smoke check passed")
 		return nil
@@ -171,6 +208,56 @@ connection; every call below goes hub -> tunnel -> agent -> API server.
 
 Logs: %[5]s/{hub,edge,idc}/*.log    Press Ctrl-C to stop.
 `, k, hub.AdminURL, token, hub.URL, dir, hub.CA.CertFile)
+	if realNodes {
+		fmt.Printf(`
+Each member runs a real node (containerd, kubelet): exec into its container,
+follow its logs, forward a port, all through the hub:
+
+  %[1]s --context edge get pods -o wide
+  %[1]s --context edge exec -it deploy/hello -- sh
+  %[1]s --context idc logs -f deploy/hello
+  %[1]s --context idc port-forward deploy/hello 8080:8080   # then: wget -qO- 127.0.0.1:8080
+
+Node logs: %[2]s/{edge,idc}/node/logs/{containerd,kubelet,kube-proxy}.log
+`, k, dir)
+	}
 	<-ctx.Done()
+	return nil
+}
+
+// startNode gives m a controller manager, a scheduler and a real node, and
+// runs the Deployment "hello" on it: busybox printing a line every few
+// seconds and serving HTTP on 8080.
+func startNode(ctx context.Context, m *harness.Member, kubectl, images string) error {
+	if err := m.StartControlPlane(ctx); err != nil {
+		return err
+	}
+	if _, err := harness.StartNode(ctx, harness.NodeConfig{Name: m.Name + "-node", Index: m.Netns.Index, Member: m,
+		Dir: filepath.Join(m.Dir, "node"), Images: []string{images}}); err != nil {
+		return err
+	}
+	hello := `apiVersion: apps/v1
+kind: Deployment
+metadata: {name: hello, namespace: default}
+spec:
+  selector: {matchLabels: {app: hello}}
+  template:
+    metadata: {labels: {app: hello}}
+    spec:
+      containers:
+      - name: hello
+        image: ` + busybox + `
+        imagePullPolicy: IfNotPresent
+        command: ["sh", "-c", "mkdir -p /www && echo hello from $(hostname) > /www/index.html && httpd -p 8080 -h /www && while true; do echo \"$(date) hello from $(hostname)\"; sleep 5; done"]
+        ports: [{containerPort: 8080}]
+`
+	cmd := m.Netns.Command(ctx, kubectl, "--kubeconfig", m.AdminKubeconfig, "apply", "-f", "-")
+	cmd.Stdin = strings.NewReader(hello)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%s: deploy hello: %w: %s", m.Name, err, out)
+	}
+	if _, _, err := m.Kubectl(ctx, "rollout", "status", "deploy/hello", "--timeout=3m"); err != nil {
+		return fmt.Errorf("%s: %w", m.Name, err)
+	}
 	return nil
 }
