@@ -126,6 +126,11 @@ func (d *Dialer) Dial(ctx context.Context) (*Session, error) {
 			TLSHandshakeTimeout: d.timeout(),
 			ForceAttemptHTTP2:   false,
 			DisableCompression:  true,
+			// Every dial is a new connection. An accepted upgrade is
+			// hijacked anyway; a refused one (a draining replica's 503)
+			// must not be pooled, or the next dial goes back to the same
+			// replica instead of letting the load balancer pick again.
+			DisableKeepAlives: true,
 		}}
 	})
 	ctx, cancel := context.WithTimeout(ctx, d.timeout())

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -57,6 +58,39 @@ func TestDialHandshakeRefused(t *testing.T) {
 			assert.Equal(t, tc.wantRetry, he.RetryAfter)
 		})
 	}
+}
+
+// A refused dial's connection is never reused: behind a load balancer the
+// next dial must be a new connection, which may reach another replica,
+// not the draining one that refused (found with real hub Pods: an agent
+// was refused six times in a row by a replica that had left the Service).
+func TestRefusedDialsUseNewConnections(t *testing.T) {
+	var mu sync.Mutex
+	conns := map[net.Conn]bool{}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "this hub replica is draining; connect to another", http.StatusServiceUnavailable)
+	}))
+	srv.Config.ConnState = func(c net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			mu.Lock()
+			conns[c] = true
+			mu.Unlock()
+		}
+	}
+	srv.StartTLS()
+	defer srv.Close()
+	d := testDialer(t, srv, nil)
+	const dials = 5
+	for range dials {
+		_, err := d.Dial(context.Background())
+		var he *HandshakeError
+		require.ErrorAs(t, err, &he)
+		require.Equal(t, http.StatusServiceUnavailable, he.StatusCode)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Len(t, conns, dials, "one connection per dial")
 }
 
 func TestDialSendsHeadersAndPath(t *testing.T) {

@@ -93,6 +93,9 @@ func (e *Endpoint) Drain() { e.draining.Store(true) }
 // retryAfter answers 503 with a Retry-After agents add jitter to.
 func retryAfter(w http.ResponseWriter, seconds int, msg string) {
 	w.Header().Set("Retry-After", strconv.Itoa(seconds))
+	// The agent's retry must reach the load balancer again, not this
+	// replica over a kept-alive connection.
+	w.Header().Set("Connection", "close")
 	http.Error(w, msg, http.StatusServiceUnavailable)
 }
 

@@ -97,6 +97,19 @@ func TestEndpointRefusesWhileDraining(t *testing.T) {
 	assert.Equal(t, http.StatusServiceUnavailable, he.StatusCode)
 	assert.Equal(t, time.Second, he.RetryAfter)
 	assert.False(t, tunnel.IsPermanent(err))
+
+	// The refusal closes the connection, so an agent whose HTTP client
+	// pools connections still goes back to the load balancer.
+	req, err := http.NewRequest(http.MethodGet, strings.Replace(url, "wss://", "https://", 1), nil)
+	require.NoError(t, err)
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "websocket")
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	resp, err := client.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+	assert.True(t, resp.Close, "Connection: close on a draining refusal")
 }
 
 type refuseAll struct{}
