@@ -92,7 +92,14 @@ func TestHubRunsAsPods(t *testing.T) {
 
 	// The member's agent Pod came in through the load balancer and the
 	// NodePort: the cluster is connected and answers through the hub.
-	assert.Equal(t, "True", e.clusterCondition(ctx, e.m1.Name, "TunnelConnected"))
+	// (onboard.sh saw the session at once; the leader writes the
+	// condition in its next status batch.)
+	require.NoError(t, harness.WaitFor(ctx, time.Minute, time.Second, func() error {
+		if s := e.clusterCondition(ctx, e.m1.Name, "TunnelConnected"); s != "True" {
+			return &condErr{"TunnelConnected", s}
+		}
+		return nil
+	}))
 	out, err = e.kubectl(ctx, t, e.m1.Name, "get", "nodes", "-o", "name")
 	require.NoError(t, err, out)
 	assert.Equal(t, "node/"+e.m1Node.Name, strings.TrimSpace(out))
