@@ -112,10 +112,15 @@ func TestAgentDeploymentOnboarded(t *testing.T) {
 	e := requireEnv(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	out, _, err := e.m1.Kubectl(ctx, "-n", ns, "get", "pods", "-l", "app.kubernetes.io/name=backhaul-agent", "-o", "json")
+	// onboard.sh returns once one agent has a session; the Pods turn
+	// Ready at their next readiness probe.
+	out, _, err := e.m1.Kubectl(ctx, "-n", ns, "wait", "pods", "-l", "app.kubernetes.io/name=backhaul-agent",
+		"--for=condition=Ready", "--timeout=90s")
+	require.NoError(t, err, out)
+	out, _, err = e.m1.Kubectl(ctx, "-n", ns, "get", "pods", "-l", "app.kubernetes.io/name=backhaul-agent", "-o", "json")
 	require.NoError(t, err, out)
 	pods := parsePods(t, out)
-	require.NotEmpty(t, pods.Items)
+	require.Len(t, pods.Items, 2, "deploy/agent/overlays/deployment runs two agents")
 	for _, p := range pods.Items {
 		assert.Equal(t, "Running", p.Status.Phase, p.Metadata.Name)
 		assert.Equal(t, e.m1Node.Name, p.Spec.NodeName)
