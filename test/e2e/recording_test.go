@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -166,24 +165,6 @@ func (r *recordingHub) newCast(t *testing.T, before []string, completeBefore flo
 	return readCast(t, added[0])
 }
 
-// lockedBuffer collects a terminal's output while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // Typed at a prompt that does not echo: it reaches the command, and must
 // not reach the recording while --recording-stdin is off.
 const typedSecret = "s3cret-passw0rd"
@@ -198,7 +179,7 @@ func (r *recordingHub) execTTY(t *testing.T, ctx context.Context, env []string) 
 	f, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 30, Cols: 90})
 	require.NoError(t, err)
 	defer f.Close()
-	var out lockedBuffer
+	var out harness.LockedBuffer
 	read := make(chan struct{})
 	go func() {
 		defer close(read)

@@ -136,30 +136,12 @@ func (e *environment) kubectlStream(ctx context.Context, t *testing.T, env []str
 	return cmd
 }
 
-// kubectlLog collects output that is read while kubectl still writes it.
-type kubectlLog struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *kubectlLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *kubectlLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // kubectlTerm is kubectl on a pseudo-terminal, as a person runs it; what
 // it shows there is collected as it comes.
 type kubectlTerm struct {
 	cmd    *exec.Cmd
 	pty    *os.File
-	screen kubectlLog
+	screen harness.LockedBuffer
 	closed chan struct{} // the terminal's last reader is gone: kubectl exited
 
 	waitOnce sync.Once
@@ -248,7 +230,7 @@ func TestKubectlExecTTY(t *testing.T) {
 
 	for _, p := range kubectlProtocols {
 		t.Run(p.name, func(t *testing.T) {
-			var log kubectlLog
+			var log harness.LockedBuffer
 			cmd := e.kubectlStream(ctx, t, p.env, "-v=4", "-n", namespace, "exec", "-it", "shell", "-c", "main", "--", "sh")
 			cmd.Stderr = &log // kubectl's own log; the shell's stderr is the terminal
 			k := startKubectlTerm(t, cmd)
@@ -288,7 +270,7 @@ func TestKubectlExecStdin(t *testing.T) {
 			in := make([]byte, 1<<20)
 			_, _ = rand.Read(in)
 			var stdout bytes.Buffer
-			var stderr kubectlLog
+			var stderr harness.LockedBuffer
 			cmd := e.kubectlStream(ctx, t, p.env, "-v=4", "-n", namespace, "exec", "-i", "shell", "-c", "main", "--",
 				"sh", "-c", "cat; echo to-stderr >&2; exit 5")
 			cmd.Stdin, cmd.Stdout, cmd.Stderr = bytes.NewReader(in), &stdout, &stderr
@@ -321,7 +303,7 @@ func TestKubectlAttach(t *testing.T) {
 
 	for _, p := range kubectlProtocols {
 		t.Run("tty/"+p.name, func(t *testing.T) {
-			var log kubectlLog
+			var log harness.LockedBuffer
 			cmd := e.kubectlStream(ctx, t, p.env, "-v=4", "-n", namespace, "attach", "-it", "attach", "-c", "tty")
 			cmd.Stderr = &log
 			k := startKubectlTerm(t, cmd)
@@ -331,7 +313,7 @@ func TestKubectlAttach(t *testing.T) {
 			assertKubectlProtocol(t, p.name, log.String(), kubectlWSRemoteCommand)
 		})
 		t.Run("stdin/"+p.name, func(t *testing.T) {
-			var log kubectlLog
+			var log harness.LockedBuffer
 			cmd := e.kubectlStream(ctx, t, p.env, "-v=4", "-n", namespace, "attach", "-i", "attach", "-c", "lines")
 			cmd.Stderr = &log
 			stdin, err := cmd.StdinPipe()
@@ -391,7 +373,7 @@ func TestKubectlLogsFollow(t *testing.T) {
 	require.NoError(t, err, out)
 	before := tickNumber(strings.TrimSpace(out))
 
-	var log kubectlLog
+	var log harness.LockedBuffer
 	cmd := e.kubectlStream(ctx, t, nil, "-n", namespace, "logs", "-f", "ticker", "-c", "tick", "--tail=1")
 	cmd.Stderr = &log
 	stdout, err := cmd.StdoutPipe()
@@ -468,7 +450,7 @@ func TestKubectlPortForward(t *testing.T) {
 
 	for _, p := range kubectlProtocols {
 		t.Run(p.name, func(t *testing.T) {
-			var log kubectlLog
+			var log harness.LockedBuffer
 			cmd := e.kubectlStream(ctx, t, p.env, "-v=4", "-n", namespace, "port-forward", "pod/echo", ":8080")
 			cmd.Stderr = &log
 			stdout, err := cmd.StdoutPipe()
