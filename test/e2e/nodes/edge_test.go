@@ -34,13 +34,9 @@ const (
 	// edgeRoleLabel marks and taints the edge node, as edge pools are;
 	// deploy/agent's DaemonSet tolerates the taint.
 	edgeRoleLabel = "node-role.kubernetes.io/edge"
-	// edgeClientCA is the ConfigMap (in the hub's namespace) holding the
-	// CA of CONNECT client certificates, mounted at edgeClientCADir.
-	edgeClientCA    = "backhaul-hub-client-ca"
-	edgeClientCADir = "/etc/backhaul/client-ca"
-	edgePod         = "edge-app"
-	edgePodLine     = "hello from " + edgePod + " on the edge node"
-	edgeWait        = 4 * time.Minute
+	edgePod       = "edge-app"
+	edgePodLine   = "hello from " + edgePod + " on the edge node"
+	edgeWait      = 4 * time.Minute
 )
 
 // edgeSite is the cloud cluster and its edge node.
@@ -195,11 +191,10 @@ func TestEdgeKubeletThroughHub(t *testing.T) {
 	})
 }
 
-// startEdgeSite starts the cloud cluster and its edge node, lets the
-// hub's CONNECT front end authenticate the cloud API server's client
-// certificate, onboards the cloud with the agent DaemonSet and runs a
-// busybox Pod on the edge node. Everything is undone in t.Cleanup,
-// last of all the hub's extra flag.
+// startEdgeSite starts the cloud cluster and its edge node, gives the
+// cloud API server a client certificate the hub's CONNECT front end
+// accepts, onboards the cloud with the agent DaemonSet and runs a busybox
+// Pod on the edge node. Everything is undone in t.Cleanup.
 func (e *environment) startEdgeSite(ctx context.Context, t *testing.T) *edgeSite {
 	t.Helper()
 	dir := filepath.Join(e.dir, "edge")
@@ -209,12 +204,9 @@ func (e *environment) startEdgeSite(ctx context.Context, t *testing.T) *edgeSite
 
 	// kube-apiserver's egress selector sends no Proxy-Authorization; over
 	// TCP its only credential is a client certificate, which the hub
-	// accepts from a --client-ca-file (docs/connect.md). deploy/hub sets
-	// none, so the hub gets one here, as an operator would add it with an
-	// overlay; the caller is granted clusters/proxy on the cloud cluster.
-	ca, err := harness.NewCA(filepath.Join(dir, "pki"), "connect-client-ca")
-	require.NoError(t, err)
-	clientCert, clientKey, err := ca.Client("cloud-egress", s.egressUser, nil)
+	// accepts from its --client-ca-file (installHub); the caller is granted
+	// clusters/proxy on the cloud cluster.
+	clientCert, clientKey, err := e.clientCA.Client("cloud-egress", s.egressUser, nil)
 	require.NoError(t, err)
 	rbac := fmt.Sprintf(`apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
@@ -237,16 +229,6 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: %[3]s}]
 			t.Errorf("delete the egress caller's RBAC: %v: %s", err, out)
 		}
 	})
-	overlay, err := e.edgeHubOverlay(dir, ca.CertPEM)
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		if err := e.edgeRestoreHub(); err != nil {
-			t.Errorf("restore the hub: %v", err)
-		}
-	})
-	// The hub rolls while the cloud starts.
-	hubDone := make(chan error, 1)
-	go func() { hubDone <- e.edgeApplyHub(ctx, overlay) }()
 
 	egress := filepath.Join(dir, "egress.yaml")
 	require.NoError(t, os.WriteFile(egress, fmt.Appendf(nil, `apiVersion: apiserver.k8s.io/v1beta1
@@ -327,8 +309,6 @@ egressSelections:
 	_, stderr, err := s.cloud.Kubectl(ctx, "label", "node", s.node.Name, edgeRoleLabel+"=")
 	require.NoError(t, err, stderr)
 
-	require.NoError(t, <-hubDone, "the hub with a client CA")
-
 	// Host networking needs a privileged namespace (docs/install.md).
 	_, stderr, err = s.cloud.Kubectl(ctx, "create", "namespace", ns)
 	require.NoError(t, err, stderr)
@@ -376,149 +356,6 @@ spec:
 	_, stderr, err = s.cloud.Kubectl(ctx, "wait", "--for=condition=Ready", "pod/"+edgePod, "--timeout=3m")
 	require.NoError(t, err, stderr)
 	return s
-}
-
-// edgeHubOverlay writes a kustomize overlay of the suite's hub overlay
-// that adds --client-ca-file with caPEM (a ConfigMap mounted into the hub
-// Pods), and returns its directory.
-func (e *environment) edgeHubOverlay(dir string, caPEM []byte) (string, error) {
-	overlay := filepath.Join(dir, "hub-overlay")
-	if err := os.MkdirAll(overlay, 0o755); err != nil {
-		return "", err
-	}
-	base, err := filepath.Rel(overlay, e.edgeSuiteHubOverlay())
-	if err != nil {
-		return "", err
-	}
-	cm, err := json.Marshal(map[string]any{
-		"apiVersion": "v1", "kind": "ConfigMap",
-		"metadata": map[string]any{"name": edgeClientCA, "namespace": ns},
-		"data":     map[string]string{"ca.crt": string(caPEM)},
-	})
-	if err != nil {
-		return "", err
-	}
-	if err := os.WriteFile(filepath.Join(overlay, "client-ca.yaml"), cm, 0o644); err != nil {
-		return "", err
-	}
-	kustomization := fmt.Sprintf(`apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources:
-- %s
-- client-ca.yaml
-patches:
-- target: {kind: Deployment, name: backhaul-hub}
-  patch: |
-    - op: add
-      path: /spec/template/spec/containers/0/args/-
-      value: --client-ca-file=%[2]s/ca.crt
-    - op: add
-      path: /spec/template/spec/containers/0/volumeMounts/-
-      value: {name: client-ca, mountPath: %[2]s, readOnly: true}
-    - op: add
-      path: /spec/template/spec/volumes/-
-      value: {name: client-ca, configMap: {name: %[3]s}}
-`, base, edgeClientCADir, edgeClientCA)
-	return overlay, os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(kustomization), 0o644)
-}
-
-// edgeSuiteHubOverlay is the overlay the suite installed the hub with
-// (installHub).
-func (e *environment) edgeSuiteHubOverlay() string { return filepath.Join(e.dir, "hub-overlay") }
-
-// edgeApplyHub applies overlay to the host cluster as installHub does
-// (same field manager, so applying the suite's overlay again removes what
-// this one added), waits for the hub's rollout and for every cluster to
-// be connected again.
-func (e *environment) edgeApplyHub(ctx context.Context, overlay string) error {
-	if out, err := e.hostKubectl(ctx, "", "apply", "--server-side", "-k", overlay); err != nil {
-		return fmt.Errorf("apply %s: %w: %s", overlay, err, out)
-	}
-	if out, err := e.hostKubectl(ctx, "", "-n", ns, "rollout", "status", "deploy/backhaul-hub", "--timeout=5m"); err != nil {
-		pods, _ := e.hostKubectl(ctx, "", "-n", ns, "get", "pods", "-o", "wide")
-		return fmt.Errorf("hub rollout: %w: %s\n%s", err, out, pods)
-	}
-	if err := e.edgeHubSettled(ctx); err != nil {
-		return err
-	}
-	return e.edgeClustersConnected(ctx)
-}
-
-// edgeHubSettled waits until the replaced hub Pods are gone: the hub's
-// Pods and Service endpoints are the Deployment's replicas, all ready, as
-// the tests after this one expect.
-func (e *environment) edgeHubSettled(ctx context.Context) error {
-	return harness.WaitFor(ctx, edgeWait, 2*time.Second, func() error {
-		want, err := e.hostKubectl(ctx, "", "-n", ns, "get", "deploy/backhaul-hub", "-o", "jsonpath={.spec.replicas}")
-		if err != nil {
-			return fmt.Errorf("%w: %s", err, want)
-		}
-		out, err := e.hostKubectl(ctx, "", "-n", ns, "get", "pods", "-l", "app.kubernetes.io/name=backhaul-hub", "-o", "json")
-		if err != nil {
-			return fmt.Errorf("%w: %s", err, out)
-		}
-		var pods corev1.PodList
-		if err := json.Unmarshal([]byte(out), &pods); err != nil {
-			return err
-		}
-		ready := 0
-		for _, p := range pods.Items {
-			if p.DeletionTimestamp == nil && len(p.Status.ContainerStatuses) == 1 && p.Status.ContainerStatuses[0].Ready {
-				ready++
-			}
-		}
-		eps, err := e.hostKubectl(ctx, "", "-n", ns, "get", "endpointslices", "-l", "kubernetes.io/service-name=backhaul-hub",
-			"-o", `jsonpath={range .items[*].endpoints[*]}{.conditions.ready}{"\n"}{end}`)
-		if err != nil {
-			return fmt.Errorf("%w: %s", err, eps)
-		}
-		got := fmt.Sprintf("%d/%d", ready, len(pods.Items))
-		if got != want+"/"+want || strings.Count(eps, "true") != len(strings.Fields(eps)) || len(strings.Fields(eps)) != ready {
-			return fmt.Errorf("hub Pods ready/all %s, want %s of %s; endpoints ready %q", got, want, want, strings.Fields(eps))
-		}
-		return nil
-	})
-}
-
-// edgeRestoreHub puts the hub back as the suite installed it.
-func (e *environment) edgeRestoreHub() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
-	defer cancel()
-	if err := e.edgeApplyHub(ctx, e.edgeSuiteHubOverlay()); err != nil {
-		return err
-	}
-	args, err := e.hostKubectl(ctx, "", "-n", ns, "get", "deploy/backhaul-hub", "-o", "jsonpath={.spec.template.spec.containers[0].args}")
-	if err != nil {
-		return fmt.Errorf("%w: %s", err, args)
-	}
-	if strings.Contains(args, "--client-ca-file") {
-		return fmt.Errorf("the hub still has --client-ca-file: %s", args)
-	}
-	if out, err := e.hostKubectl(ctx, "", "-n", ns, "delete", "configmap", edgeClientCA, "--ignore-not-found"); err != nil {
-		return fmt.Errorf("%w: %s", err, out)
-	}
-	return nil
-}
-
-// edgeClustersConnected waits until every Cluster reports TunnelConnected.
-func (e *environment) edgeClustersConnected(ctx context.Context) error {
-	return harness.WaitFor(ctx, edgeWait, 2*time.Second, func() error {
-		out, err := e.hostKubectl(ctx, "", "get", "clusters.backhaul.io", "-o",
-			`jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="TunnelConnected")].status}{"\n"}{end}`)
-		if err != nil {
-			return fmt.Errorf("%w: %s", err, out)
-		}
-		var down []string
-		for l := range strings.Lines(out) {
-			if l = strings.TrimSpace(l); l != "" && !strings.HasSuffix(l, "=True") {
-				down = append(down, l)
-			}
-		}
-		if len(down) > 0 {
-			return fmt.Errorf("clusters not connected: %s", strings.Join(down, ", "))
-		}
-		return nil
-	})
 }
 
 // agentTCPStreams is the edge agent's count of tcp streams (node

@@ -67,6 +67,10 @@ type environment struct {
 	hubURL        string // https://LB:8443, also the advertised wss:// address
 	hubCAFile     string
 	adminToken    string // fleet-admin's host token
+	// clientCA signs the client certificates the hub accepts (its
+	// --client-ca-file): a kube-apiserver's egress selector has no other
+	// credential for CONNECT over TCP.
+	clientCA *harness.CA
 
 	m1     *harness.Member // member with a node; agent as a Deployment
 	m1Node *harness.Node
@@ -188,8 +192,9 @@ func (e *environment) startNodes(ctx context.Context, ms ...*harness.Member) ([]
 
 // installHub applies deploy/hub to the host cluster with an overlay as
 // docs/install.md describes (the advertised address; the Service as a
-// NodePort behind a load balancer), waits for the rollout, and makes the
-// caller identity fleet-admin.
+// NodePort behind a load balancer; a CA for client certificates, mounted
+// from a ConfigMap), waits for the rollout, and makes the caller identity
+// fleet-admin.
 func (e *environment) installHub(ctx context.Context, cl *harness.Cleanups) error {
 	if err := e.host.Netns.AllowInbound(harness.APIServerPort); err != nil {
 		return err
@@ -219,11 +224,32 @@ func (e *environment) installHub(ctx context.Context, cl *harness.Cleanups) erro
 	if err != nil {
 		return err
 	}
+	if e.clientCA, err = harness.NewCA(filepath.Join(e.dir, "pki"), "hub-client-ca"); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(overlay, "client-ca.crt"), e.clientCA.CertPEM, 0o644); err != nil {
+		return err
+	}
 	kustomization := fmt.Sprintf(`apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 resources:
 - %s
+configMapGenerator:
+- name: backhaul-hub-client-ca
+  namespace: backhaul-system
+  files: [ca.crt=client-ca.crt]
 patches:
+- target: {kind: Deployment, name: backhaul-hub}
+  patch: |
+    - op: add
+      path: /spec/template/spec/containers/0/args/-
+      value: --client-ca-file=/etc/backhaul/client-ca/ca.crt
+    - op: add
+      path: /spec/template/spec/containers/0/volumeMounts/-
+      value: {name: client-ca, mountPath: /etc/backhaul/client-ca, readOnly: true}
+    - op: add
+      path: /spec/template/spec/volumes/-
+      value: {name: client-ca, configMap: {name: backhaul-hub-client-ca}}
 - target: {kind: ConfigMap, name: backhaul-hub-config}
   patch: |
     - op: replace
