@@ -25,26 +25,47 @@ import (
 // new code (a stale binary would test old code) still stamped, never a
 // "dev" build over a stamped one.
 func buildBinaries(ctx context.Context, pkgs ...string) ([]string, error) {
-	root, err := RepoRoot()
+	dir, err := binDir()
 	if err != nil {
 		return nil, err
 	}
-	dir := os.Getenv(EnvBinDir)
-	if dir == "" {
-		dir = filepath.Join(root, "_output", "bin")
-	}
-	args := []string{"build", "-trimpath", "-ldflags", "-s -w -X " + versionVar + "=" + BuildVersion(), "-o", dir + "/"}
-	cmd := exec.CommandContext(ctx, "go", append(args, pkgs...)...)
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("build %s: %w\n%s", strings.Join(pkgs, " "), err, out)
+	if err := goBuild(ctx, dir+"/", pkgs...); err != nil {
+		return nil, err
 	}
 	paths := make([]string, len(pkgs))
 	for i, p := range pkgs {
 		paths[i] = filepath.Join(dir, filepath.Base(p))
 	}
 	return paths, nil
+}
+
+// binDir is EnvBinDir, or _output/bin.
+func binDir() (string, error) {
+	if dir := os.Getenv(EnvBinDir); dir != "" {
+		return dir, nil
+	}
+	root, err := RepoRoot()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(root, "_output", "bin"), nil
+}
+
+// goBuild runs go build -o out for pkgs from the repository root, with
+// make build's flags.
+func goBuild(ctx context.Context, out string, pkgs ...string) error {
+	root, err := RepoRoot()
+	if err != nil {
+		return err
+	}
+	args := []string{"build", "-trimpath", "-ldflags", "-s -w -X " + versionVar + "=" + BuildVersion(), "-o", out}
+	cmd := exec.CommandContext(ctx, "go", append(args, pkgs...)...)
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build %s: %w\n%s", strings.Join(pkgs, " "), err, b)
+	}
+	return nil
 }
 
 // versionVar is the variable the Makefile stamps with -X.

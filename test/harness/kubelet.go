@@ -10,15 +10,16 @@ import (
 )
 
 // TestKubeletBinary builds ./test/kubelet into the bin dir as
-// backhaul-test-kubelet.
+// backhaul-test-kubelet (straight to that name: the real kubelet of `make
+// kube-bins` lives there as "kubelet").
 func TestKubeletBinary(ctx context.Context) (string, error) {
-	paths, err := buildBinaries(ctx, "./test/kubelet")
+	dir, err := binDir()
 	if err != nil {
 		return "", err
 	}
-	bin := filepath.Join(filepath.Dir(paths[0]), "backhaul-test-kubelet")
-	if err := os.Rename(paths[0], bin); err != nil {
-		return "", fmt.Errorf("build test kubelet: %w", err)
+	bin := filepath.Join(dir, "backhaul-test-kubelet")
+	if err := goBuild(ctx, bin, "./test/kubelet"); err != nil {
+		return "", err
 	}
 	return bin, nil
 }
