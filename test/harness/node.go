@@ -294,7 +294,7 @@ func (n *Node) startKubelet(ctx context.Context, server string, labels map[strin
 	if err := os.MkdirAll(pki, 0o755); err != nil {
 		return err
 	}
-	nodeCA := &CA{Dir: pki, CertFile: ca.CertFile, KeyFile: ca.KeyFile, CertPEM: ca.CertPEM, cert: ca.cert, key: ca.key}
+	nodeCA := ca.In(pki)
 	kubeconfig, err := certKubeconfig(nodeCA, filepath.Join(n.Dir, "kubelet.kubeconfig"), "kubelet-client", server,
 		"system:node:"+n.Name, []string{"system:nodes"})
 	if err != nil {
@@ -376,8 +376,7 @@ shutdownGracePeriod: 0s
 }
 
 func (n *Node) startKubeProxy(ctx context.Context, server string) error {
-	nodeCA := &CA{Dir: filepath.Join(n.Dir, "pki"), CertFile: n.member.CA.CertFile, KeyFile: n.member.CA.KeyFile,
-		CertPEM: n.member.CA.CertPEM, cert: n.member.CA.cert, key: n.member.CA.key}
+	nodeCA := n.member.CA.In(filepath.Join(n.Dir, "pki"))
 	kubeconfig, err := certKubeconfig(nodeCA, filepath.Join(n.Dir, "kube-proxy.kubeconfig"), "kube-proxy", server,
 		"system:kube-proxy", nil)
 	if err != nil {

@@ -75,6 +75,14 @@ func NewCA(dir, name string) (*CA, error) {
 	}, nil
 }
 
+// In returns ca issuing into dir instead of its own directory (a node's
+// certificates beside the node, signed by its cluster's CA).
+func (ca *CA) In(dir string) *CA {
+	c := *ca
+	c.Dir = dir
+	return &c
+}
+
 // Serving issues a TLS server certificate valid for hosts, each a DNS name or
 // an IP address, and writes <Dir>/<name>.crt and <Dir>/<name>.key.
 func (ca *CA) Serving(name string, hosts []string) (certFile, keyFile string, err error) {
