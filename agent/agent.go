@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"backhaul.io/backhaul/pkg/logging"
+	"backhaul.io/backhaul/pkg/profiling"
 	"backhaul.io/backhaul/tunnel"
 )
 
@@ -34,8 +35,10 @@ type Config struct {
 	DenyGroups     []string
 	// AdminListen serves /healthz, /readyz and /metrics.
 	AdminListen string
-	Log         hclog.Logger
-	Registry    *prometheus.Registry
+	// Profiling also serves /debug/pprof/ on AdminListen.
+	Profiling bool
+	Log       hclog.Logger
+	Registry  *prometheus.Registry
 	// NodeAddresses and KubeletPort, in node mode, admit the node's kubelet
 	// to the allowlist (the hub routes these addresses to this agent).
 	NodeAddresses []netip.Addr
@@ -189,6 +192,9 @@ func (a *Agent) adminHandler() http.Handler {
 		_, _ = w.Write([]byte("ok"))
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.cfg.Registry, promhttp.HandlerOpts{}))
+	if a.cfg.Profiling {
+		profiling.Handle(mux)
+	}
 	return mux
 }
 

@@ -256,6 +256,20 @@ func TestAgentHealth(t *testing.T) {
 	assert.Equal(t, http.StatusOK, get("/healthz"))
 	assert.Equal(t, http.StatusOK, get("/readyz"))
 	assert.Equal(t, http.StatusOK, get("/metrics"))
+	assert.Equal(t, http.StatusNotFound, get("/debug/pprof/"), "profiles only with --profiling")
+}
+
+// TestAgentProfiling: --profiling serves Go's profiles on the admin port.
+func TestAgentProfiling(t *testing.T) {
+	a, err := New(Config{
+		Dialer: &tunnel.Dialer{URL: "wss://127.0.0.1:1"}, Member: newFakeMember(t).restConfig(),
+		Profiling: true, Log: testLogger(t), Registry: prometheus.NewRegistry(),
+	})
+	require.NoError(t, err)
+	rec := httptest.NewRecorder()
+	a.adminHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/debug/pprof/goroutine?debug=1", nil))
+	assert.Equal(t, http.StatusOK, rec.Code)
+	assert.Contains(t, rec.Body.String(), "goroutine profile:")
 }
 
 // TestAgentRunAdminListenError: a bad admin address is reported, not a hang.

@@ -37,6 +37,7 @@ type Options struct {
 	CertDir     string
 	Kubeconfig  string
 	AdminListen string
+	Profiling   bool
 	Allow       string
 	DenyGroups  string
 	NodeName    string
@@ -83,6 +84,7 @@ func (o *Options) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&o.CertDir, "cert-dir", o.CertDir, "directory holding bootstrap-token and hub-ca.crt, where the agent stores tls.crt and tls.key (standalone alternative to --credentials-secret)")
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "kubeconfig for the member API server (empty: in-cluster service account)")
 	fs.StringVar(&o.AdminListen, "admin-listen", o.AdminListen, "address for /healthz, /readyz and /metrics (empty: off)")
+	fs.BoolVar(&o.Profiling, "profiling", o.Profiling, "serve /debug/pprof/ on --admin-listen; keep that address private when on")
 	fs.StringVar(&o.Allow, "allow", o.Allow, "comma-separated TCP destinations the hub may dial through this agent: IP:port or CIDR:port, besides the member API server, which is always admitted")
 	fs.StringVar(&o.DenyGroups, "deny-impersonate-groups", o.DenyGroups, "comma-separated groups never passed on when impersonating hub callers")
 	fs.StringVar(&o.NodeName, "node-name", o.NodeName, "node mode (DaemonSet on edge nodes): this node's name")
@@ -227,6 +229,7 @@ func (o *Options) Config(log hclog.Logger) (Config, error) {
 		NodeAddresses:  nodeAddrs,
 		KubeletPort:    uint16(o.KubeletPort),
 		AdminListen:    o.AdminListen,
+		Profiling:      o.Profiling,
 		Log:            log,
 		Registry:       reg,
 	}, nil

@@ -2,9 +2,10 @@ package hub
 
 import (
 	"net/http"
-	"net/http/pprof"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"backhaul.io/backhaul/pkg/profiling"
 )
 
 // adminHandler serves /healthz (the process), /readyz (listeners up and
@@ -17,11 +18,7 @@ func (s *Server) adminHandler() http.Handler {
 	admin.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Metrics, promhttp.HandlerOpts{}))
 	if s.cfg.Profiling && s.cfg.AdminListen != "" {
 		// Only on the plain admin listener, which should stay private.
-		admin.HandleFunc("/debug/pprof/", pprof.Index)
-		admin.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-		admin.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		admin.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		admin.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		profiling.Handle(admin)
 	}
 	return admin
 }
