@@ -46,7 +46,7 @@ func benchKube(ctx context.Context, o *options, hubBin, agentBin, dir string, t 
 		return
 	}
 	progress("kube: starting etcd and kube-apiserver in namespace %s%s", harness.NetnsPrefix, memberName)
-	env, err := startKube(ctx, hubBin, agentBin, filepath.Join(dir, "kube"))
+	env, err := startKube(ctx, o, hubBin, agentBin, filepath.Join(dir, "kube"))
 	defer env.stop()
 	if err != nil {
 		fail(err)
@@ -113,6 +113,7 @@ func benchGateway(ctx context.Context, o *options, env *kubeEnv, t *table) {
 			}
 		}
 	}
+	profileGateway(ctx, o, env, gw, gwRun, 10*time.Second)
 	t.add(latencyRow(figGateway, direct.lat, gateway.lat, targetGatewayP50))
 	t.add(latencyRow(figImpersonation, imp.lat, gateway.lat, 0))
 	t.note("apiserver direct: the same Go client in the member's namespace against %s as admin (system:masters);", m.InternalURL)
@@ -192,7 +193,7 @@ func (e *kubeEnv) stop() {
 // cluster-admin in the member, and an agent process in the member's
 // namespace, and waits until the gateway reaches the member. The caller
 // stops the returned env, error or not.
-func startKube(ctx context.Context, hubBin, agentBin, dir string) (*kubeEnv, error) {
+func startKube(ctx context.Context, o *options, hubBin, agentBin, dir string) (*kubeEnv, error) {
 	e := &kubeEnv{}
 	// Only this bench's own namespace, and only if no live process holds it.
 	if _, err := harness.CleanupStale(harness.NetnsPrefix + memberName); err != nil {
@@ -213,11 +214,12 @@ func startKube(ctx context.Context, hubBin, agentBin, dir string) (*kubeEnv, err
 		Binary: hubBin, Dir: filepath.Join(dir, "hub"), HostIPs: []string{e.member.Netns.HostIP.String()},
 		Clusters: []string{memberName},
 		Callers:  map[string]harness.Caller{"bench": {Token: callerToken, User: callerUser, Groups: []string{callerGroup}}},
+		Args:     profilingArgs(o),
 	})
 	if err != nil {
 		return e, err
 	}
-	if e.agent, err = harness.StartAgent(ctx, e.hub, e.member, harness.AgentConfig{Binary: agentBin, Cluster: memberName}); err != nil {
+	if e.agent, err = harness.StartAgent(ctx, e.hub, e.member, harness.AgentConfig{Binary: agentBin, Cluster: memberName, AdminPort: agentAdminPort, Args: profilingArgs(o)}); err != nil {
 		return e, err
 	}
 	c := newClient(clientConfig{tls: tlsSettings{CAPEM: e.hub.CA.CertPEM}, keepAlive: true})
@@ -230,6 +232,14 @@ func startKube(ctx context.Context, hubBin, agentBin, dir string) (*kubeEnv, err
 		return e, fmt.Errorf("member not reachable through the gateway: %w\nagent log:\n%s", err, e.agent.Tail(20))
 	}
 	return e, nil
+}
+
+// profilingArgs turns on /debug/pprof/ on hub and agent with -profile.
+func profilingArgs(o *options) []string {
+	if o.profileDir == "" {
+		return nil
+	}
+	return []string{"--profiling"}
 }
 
 // callerToken is the hub caller's static token; it only ever exists in this
