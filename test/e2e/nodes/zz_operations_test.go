@@ -84,17 +84,18 @@ func TestOpsRolloutRestartHub(t *testing.T) {
 	before, err := h.hubPods(ctx)
 	require.NoError(t, err)
 	logs := e.opsFollowLogs(t, h, "rollout")
+	at := &opsRecorder{T: t}
 	sessions := e.opsSampleAgents(ctx, t)
 	load := e.opsStartLoad(ctx, t, "rollout")
-	require.NoError(t, load.waitWatching(ctx))
+	require.NoError(at, load.waitWatching(ctx))
 	opsSleep(ctx, 3*time.Second)
 
 	began := time.Now()
 	out, err := e.hostKubectl(ctx, "", "-n", ns, "rollout", "restart", "deployment/"+opsHubDeployment)
-	require.NoError(t, err, out)
+	require.NoError(at, err, out)
 	out, err = e.hostKubectl(ctx, "", "-n", ns, "rollout", "status", "deployment/"+opsHubDeployment, "--timeout=8m")
 	rolledOut := time.Since(began)
-	require.NoError(t, err, out)
+	require.NoError(at, err, out)
 	// rollout status returns once the new Pods are available; the last
 	// old one may still be draining. The load goes on until it is gone.
 	err = harness.WaitFor(ctx, 3*time.Minute, 250*time.Millisecond, func() error {
@@ -109,15 +110,15 @@ func TestOpsRolloutRestartHub(t *testing.T) {
 		}
 		return nil
 	})
-	require.NoError(t, err)
+	require.NoError(at, err)
 	oldGone := time.Since(began)
 	opsSleep(ctx, 3*time.Second)
 	missing := load.stop(ctx)
-	failed := load.report(t, "rollout-restart")
-	alone := sessions.report(t, "rollout-restart")
+	failed := load.report(at.T, "rollout-restart")
+	alone := sessions.report(at.T, "rollout-restart")
 
 	after, err := h.hubPods(ctx)
-	require.NoError(t, err)
+	require.NoError(at, err)
 	var names []string
 	for _, p := range after {
 		names = append(names, p.Name)
@@ -126,18 +127,18 @@ func TestOpsRolloutRestartHub(t *testing.T) {
 	opsFigure(t, "rollout-restart", "rollout_status_ms", rolledOut.Milliseconds(), "old_pods_gone_ms", oldGone.Milliseconds(),
 		"failed_requests", len(failed), "watch_opened", w.opened, "watch_clean_ends", w.cleanEnds, "watch_errors", len(w.errs),
 		"configmaps_created", w.created, "configmaps_missed", len(missing))
-	assert.Len(t, after, 3, "three hub replicas after the rollout: %v", names)
+	assert.Len(at, after, 3, "three hub replicas after the rollout: %v", names)
 	for _, p := range after {
-		assert.False(t, opsHasPod(before, p.Name), "%s was not replaced", p.Name)
+		assert.False(at, opsHasPod(before, p.Name), "%s was not replaced", p.Name)
 	}
-	assert.Empty(t, failed, "requests through the hub failed during the rollout")
-	assert.Empty(t, w.errs, "the watch ended with an error a client would see")
-	assert.Empty(t, missing, "the watch missed ConfigMaps")
-	assert.GreaterOrEqual(t, w.opened, 2, "the watch an old replica carried was taken up again through another")
-	assert.Empty(t, alone, "an agent lets go of a drained session only once its replacement is up (docs/ha.md)")
-	require.NoError(t, e.opsWaitSpread(ctx, h, agents, 3*time.Minute), "agents hold %d sessions each again", opsHubConnections)
+	assert.Empty(at, failed, "requests through the hub failed during the rollout")
+	assert.Empty(at, w.errs, "the watch ended with an error a client would see")
+	assert.Empty(at, missing, "the watch missed ConfigMaps")
+	assert.GreaterOrEqual(at, w.opened, 2, "the watch an old replica carried was taken up again through another")
+	assert.Empty(at, alone, "an agent lets go of a drained session only once its replacement is up (docs/ha.md)")
+	require.NoError(at, e.opsWaitSpread(ctx, h, agents, 3*time.Minute), "agents hold %d sessions each again", opsHubConnections)
 	if t.Failed() {
-		logs.dump(t)
+		logs.dump(at)
 	}
 }
 
@@ -171,14 +172,15 @@ func TestOpsDeleteHubPod(t *testing.T) {
 	t.Logf("deleting hub replica %s (holds %d of %s's sessions; Cluster status.hubReplicas %v)", victim, held, e.m1.Name, cl.Status.HubReplicas)
 
 	logs := e.opsFollowLogs(t, h, "delete-hub")
+	at := &opsRecorder{T: t}
 	sessions := e.opsSampleAgents(ctx, t)
 	load := e.opsStartLoad(ctx, t, "delete-hub")
-	require.NoError(t, load.waitWatching(ctx))
+	require.NoError(at, load.waitWatching(ctx))
 	opsSleep(ctx, 2*time.Second)
 
 	began := time.Now()
 	out, err := e.hostKubectl(ctx, "", "-n", ns, "delete", "pod", victim, "--wait=false")
-	require.NoError(t, err, out)
+	require.NoError(at, err, out)
 	got, err := e.opsMilestones(ctx, h, began, 5*time.Minute, []opsCheck{
 		{"served", func() error { return e.opsServed(ctx, h) }},
 		{"old_pod_gone", func() error { return h.podGone(ctx, victim) }},
@@ -187,16 +189,16 @@ func TestOpsDeleteHubPod(t *testing.T) {
 	})
 	opsSleep(ctx, 5*time.Second) // and a while after
 	load.stopAndReport(ctx, t, "delete-hub-pod")
-	alone := sessions.report(t, "delete-hub-pod")
-	require.NoError(t, err)
+	alone := sessions.report(at.T, "delete-hub-pod")
+	require.NoError(at, err)
 	opsFigure(t, "delete-hub-pod", "replica", victim, "sessions_held", held,
 		"connected_throughout", got.connectedThroughout, "served_ms", got.at["served"].Milliseconds(),
 		"old_pod_gone_ms", got.at["old_pod_gone"].Milliseconds(), "deployment_3_ready_ms", got.at["deployment_ready"].Milliseconds(),
 		"sessions_respread_ms", got.at["sessions_respread"].Milliseconds())
-	assert.True(t, got.connectedThroughout, "%s stays TunnelConnected: its agents' other sessions carry it", e.m1.Name)
-	assert.Empty(t, alone, "an agent lets go of a drained session only once its replacement is up (docs/ha.md)")
+	assert.True(at, got.connectedThroughout, "%s stays TunnelConnected: its agents' other sessions carry it", e.m1.Name)
+	assert.Empty(at, alone, "an agent lets go of a drained session only once its replacement is up (docs/ha.md)")
 	if t.Failed() {
-		logs.dump(t)
+		logs.dump(at)
 	}
 }
 
@@ -218,13 +220,14 @@ func TestOpsDeleteAgentPod(t *testing.T) {
 	victim := pods[0].Name
 
 	logs := e.opsFollowLogs(t, h, "delete-agent")
+	at := &opsRecorder{T: t}
 	load := e.opsStartLoad(ctx, t, "delete-agent")
-	require.NoError(t, load.waitWatching(ctx))
+	require.NoError(at, load.waitWatching(ctx))
 	opsSleep(ctx, 2*time.Second)
 
 	began := time.Now()
 	_, stderr, err := e.m1.Kubectl(ctx, "-n", ns, "delete", "pod", victim, "--wait=false")
-	require.NoError(t, err, stderr)
+	require.NoError(at, err, stderr)
 	got, err := e.opsMilestones(ctx, h, began, 5*time.Minute, []opsCheck{
 		{"served", func() error { return e.opsServed(ctx, h) }},
 		{"old_pod_gone", func() error { return e.opsAgentGone(ctx, victim) }},
@@ -238,14 +241,14 @@ func TestOpsDeleteAgentPod(t *testing.T) {
 	})
 	opsSleep(ctx, 5*time.Second) // and a while after
 	failed := load.stopAndReport(ctx, t, "delete-agent-pod")
-	require.NoError(t, err)
+	require.NoError(at, err)
 	opsFigure(t, "delete-agent-pod", "agent", victim, "connected_throughout", got.connectedThroughout,
 		"served_ms", got.at["served"].Milliseconds(), "old_pod_gone_ms", got.at["old_pod_gone"].Milliseconds(),
 		"deployment_ready_ms", got.at["deployment_ready"].Milliseconds(), "sessions_respread_ms", got.at["sessions_respread"].Milliseconds(),
 		"failed_requests", len(failed))
-	assert.True(t, got.connectedThroughout, "%s stays TunnelConnected: the other agent's sessions carry it", e.m1.Name)
+	assert.True(at, got.connectedThroughout, "%s stays TunnelConnected: the other agent's sessions carry it", e.m1.Name)
 	if t.Failed() {
-		logs.dump(t)
+		logs.dump(at)
 	}
 }
 
@@ -289,6 +292,7 @@ func TestOpsAgentCutOffStaysAlive(t *testing.T) {
 	probeEventsBefore, err := e.opsProbeFailures(ctx, restarts)
 	require.NoError(t, err)
 	logs := e.opsFollowLogs(t, h, "cut")
+	at := &opsRecorder{T: t}
 
 	cutAt := time.Now()
 	e.opsCut(ctx, t)
@@ -305,7 +309,7 @@ func TestOpsAgentCutOffStaysAlive(t *testing.T) {
 			return nil
 		}},
 	})
-	require.NoError(t, err)
+	require.NoError(at, err)
 
 	// Not ready, not restarted, for the whole hold.
 	notReadyAt := time.Now()
@@ -318,27 +322,27 @@ func TestOpsAgentCutOffStaysAlive(t *testing.T) {
 	}
 	held := time.Since(notReadyAt)
 	probeEventsCut, err := e.opsProbeFailures(ctx, restarts)
-	require.NoError(t, err)
+	require.NoError(at, err)
 
 	restoredAt := time.Now()
-	require.NoError(t, e.opsUncut(ctx))
+	require.NoError(at, e.opsUncut(ctx))
 	back, err := e.opsMilestones(ctx, h, restoredAt, 5*time.Minute, []opsCheck{
 		{"agents_ready", func() error { return e.opsAgentsReady(ctx, restarts, true) }},
 		{"served", func() error { return e.opsServed(ctx, h) }},
 	})
-	require.NoError(t, err)
+	require.NoError(at, err)
 
 	opsFigure(t, "agent-cut-off", "liveness_period_s", period.Seconds(), "liveness_failure_threshold", threshold,
 		"cut_to_not_ready_ms", got.at["agents_not_ready"].Milliseconds(), "cut_to_disconnected_ms", got.at["cluster_disconnected"].Milliseconds(),
 		"held_not_ready_s", int(held.Seconds()), "liveness_failures", probeEventsCut.liveness-probeEventsBefore.liveness,
 		"readiness_failures", probeEventsCut.readiness-probeEventsBefore.readiness,
 		"restore_to_ready_ms", back.at["agents_ready"].Milliseconds(), "restore_to_served_ms", back.at["served"].Milliseconds())
-	assert.Empty(t, violations, "while cut off, the agent Pods stay (not restarted, not replaced) and not ready")
-	assert.Zero(t, probeEventsCut.liveness-probeEventsBefore.liveness, "the liveness probe does not follow the tunnel")
-	assert.Positive(t, probeEventsCut.readiness-probeEventsBefore.readiness, "the readiness probe follows the tunnel")
-	assert.NoError(t, e.opsAgentsReady(ctx, restarts, true), "the same Pods, never restarted, are ready again")
+	assert.Empty(at, violations, "while cut off, the agent Pods stay (not restarted, not replaced) and not ready")
+	assert.Zero(at, probeEventsCut.liveness-probeEventsBefore.liveness, "the liveness probe does not follow the tunnel")
+	assert.Positive(at, probeEventsCut.readiness-probeEventsBefore.readiness, "the readiness probe follows the tunnel")
+	assert.NoError(at, e.opsAgentsReady(ctx, restarts, true), "the same Pods, never restarted, are ready again")
 	if t.Failed() {
-		logs.dump(t)
+		logs.dump(at)
 	}
 }
 
@@ -813,7 +817,7 @@ func (e *environment) opsFollowLogs(t *testing.T, h *opsHostClients, label strin
 }
 
 // dump logs the last lines of every Pod's log.
-func (l *opsLogs) dump(t *testing.T) {
+func (l *opsLogs) dump(t *opsRecorder) {
 	t.Helper()
 	l.mu.Lock()
 	files := slices.Clone(l.files)
@@ -827,6 +831,22 @@ func (l *opsLogs) dump(t *testing.T) {
 		tail := lines[max(0, len(lines)-40):]
 		t.Logf("--- %s (last %d of %d lines):\n%s", filepath.Base(f), len(tail), len(lines), bytes.Join(tail, []byte("\n")))
 	}
+	t.Logf("the test failed because (repeated after the logs):\n%s", strings.Join(t.msgs, "\n"))
+}
+
+// opsRecorder is t for an operations test's checks: it keeps what they
+// report, so dump can repeat it after the logs (CI shows only the tail of
+// a failed run's output).
+type opsRecorder struct {
+	*testing.T
+	msgs []string
+}
+
+func (r *opsRecorder) Errorf(format string, args ...any) {
+	r.Helper()
+	msg := fmt.Sprintf(format, args...)
+	r.msgs = append(r.msgs, msg)
+	r.Error(msg)
 }
 
 // --- Small helpers.
