@@ -124,13 +124,11 @@ func (o *Options) requestClientCerts(cfg *Config, callers auth.Union, fileCAs []
 	if o.ClientCAFile == "" || cc == nil {
 		return
 	}
-	cfg.Reloaders = append(cfg.Reloaders, &caFile{
-		path: o.ClientCAFile, every: o.reloadEvery(), log: cfg.Log.Named("certs"),
-		apply: func(file []*x509.Certificate) {
+	cfg.Reloaders = append(cfg.Reloaders, newCAFile(o.ClientCAFile, o.reloadEvery(), cfg.Log.Named("certs"),
+		func(file []*x509.Certificate) {
 			cc.SetCAs(file...)
 			named()
-		},
-	})
+		}))
 }
 
 func poolOf(cas []*x509.Certificate) *x509.CertPool {
@@ -149,13 +147,23 @@ type caFile struct {
 	every time.Duration
 	apply func([]*x509.Certificate)
 	log   hclog.Logger
+	// loaded is the digest of the bundle in force: read when the caFile is
+	// made, right after the CAs were, so that a change made before Start
+	// runs is not taken for the bundle in force.
+	loaded []byte
+}
+
+func newCAFile(path string, every time.Duration, log hclog.Logger, apply func([]*x509.Certificate)) *caFile {
+	f := &caFile{path: path, every: every, apply: apply, log: log}
+	f.loaded, _ = f.sum()
+	return f
 }
 
 var _ Reloader = (*caFile)(nil)
 
 // Start polls the file until ctx ends.
 func (f *caFile) Start(ctx context.Context) error {
-	last, _ := f.sum()
+	last := f.loaded
 	tick := time.NewTicker(f.every)
 	defer tick.Stop()
 	for {

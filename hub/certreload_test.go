@@ -112,7 +112,7 @@ func TestCAFileKeepsCAsOnBadBundle(t *testing.T) {
 	ca := hubtest.NewCA(t, "callers")
 	path := writeFile(t, filepath.Join(t.TempDir(), "ca.crt"), string(ca.PEM))
 	applied := make(chan int, 4)
-	f := &caFile{path: path, every: 10 * time.Millisecond, log: testutil.Logger(t), apply: func(cas []*x509.Certificate) { applied <- len(cas) }}
+	f := newCAFile(path, 10*time.Millisecond, testutil.Logger(t), func(cas []*x509.Certificate) { applied <- len(cas) })
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = f.Start(ctx) }()
