@@ -37,7 +37,11 @@ const reloadEvery = 10 * time.Second
 // handshakes; connections and agent sessions already up keep theirs);
 // with --registry=kube and no files the hub may issue its own later.
 func (o *Options) servingTLS(cfg *Config) (*tls.Config, error) {
-	c := &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}
+	// HTTP/2 for callers: one connection carries a client's requests and
+	// watches. Upgrades (exec, attach, port-forward; the agents' tunnel)
+	// still negotiate HTTP/1.1: client-go's SPDY and websocket dialers and
+	// our tunnel dialer offer nothing else.
+	c := &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}}
 	if o.TLSCertFile == "" {
 		return c, nil
 	}
@@ -129,6 +133,29 @@ func (o *Options) requestClientCerts(cfg *Config, callers auth.Union, fileCAs []
 			cc.SetCAs(file...)
 			named()
 		}))
+}
+
+// http1Only serves base's TLS on a listener whose handlers take over the
+// connection (CONNECT): HTTP/2 has no such thing, so it offers only
+// HTTP/1.1. It reads base at each handshake, so certificate and CA
+// reloads reach it.
+func http1Only(base *tls.Config) *tls.Config {
+	return &tls.Config{GetConfigForClient: func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
+		c := base
+		if base.GetConfigForClient != nil {
+			cc, err := base.GetConfigForClient(hi)
+			if err != nil {
+				return nil, err
+			}
+			if cc != nil {
+				c = cc
+			}
+		}
+		c = c.Clone()
+		c.GetConfigForClient = nil
+		c.NextProtos = []string{"http/1.1"}
+		return c, nil
+	}}
 }
 
 func poolOf(cas []*x509.Certificate) *x509.CertPool {

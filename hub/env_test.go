@@ -136,7 +136,7 @@ func startHub(t *testing.T) *hubEnv {
 		ClientCAs:    ca.Pool,
 		ClientAuth:   tls.RequestClientCert,
 		MinVersion:   tls.VersionTLS12,
-		NextProtos:   []string{"http/1.1"},
+		NextProtos:   []string{"h2", "http/1.1"}, // as servingTLS
 	}
 	cfg.AgentAuth, cfg.Clusters = agents, agents
 	cfg.Authn = auth.Union{auth.NewClientCerts(ca.Cert), callers}
@@ -153,7 +153,8 @@ func startHub(t *testing.T) *hubEnv {
 	require.Eventually(t, func() bool { return srv.Addr() != nil }, hubtest.WaitBound, 5*time.Millisecond, "hub never listened")
 	env.url = "https://" + srv.Addr().String()
 
-	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool, MinVersion: tls.VersionTLS12}, Proxy: noProxy}
+	// Callers speak HTTP/2 to the hub, as client-go does.
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool, MinVersion: tls.VersionTLS12}, Proxy: noProxy, ForceAttemptHTTP2: true}
 	env.client = &http.Client{Transport: tr}
 	t.Cleanup(tr.CloseIdleConnections)
 	return env

@@ -165,7 +165,7 @@ func (s *Server) listen() (ls []served, err error) {
 			return ls, err
 		}
 		if s.cfg.ConnectTLS {
-			ln = tls.NewListener(ln, s.cfg.TLS)
+			ln = tls.NewListener(ln, http1Only(s.cfg.TLS))
 		}
 		ls = append(ls, served{s.connectServer(s.connect), ln})
 	}
@@ -203,7 +203,12 @@ func (s *Server) mainServer(h http.Handler, tlsCfg *tls.Config) *http.Server {
 		// No read or write timeout: watches and tunnels live for hours.
 		IdleTimeout:    2 * time.Minute,
 		MaxHeaderBytes: 64 << 10,
-		ErrorLog:       s.cfg.Log.Named("http").StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
+		// A client-go process's watches and requests share one HTTP/2
+		// connection: let it carry as many as the API server's default
+		// (--http2-max-streams-per-connection); the hub's per-caller
+		// limits bound what each caller may hold open.
+		HTTP2:    &http.HTTP2Config{MaxConcurrentStreams: 1000},
+		ErrorLog: s.cfg.Log.Named("http").StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
 	}
 }
 
