@@ -30,16 +30,24 @@ type apiProxy struct {
 
 func newAPIProxy(cfg *rest.Config, denyGroups []string, log hclog.Logger) (*apiProxy, error) {
 	cfg = rest.CopyConfig(cfg)
-	// Upgrades (exec, attach, port-forward) need HTTP/1.1 end to end, and one
-	// backend connection per tunnel stream keeps streams independent.
-	cfg.NextProtos = []string{"http/1.1"}
 	if cfg.Impersonate.UserName != "" || len(cfg.Impersonate.Groups) > 0 {
 		return nil, fmt.Errorf("the agent's kubeconfig must not impersonate; it impersonates each hub caller itself")
 	}
-	rt, err := rest.TransportFor(cfg)
+	// Requests and watches share HTTP/2 connections to the API server
+	// (client-go's transport negotiates it), as a client-go process's
+	// would: 500 watches are one connection, not 500. Upgrades (exec,
+	// attach, port-forward) need HTTP/1.1 and a connection each.
+	multiplexed, err := rest.TransportFor(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("member API transport: %w", err)
 	}
+	h1 := rest.CopyConfig(cfg)
+	h1.NextProtos = []string{"http/1.1"}
+	upgrades, err := rest.TransportFor(h1)
+	if err != nil {
+		return nil, fmt.Errorf("member API transport: %w", err)
+	}
+	rt := splitUpgrades{upgrades: upgrades, rest: multiplexed}
 	u, err := url.Parse(cfg.Host)
 	if err != nil || u.Host == "" {
 		// rest.Config allows a bare host:port.
@@ -112,4 +120,18 @@ func stripCredentials(h http.Header) {
 			delete(h, k)
 		}
 	}
+}
+
+// splitUpgrades sends upgrade requests (exec, attach, port-forward) on
+// HTTP/1.1 connections of their own and every other request on the
+// multiplexed transport.
+type splitUpgrades struct {
+	upgrades, rest http.RoundTripper
+}
+
+func (s splitUpgrades) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Header.Get("Upgrade") != "" {
+		return s.upgrades.RoundTrip(r)
+	}
+	return s.rest.RoundTrip(r)
 }

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -112,6 +113,47 @@ func TestAPIProxy(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestAPIProxyHTTP2: requests share one HTTP/2 connection to the API
+// server; an upgrade (exec) goes over HTTP/1.1 and is switched.
+func TestAPIProxyHTTP2(t *testing.T) {
+	member := newFakeMember(t)
+	p, err := newAPIProxy(member.restConfig(), nil, testLogger(t))
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Go(func() {
+			r := httptest.NewRequest(http.MethodGet, "/api/v1/namespaces?watch=true", nil)
+			r.Header.Set("Impersonate-User", "alice")
+			rec := httptest.NewRecorder()
+			p.ServeHTTP(rec, r)
+			assert.Equal(t, http.StatusOK, rec.Code, "body: %s", rec.Body)
+		})
+	}
+	wg.Wait()
+	conns := map[string]bool{}
+	for _, r := range member.requests() {
+		assert.Equal(t, 2, r.ProtoMajor, "%s over %s", r.URL, r.Proto)
+		conns[r.RemoteAddr] = true
+	}
+	assert.Len(t, conns, 1, "20 requests, one connection")
+
+	// httptest's recorder cannot be hijacked: serve the proxy for real.
+	front := httptest.NewServer(p)
+	defer front.Close()
+	req, err := http.NewRequest(http.MethodPost, front.URL+"/api/v1/namespaces/default/pods/p/exec?command=sh", nil)
+	require.NoError(t, err)
+	req.Header.Set("Impersonate-User", "alice")
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "SPDY/3.1")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	assert.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
+	reqs := member.requests()
+	last := reqs[len(reqs)-1]
+	assert.Equal(t, "HTTP/1.1", last.Proto, "upgrades go over HTTP/1.1")
 }
 
 func TestAPIProxyMemberUnreachable(t *testing.T) {

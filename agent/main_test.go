@@ -41,7 +41,7 @@ const reviewPath = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
 
 func newFakeMember(t *testing.T) *fakeMember {
 	m := &fakeMember{}
-	m.srv = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	m.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodPost && r.URL.Path == reviewPath {
 			m.review(w, r)
 			return
@@ -49,9 +49,22 @@ func newFakeMember(t *testing.T) *fakeMember {
 		m.mu.Lock()
 		m.reqs = append(m.reqs, r.Clone(r.Context()))
 		m.mu.Unlock()
+		if r.Header.Get("Upgrade") != "" {
+			// As the API server answers exec: 101, then the raw connection.
+			c, _, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				http.Error(w, "upgrade over "+r.Proto, http.StatusBadRequest)
+				return
+			}
+			_, _ = c.Write([]byte("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + r.Header.Get("Upgrade") + "\r\n\r\n"))
+			_ = c.Close()
+			return
+		}
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write([]byte(`{"kind":"APIVersions"}`))
 	}))
+	m.srv.EnableHTTP2 = true // as kube-apiserver
+	m.srv.StartTLS()
 	t.Cleanup(m.srv.Close)
 	return m
 }
