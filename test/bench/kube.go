@@ -63,6 +63,9 @@ func benchKube(ctx context.Context, o *options, hubBin, agentBin, dir string, t 
 	if !o.skipStreams && ctx.Err() == nil {
 		benchStreams(ctx, o, env, dir, t)
 	}
+	if !o.skipWatches && ctx.Err() == nil {
+		benchWatches(ctx, o, env, t)
+	}
 }
 
 // Figures of benchGateway.
@@ -214,7 +217,7 @@ func startKube(ctx context.Context, o *options, hubBin, agentBin, dir string) (*
 		Binary: hubBin, Dir: filepath.Join(dir, "hub"), HostIPs: []string{e.member.Netns.HostIP.String()},
 		Clusters: []string{memberName},
 		Callers:  map[string]harness.Caller{"bench": {Token: callerToken, User: callerUser, Groups: []string{callerGroup}}},
-		Args:     profilingArgs(o),
+		Args:     hubArgs(o),
 	})
 	if err != nil {
 		return e, err
@@ -240,6 +243,12 @@ func profilingArgs(o *options) []string {
 		return nil
 	}
 	return []string{"--profiling"}
+}
+
+// hubArgs lets the bench's one caller hold every watch of the watches
+// figure (the default allows a caller 100 streams).
+func hubArgs(o *options) []string {
+	return append(profilingArgs(o), fmt.Sprintf("--max-streams-per-caller=%d", o.watches+100))
 }
 
 // callerToken is the hub caller's static token; it only ever exists in this

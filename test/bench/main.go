@@ -25,6 +25,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
@@ -49,6 +50,10 @@ type options struct {
 	skipConnect bool
 	skipKube    bool
 	skipStreams bool
+	skipWatches bool
+	watches     int // client-go watches of the watches figure
+	hubBinary   string
+	agentBinary string
 	skipMemory  bool
 	skipHA      bool
 	keep        bool
@@ -86,6 +91,10 @@ func parseOptions(args []string) (*options, error) {
 	fs.BoolVar(&o.skipConnect, "skip-connect", false, "skip the in-process CONNECT front end figures")
 	fs.BoolVar(&o.skipKube, "skip-kube", false, "skip the kube-apiserver gateway and streams figures (they need root)")
 	fs.BoolVar(&o.skipStreams, "skip-streams", false, "skip the exec, port-forward and GET-under-logs figures")
+	fs.BoolVar(&o.skipWatches, "skip-watches", false, "skip the client-go watches figure (connections, goroutines and memory per watch)")
+	fs.IntVar(&o.watches, "watches", 0, "client-go watches of the watches figure (default 500, -quick 100)")
+	fs.StringVar(&o.hubBinary, "hub-binary", "", "run this backhaul-hub instead of building one (to compare builds in the same bench)")
+	fs.StringVar(&o.agentBinary, "agent-binary", "", "run this backhaul-agent instead of building one")
 	fs.BoolVar(&o.skipMemory, "skip-memory", false, "skip the hub memory figure")
 	fs.IntVar(&o.agents, "agents", 0, "idle agent sessions for the hub memory figure (default 1000, -quick 200)")
 	fs.BoolVar(&o.skipHA, "skip-ha", false, "skip the active-active hub figures (forwarding, reconnect storm; they need root)")
@@ -110,6 +119,12 @@ func parseOptions(args []string) (*options, error) {
 		o.requests, o.duration, o.downloads, o.kubeRequests, o.settleLimit = 1000, 2*time.Second, 1, 500, 10*time.Second
 		o.connectRequests = 500
 		o.execs, o.forwardBytes, o.loadRequests = 50, 64<<20, 250
+	}
+	if o.watches == 0 {
+		o.watches = 500
+		if o.quick {
+			o.watches = 100
+		}
 	}
 	if o.agents == 0 {
 		o.agents = 1000
@@ -191,6 +206,7 @@ func run() int {
 		if err != nil {
 			err = fmt.Errorf("build: %w", err)
 		}
+		hubBin, agentBin = cmp.Or(o.hubBinary, hubBin), cmp.Or(o.agentBinary, agentBin)
 		if !o.skipKube && ctx.Err() == nil {
 			if err != nil {
 				t.add(row{Figure: "apiserver GET via gateway", Err: err})
