@@ -203,10 +203,10 @@ func (s *Server) mainServer(h http.Handler, tlsCfg *tls.Config) *http.Server {
 		// No read or write timeout: watches and tunnels live for hours.
 		IdleTimeout:    2 * time.Minute,
 		MaxHeaderBytes: 64 << 10,
-		// A client-go process's watches and requests share one HTTP/2
-		// connection: let it carry as many as the API server's default
-		// (--http2-max-streams-per-connection); the hub's per-caller
-		// limits bound what each caller may hold open.
+		// A client-go process's watches and requests share an HTTP/2
+		// connection: let one carry 1000 (Go's default is 250,
+		// kube-apiserver's 100), so 500 informers need one connection;
+		// the hub's per-caller limits bound what each may hold open.
 		HTTP2:    &http.HTTP2Config{MaxConcurrentStreams: 1000},
 		ErrorLog: s.cfg.Log.Named("http").StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
 	}
