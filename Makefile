@@ -20,7 +20,7 @@ GOTEST_FLAGS ?=
 export GONOSUMDB := k8s.io
 
 
-.PHONY: all build image node-images docs generate test unit e2e bench demo lint fuzz fuzz-short deps kube-bins clean monitoring monitoring-update
+.PHONY: all build image node-images docs generate test unit e2e bench bench-peers demo lint fuzz fuzz-short deps kube-bins clean monitoring monitoring-update
 
 all: build
 
@@ -137,6 +137,13 @@ bench: deps kube-bins build
 	go run ./test/bench
 	BACKHAUL_BENCH=1 go test -count=1 -v -timeout 30m -run 'TestConverge1000' ./test/e2e/propagation/
 	go test -tags bench -count=1 -v -timeout 60m -run 'TestPropagationScale' ./test/e2e/scale/
+
+## bench-peers: Backhaul beside rancher/remotedialer and konnectivity, each as separate server and
+## agent processes, in one run under one load tool (test/peers, its own Go module): request latency,
+## new-connection latency, 64-way req/s, bulk MB/s and server memory per idle agent at 1,000 and
+## 10,000 sessions (~5 min, and ~2 more the first time to build konnectivity; PEERS_FLAGS=-quick for ~1.5 min)
+bench-peers: build
+	cd test/peers && go run . -bin $(BIN) $(PEERS_FLAGS)
 
 ## demo: a hub and two member clusters on this machine; Ctrl-C stops all.
 ## REAL_NODES=1 gives each member a real node (containerd + kubelet) with a container to exec into
