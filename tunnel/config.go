@@ -81,7 +81,8 @@ func (c *Config) Validate() error {
 func (c *Config) yamux(log io.Writer) *yamux.Config {
 	y := yamux.DefaultConfig()
 	y.AcceptBacklog = c.AcceptBacklog
-	y.EnableKeepAlive = true
+	// Sessions ping from a timer of their own (keepalive.go).
+	y.EnableKeepAlive = false
 	y.KeepAliveInterval = c.KeepAliveInterval
 	// yamux waits ConnectionWriteTimeout for a ping's answer, and for writes.
 	y.ConnectionWriteTimeout = c.KeepAliveTimeout

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -21,6 +22,10 @@ type Session struct {
 	cfg    *Config
 	log    hclog.Logger
 	closed sync.Once
+	// stopKeepalive stops the keepalive timer (keepalive.go);
+	// keepaliveFailed says a ping went unanswered.
+	stopKeepalive   func()
+	keepaliveFailed atomic.Bool
 
 	// replica and replicas are what the hub said on the upgrade; the
 	// accepting side leaves them empty.
@@ -50,7 +55,9 @@ func newSession(conn net.Conn, client bool, cfg *Config, batch *batchConn) (*Ses
 		return nil, fmt.Errorf("start yamux: %w", err)
 	}
 	ylog.mux.Store(mux)
-	return &Session{mux: mux, conn: conn, cfg: cfg, log: cfg.Logger}, nil
+	s := &Session{mux: mux, conn: conn, cfg: cfg, log: cfg.Logger}
+	s.startKeepalive()
+	return s, nil
 }
 
 // NewSession runs a session over an already-established conn. The websocket
@@ -74,7 +81,10 @@ func (s *Session) Done() <-chan struct{} { return s.mux.CloseChan() }
 // Close ends the session and every stream on it.
 func (s *Session) Close() error {
 	var err error
-	s.closed.Do(func() { err = s.mux.Close() })
+	s.closed.Do(func() {
+		s.stopKeepalive()
+		err = s.mux.Close()
+	})
 	return err
 }
 
@@ -227,7 +237,7 @@ func (s *Session) Serve(ctx context.Context, h Handler) error {
 				return ctx.Err()
 			}
 			if errors.Is(err, yamux.ErrSessionShutdown) || errors.Is(err, io.EOF) {
-				return ErrSessionClosed
+				return s.endErr(ErrSessionClosed)
 			}
 			return fmt.Errorf("accept stream: %w", err)
 		}

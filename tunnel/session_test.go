@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/yamux"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -576,7 +578,7 @@ func TestSessionKeepAlive(t *testing.T) {
 			proxy = newStallProxy(t, addr)
 			return proxy.Addr()
 		})
-		serve(t, server, echoHandler)
+		sv := serve(t, server, echoHandler)
 
 		// Several keepalive rounds pass while the wire is healthy.
 		conn, err := client.Open(context.Background(), Request{Kind: KindAPIServer})
@@ -597,7 +599,28 @@ func TestSessionKeepAlive(t *testing.T) {
 				t.Errorf("%s did not notice the dead wire within %s", side.name, bound)
 			}
 		}
+		if waitClosed(t, sv.done, "Serve to return") {
+			assert.ErrorIs(t, sv.err, yamux.ErrKeepAliveTimeout, "the hub tells a dead wire from a closed session by it")
+		}
 	})
+}
+
+// TestIdleSessionGoroutines: an idle session costs each side yamux's
+// read and write loops, and the accepting side its accept loop; the
+// keepalive is a timer.
+func TestIdleSessionGoroutines(t *testing.T) {
+	const n = 20
+	before := runtime.NumGoroutine()
+	for range n {
+		client, server := connectTCP(t, testConfig(t), nil)
+		serve(t, server, echoHandler)
+		_, err := client.Ping()
+		require.NoError(t, err)
+	}
+	// The TCP test transport adds nothing per session once connected.
+	per := float64(runtime.NumGoroutine()-before) / n
+	t.Logf("%.1f goroutines per idle session pair", per)
+	assert.LessOrEqual(t, per, 5.0, "goroutines per idle session, both sides together")
 }
 
 func TestSessionAccessors(t *testing.T) {
