@@ -241,7 +241,26 @@ func (e *Endpoint) serve(r *http.Request, cluster string, ts *tunnel.Session, a 
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
-	wg.Go(func() { e.retireAt(ctx, s, ts, life) })
+	if !life.end.IsZero() {
+		// Until the session nears its end this is a timer, not a
+		// goroutine: a hub holds thousands of idle sessions.
+		var mu sync.Mutex
+		ended := false
+		wake := time.AfterFunc(time.Until(life.wake(s.info.Since, e.cfg.CloseGrace)), func() {
+			mu.Lock()
+			defer mu.Unlock()
+			if !ended {
+				wg.Go(func() { e.retireAt(ctx, s, ts, life) })
+			}
+		})
+		// Runs before cancel and wg.Wait: no retireAt starts after it.
+		defer func() {
+			wake.Stop()
+			mu.Lock()
+			ended = true
+			mu.Unlock()
+		}()
+	}
 	// Agents open no streams towards the hub today; refuse any politely so
 	// the session's accept queue never fills.
 	err = ts.Serve(ctx, func(_ context.Context, in *tunnel.Incoming) {

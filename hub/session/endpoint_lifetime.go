@@ -71,6 +71,21 @@ func earliestNotAfter(chain []*x509.Certificate) time.Time {
 	return t
 }
 
+// lead is how long before its end a session that began at since asks its
+// agent for a replacement: a tenth of its life, at most grace.
+func (l lifetime) lead(since time.Time, grace time.Duration) time.Duration {
+	return min(grace, l.end.Sub(since)/10)
+}
+
+// wake is when retireAt first has something to do: the lead before the
+// end when it asks for a replacement early, else the end.
+func (l lifetime) wake(since time.Time, grace time.Duration) time.Time {
+	if lead := l.lead(since, grace); lead >= minDrainLead {
+		return l.end.Add(-lead)
+	}
+	return l.end
+}
+
 // minDrainLead is the least lead worth asking for a replacement early.
 // A replacement that still holds the same credential (its renewal
 // failed) lives only as long as the lead, so its own lead is a tenth of
@@ -91,7 +106,7 @@ func (e *Endpoint) retireAt(ctx context.Context, s *Session, ts *tunnel.Session,
 	}
 	grace := e.cfg.CloseGrace
 	drained := false
-	if lead := min(grace, l.end.Sub(s.info.Since)/10); lead >= minDrainLead {
+	if lead := l.lead(s.info.Since, grace); lead >= minDrainLead {
 		if !waitUntil(ctx, ts, l.end.Add(-lead), nil) {
 			return
 		}
