@@ -55,7 +55,7 @@ func benchHubMemory(ctx context.Context, o *options, hubBin, dir string, t *tabl
 		names[i] = fmt.Sprintf("c%04d", i)
 	}
 	progress("memory: starting backhaul-hub with %d clusters", o.agents)
-	hub, err := harness.StartHub(ctx, harness.HubConfig{Binary: hubBin, Dir: filepath.Join(dir, "memhub"), Clusters: names})
+	hub, err := harness.StartHub(ctx, harness.HubConfig{Binary: hubBin, Dir: filepath.Join(dir, "memhub"), Clusters: names, Args: profilingArgs(o)})
 	if hub != nil {
 		defer hub.Stop()
 	}
@@ -128,6 +128,7 @@ func benchHubMemory(ctx context.Context, o *options, hubBin, dir string, t *tabl
 		return
 	}
 	writeHeapProfile(o, "agent-sessions-heap")
+	saveHubProfiles(ctx, o, hub, "idle-sessions-hub")
 
 	n := float64(o.agents)
 	direct, backhaul := (mid.hubRSS-before.hubRSS)/n, (after.hubRSS-mid.hubRSS)/n
@@ -304,6 +305,25 @@ func scrapeMetrics(ctx context.Context, adminURL string, names ...string) (map[s
 		}
 	}
 	return out, nil
+}
+
+// saveHubProfiles, with -profile, saves the hub's heap profile and its
+// goroutines (debug=1: grouped by stack, with counts) as they are now.
+func saveHubProfiles(ctx context.Context, o *options, hub *harness.Hub, name string) {
+	if o.profileDir == "" {
+		return
+	}
+	for _, p := range []struct{ query, file string }{
+		{"heap", name + "-heap.pprof"},
+		{"goroutine?debug=1", name + "-goroutines.txt"},
+	} {
+		path := filepath.Join(o.profileDir, p.file)
+		if err := fetchProfile(ctx, hub.AdminURL+"/debug/pprof/"+p.query, path); err != nil {
+			progress("no %s profile of the hub: %v", p.query, err)
+			continue
+		}
+		addProfile(o, path)
+	}
 }
 
 // writeHeapProfile writes this process's live heap to <-profile>/<name>.pprof
