@@ -25,6 +25,9 @@ type batchConn struct {
 	mu      sync.Mutex
 	holding bool
 	buf     *[]byte
+	// records, when set, is the connection under Conn's TLS: a flush
+	// goes out as one write of all its records.
+	records *recordBatch
 }
 
 func (c *batchConn) Write(p []byte) (int, error) {
@@ -78,8 +81,62 @@ func (c *batchConn) flushLocked() error {
 	if c.buf == nil || len(*c.buf) == 0 {
 		return nil
 	}
+	if c.records != nil {
+		c.records.hold()
+	}
 	_, err := c.Conn.Write(*c.buf)
+	if c.records != nil {
+		if rerr := c.records.release(); err == nil {
+			err = rerr
+		}
+	}
 	*c.buf = (*c.buf)[:0]
+	return err
+}
+
+// recordBatch sits under the agent's TLS connection. crypto/tls writes
+// each record of up to 16 KiB with a Write of its own, so a 64 KiB batch
+// was four syscalls; while batchConn flushes (hold … release), the
+// records are gathered and go out in one. Writes outside a hold (the
+// handshake, alerts) go straight through.
+type recordBatch struct {
+	net.Conn
+	mu      sync.Mutex
+	holding bool
+	buf     []byte
+}
+
+func (r *recordBatch) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.holding {
+		return r.Conn.Write(p)
+	}
+	r.buf = append(r.buf, p...)
+	return len(p), nil
+}
+
+func (r *recordBatch) hold() {
+	r.mu.Lock()
+	r.holding = true
+	r.mu.Unlock()
+}
+
+func (r *recordBatch) release() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.holding = false
+	if len(r.buf) == 0 {
+		return nil
+	}
+	_, err := r.Conn.Write(r.buf)
+	// Keep the buffer for the next flush unless it grew past a batch's
+	// worth of records.
+	if cap(r.buf) > 2*batchMax {
+		r.buf = nil
+	} else {
+		r.buf = r.buf[:0]
+	}
 	return err
 }
 
@@ -93,11 +150,34 @@ type batchSlot struct{ conn *batchConn }
 // in a batchConn that the session then drives.
 func dialTLSBatched(d *tls.Dialer) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := d.DialContext(ctx, network, addr)
+		// What tls.Dialer does, with a recordBatch between TLS and TCP.
+		var nd net.Dialer
+		if d.NetDialer != nil {
+			nd = *d.NetDialer
+		}
+		raw, err := nd.DialContext(ctx, network, addr)
 		if err != nil {
 			return nil, err
 		}
-		bc := &batchConn{Conn: c}
+		cfg := d.Config
+		if cfg == nil {
+			cfg = &tls.Config{MinVersion: tls.VersionTLS12}
+		}
+		if cfg.ServerName == "" {
+			host, _, err := net.SplitHostPort(addr)
+			if err != nil {
+				host = addr
+			}
+			cfg = cfg.Clone()
+			cfg.ServerName = host
+		}
+		rb := &recordBatch{Conn: raw}
+		c := tls.Client(rb, cfg)
+		if err := c.HandshakeContext(ctx); err != nil {
+			_ = raw.Close()
+			return nil, err
+		}
+		bc := &batchConn{Conn: c, records: rb}
 		if slot, ok := ctx.Value(batchKey{}).(*batchSlot); ok {
 			slot.conn = bc
 		}
