@@ -78,3 +78,50 @@ func TestBatchConnGathersHeldWrites(t *testing.T) {
 	}
 	assert.Equal(t, []int{7, batchMax, batchMax, 160<<10 - 2*batchMax, 5}, got)
 }
+
+// recordSplitter writes like crypto/tls: a Write of its own per 16 KiB
+// record.
+type recordSplitter struct{ net.Conn }
+
+func (s recordSplitter) Write(p []byte) (int, error) {
+	n := 0
+	for len(p) > 0 {
+		m, err := s.Conn.Write(p[:min(len(p), 16<<10)])
+		n += m
+		if err != nil {
+			return n, err
+		}
+		p = p[m:]
+	}
+	return n, nil
+}
+
+// TestRecordBatchJoinsOneFlushsRecords: the records of one batch go out
+// in one write; writes outside a flush (a handshake, an alert) go
+// straight through.
+func TestRecordBatchJoinsOneFlushsRecords(t *testing.T) {
+	rc := &recordConn{}
+	rb := &recordBatch{Conn: rc}
+	bc := &batchConn{Conn: recordSplitter{rb}, records: rb}
+
+	_, err := rb.Write([]byte("handshake"))
+	require.NoError(t, err)
+	bc.hold()
+	payload := make([]byte, batchMax+100)
+	for i := range payload {
+		payload[i] = byte(i)
+	}
+	_, err = bc.Write(payload)
+	require.NoError(t, err)
+	require.NoError(t, bc.release())
+
+	var got []int
+	var joined []byte
+	for _, w := range rc.writes[1:] {
+		got = append(got, len(w))
+		joined = append(joined, w...)
+	}
+	assert.Equal(t, "handshake", string(rc.writes[0]))
+	assert.Equal(t, []int{batchMax, 100}, got, "a full batch's four records in one write, then the rest")
+	assert.Equal(t, payload, joined)
+}
