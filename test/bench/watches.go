@@ -19,7 +19,6 @@ import (
 type watchSide struct {
 	goroutines float64
 	rss        float64 // bytes
-	conns      int     // TCP connections of interest
 }
 
 // watchFigures are the deltas N watches cost.
