@@ -16,6 +16,8 @@
 //     replica to the one holding the agent's session against the same GET
 //     served locally, and a reconnect storm of simulated agents on three
 //     replicas, before and after one is killed.
+//   - over an emulated WAN (-wan-rtt, -wan-rate; wan.go): kubectl, a
+//     download and dead-link detection through the hub against direct.
 //
 // Targets are reported, never asserted: the exit status is non-zero only
 // when a figure could not be measured. Run it as `make bench` or
@@ -56,6 +58,9 @@ type options struct {
 	agentBinary string
 	skipMemory  bool
 	skipHA      bool
+	skipWAN     bool
+	wanRTT      time.Duration // round trip of the emulated WAN
+	wanRate     float64       // its bandwidth each way, Mbit/s (0: no cap)
 	keep        bool
 	profileDir  string
 
@@ -101,6 +106,9 @@ func parseOptions(args []string) (*options, error) {
 	fs.BoolVar(&o.haSkipForward, "skip-ha-forward", false, "skip the HA forwarding figure, keep the storm")
 	fs.BoolVar(&o.haSkipStorm, "skip-ha-storm", false, "skip the HA reconnect storm, keep the forwarding figure")
 	fs.IntVar(&o.haAgents, "ha-agents", 0, "simulated agents of the HA reconnect storm (default 10000, -quick 1000)")
+	fs.BoolVar(&o.skipWAN, "skip-wan", false, "skip the emulated-WAN figures (kubectl get pods, a 64 MiB download and dead-link detection over a -wan-rtt, -wan-rate link; they need root and start their own member, whatever -skip-kube says)")
+	fs.DurationVar(&o.wanRTT, "wan-rtt", 50*time.Millisecond, "round trip of the emulated WAN")
+	fs.Float64Var(&o.wanRate, "wan-rate", 100, "bandwidth of the emulated WAN each way, in Mbit/s (0: no cap)")
 	fs.StringVar(&o.profileDir, "profile", "", "directory for CPU profiles of the tunnel throughput runs and a heap profile of the agent side of idle sessions")
 	fs.BoolVar(&o.keep, "keep", false, "keep the scratch directory with process logs")
 	fs.BoolVar(&o.internalDirect, "internal-direct", false, "internal: run one direct latency run from a spec on stdin")
@@ -228,6 +236,9 @@ func run() int {
 				benchHA(ctx, o, hubBin, agentBin, dir, t)
 			}
 		}
+	}
+	if !o.skipWAN && ctx.Err() == nil {
+		benchWAN(ctx, o, dir, t)
 	}
 	t.note("direct: tunnel rows dial the origin over loopback TCP; backhaul rows open a stream on one TLS websocket")
 	t.note("  tunnel to the real agent, which dials the origin. Ratios are backhaul / direct. Run took %s.",
