@@ -118,7 +118,7 @@ func benchStorm(ctx context.Context, o *options, hubBin, dir string, host *haHos
 	var lim syscall.Rlimit
 	_ = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
 	before := lim.Cur
-	if err := raiseNoFile(uint64(n) + 4096); err != nil {
+	if err := harness.RaiseNoFile(uint64(n) + 4096); err != nil {
 		fail(err)
 		return
 	}

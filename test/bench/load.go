@@ -4,15 +4,15 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"time"
+
+	"backhaul.io/backhaul/test/harness"
 )
 
 // dialFunc is what distinguishes a direct run from a tunnelled one: the load
@@ -107,7 +107,7 @@ func sequential(ctx context.Context, c *http.Client, r latencyRun) ([]time.Durat
 // completed requests per second. The first error stops every worker.
 func concurrent(ctx context.Context, c *http.Client, url string, workers int, d time.Duration) (float64, error) {
 	// Open every connection before the clock starts.
-	if err := fanOut(ctx, workers, func(ctx context.Context, buf []byte) error {
+	if err := harness.FanOut(ctx, workers, func(ctx context.Context, buf []byte) error {
 		for range 5 {
 			if _, err := get(ctx, c, url, nil, buf); err != nil {
 				return fmt.Errorf("warm-up: %w", err)
@@ -120,7 +120,7 @@ func concurrent(ctx context.Context, c *http.Client, url string, workers int, d 
 	var done atomic.Int64
 	start := time.Now()
 	deadline := start.Add(d)
-	err := fanOut(ctx, workers, func(ctx context.Context, buf []byte) error {
+	err := harness.FanOut(ctx, workers, func(ctx context.Context, buf []byte) error {
 		for time.Now().Before(deadline) {
 			if _, err := get(ctx, c, url, nil, buf); err != nil {
 				return err
@@ -133,26 +133,6 @@ func concurrent(ctx context.Context, c *http.Client, url string, workers int, d 
 		return 0, err
 	}
 	return float64(done.Load()) / time.Since(start).Seconds(), nil
-}
-
-// fanOut runs f in n goroutines and returns the first error, cancelling the
-// others' context when one fails.
-func fanOut(ctx context.Context, n int, f func(ctx context.Context, buf []byte) error) error {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	var wg sync.WaitGroup
-	for range n {
-		wg.Go(func() {
-			if err := f(ctx, make([]byte, 32<<10)); err != nil {
-				cancel(err)
-			}
-		})
-	}
-	wg.Wait()
-	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
-		return err
-	}
-	return ctx.Err()
 }
 
 // download fetches url once and returns bytes per second.

@@ -46,7 +46,7 @@ func benchHubMemory(ctx context.Context, o *options, hubBin, dir string, t *tabl
 	figHub := fmt.Sprintf("hub RSS per idle agent (N=%d)", o.agents)
 	figSelf := "  agent side: Go heap+stacks per session"
 	fail := func(err error) { t.add(row{Figure: figHub, Err: err}, row{Figure: figSelf, Err: err}) }
-	if err := raiseNoFile(uint64(2*o.agents + 1024)); err != nil {
+	if err := harness.RaiseNoFile(uint64(2*o.agents + 1024)); err != nil {
 		fail(err)
 		return
 	}

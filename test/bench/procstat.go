@@ -6,7 +6,6 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -102,21 +101,4 @@ func vmRSS(pid int) (float64, error) {
 		}
 	}
 	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
-}
-
-// raiseNoFile makes sure this process and its children (the hub inherits
-// the limit) may open at least need descriptors.
-func raiseNoFile(need uint64) error {
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return err
-	}
-	if lim.Cur >= need {
-		return nil
-	}
-	if lim.Max < need {
-		return fmt.Errorf("RLIMIT_NOFILE hard limit %d is below the %d descriptors needed; lower -agents", lim.Max, need)
-	}
-	lim.Cur = need
-	return syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
 }

@@ -8,6 +8,8 @@ import (
 	"runtime"
 	"runtime/debug"
 	"time"
+
+	"backhaul.io/backhaul/test/harness"
 )
 
 // latencyBlocks is how many blocks the sequential runs are cut into; the
@@ -203,7 +205,7 @@ func sequentialRuns(ctx context.Context, rows []*loadRow, url string, n, warm in
 // system at a time, each on a fresh server.
 func benchMemory(ctx context.Context, o *options, dir string, knp *knpBinaries, res *result) {
 	maxN := o.agents[len(o.agents)-1]
-	if err := raiseNoFile(uint64(maxN) + 2048); err != nil {
+	if err := harness.RaiseNoFile(uint64(maxN) + 2048); err != nil {
 		for _, s := range o.systems[1:] {
 			res.mem[s] = &memResult{err: err}
 		}

@@ -2,15 +2,15 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"time"
+
+	"backhaul.io/backhaul/test/harness"
 )
 
 // dialFunc is all that distinguishes one system from another: the load
@@ -77,7 +77,7 @@ func sequential(ctx context.Context, c *http.Client, url string, n int) ([]time.
 // long they took.
 func concurrent(ctx context.Context, c *http.Client, url string, workers int, d time.Duration) (int64, time.Duration, error) {
 	// Open every connection before the clock starts.
-	if err := fanOut(ctx, workers, func(ctx context.Context, buf []byte) error {
+	if err := harness.FanOut(ctx, workers, func(ctx context.Context, buf []byte) error {
 		for range 5 {
 			if _, err := get(ctx, c, url, buf); err != nil {
 				return fmt.Errorf("warm-up: %w", err)
@@ -90,7 +90,7 @@ func concurrent(ctx context.Context, c *http.Client, url string, workers int, d 
 	var done atomic.Int64
 	start := time.Now()
 	deadline := start.Add(d)
-	err := fanOut(ctx, workers, func(ctx context.Context, buf []byte) error {
+	err := harness.FanOut(ctx, workers, func(ctx context.Context, buf []byte) error {
 		for time.Now().Before(deadline) {
 			if _, err := get(ctx, c, url, buf); err != nil {
 				return err
@@ -103,26 +103,6 @@ func concurrent(ctx context.Context, c *http.Client, url string, workers int, d 
 		return 0, 0, err
 	}
 	return done.Load(), time.Since(start), nil
-}
-
-// fanOut runs f in n goroutines and returns the first error, cancelling the
-// others when one fails.
-func fanOut(ctx context.Context, n int, f func(ctx context.Context, buf []byte) error) error {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	var wg sync.WaitGroup
-	for range n {
-		wg.Go(func() {
-			if err := f(ctx, make([]byte, 32<<10)); err != nil {
-				cancel(err)
-			}
-		})
-	}
-	wg.Wait()
-	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
-		return err
-	}
-	return ctx.Err()
 }
 
 // download fetches url once on a new connection and returns bytes per

@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"backhaul.io/backhaul/test/harness"
@@ -132,23 +131,6 @@ func procCPU(p *harness.Process) time.Duration {
 	ut, _ := strconv.ParseFloat(f[11], 64)
 	st, _ := strconv.ParseFloat(f[12], 64)
 	return time.Duration((ut + st) * float64(time.Second) / 100)
-}
-
-// raiseNoFile lets this process and its children (which inherit the limit)
-// open at least need descriptors.
-func raiseNoFile(need uint64) error {
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return err
-	}
-	if lim.Cur >= need {
-		return nil
-	}
-	if lim.Max < need {
-		return fmt.Errorf("RLIMIT_NOFILE hard limit %d is below the %d descriptors needed; lower -agents", lim.Max, need)
-	}
-	lim.Cur = need
-	return syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
 }
 
 // httpGet returns the body of a GET on loopback.
