@@ -33,21 +33,24 @@ func newAPIProxy(cfg *rest.Config, denyGroups []string, log hclog.Logger) (*apiP
 	if cfg.Impersonate.UserName != "" || len(cfg.Impersonate.Groups) > 0 {
 		return nil, fmt.Errorf("the agent's kubeconfig must not impersonate; it impersonates each hub caller itself")
 	}
-	// Requests and watches share HTTP/2 connections to the API server
-	// (client-go's transport negotiates it), as a client-go process's
-	// would: 500 watches are one connection, not 500. Upgrades (exec,
-	// attach, port-forward) need HTTP/1.1 and a connection each.
+	// Watches and followed logs share HTTP/2 connections to the API
+	// server, as a client-go process's would: 500 watches are a handful
+	// of connections (kube-apiserver allows 100 streams on one), not 500.
+	// Short requests stay on kept-alive HTTP/1.1 connections, which cost
+	// less CPU and latency per request than Go's HTTP/2 client (measured:
+	// +120 µs of agent CPU and +300 µs p50 per small GET on HTTP/2).
+	// Upgrades (exec, attach, port-forward) need HTTP/1.1 anyway.
 	multiplexed, err := rest.TransportFor(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("member API transport: %w", err)
 	}
 	h1 := rest.CopyConfig(cfg)
 	h1.NextProtos = []string{"http/1.1"}
-	upgrades, err := rest.TransportFor(h1)
+	pooled, err := rest.TransportFor(h1)
 	if err != nil {
 		return nil, fmt.Errorf("member API transport: %w", err)
 	}
-	rt := splitUpgrades{upgrades: upgrades, rest: multiplexed}
+	rt := byDuration{long: multiplexed, short: pooled}
 	u, err := url.Parse(cfg.Host)
 	if err != nil || u.Host == "" {
 		// rest.Config allows a bare host:port.
@@ -122,16 +125,24 @@ func stripCredentials(h http.Header) {
 	}
 }
 
-// splitUpgrades sends upgrade requests (exec, attach, port-forward) on
-// HTTP/1.1 connections of their own and every other request on the
-// multiplexed transport.
-type splitUpgrades struct {
-	upgrades, rest http.RoundTripper
+// byDuration sends requests that stay open (watches, followed logs) on
+// the multiplexed transport and the rest, upgrades included, on the
+// HTTP/1.1 one.
+type byDuration struct {
+	long, short http.RoundTripper
 }
 
-func (s splitUpgrades) RoundTrip(r *http.Request) (*http.Response, error) {
-	if r.Header.Get("Upgrade") != "" {
-		return s.upgrades.RoundTrip(r)
+func (t byDuration) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Header.Get("Upgrade") == "" && longRunning(r) {
+		return t.long.RoundTrip(r)
 	}
-	return s.rest.RoundTrip(r)
+	return t.short.RoundTrip(r)
+}
+
+// longRunning says whether r stays open for as long as its client wants:
+// a watch or a followed log.
+func longRunning(r *http.Request) bool {
+	q := r.URL.Query()
+	return q.Get("watch") == "true" || q.Get("watch") == "1" || strings.Contains(r.URL.Path, "/watch/") ||
+		q.Get("follow") == "true" || q.Get("follow") == "1"
 }

@@ -115,8 +115,8 @@ func TestAPIProxy(t *testing.T) {
 	}
 }
 
-// TestAPIProxyHTTP2: requests share one HTTP/2 connection to the API
-// server; an upgrade (exec) goes over HTTP/1.1 and is switched.
+// TestAPIProxyHTTP2: watches share one HTTP/2 connection to the API
+// server; a short request and an upgrade (exec) go over HTTP/1.1.
 func TestAPIProxyHTTP2(t *testing.T) {
 	member := newFakeMember(t)
 	p, err := newAPIProxy(member.restConfig(), nil, testLogger(t))
@@ -137,7 +137,16 @@ func TestAPIProxyHTTP2(t *testing.T) {
 		assert.Equal(t, 2, r.ProtoMajor, "%s over %s", r.URL, r.Proto)
 		conns[r.RemoteAddr] = true
 	}
-	assert.Len(t, conns, 1, "20 requests, one connection")
+	assert.Len(t, conns, 1, "20 watches, one connection")
+
+	// A short request goes on a kept-alive HTTP/1.1 connection.
+	r := httptest.NewRequest(http.MethodGet, "/api/v1/namespaces", nil)
+	r.Header.Set("Impersonate-User", "alice")
+	rec := httptest.NewRecorder()
+	p.ServeHTTP(rec, r)
+	require.Equal(t, http.StatusOK, rec.Code)
+	reqs := member.requests()
+	assert.Equal(t, "HTTP/1.1", reqs[len(reqs)-1].Proto, "short requests stay on HTTP/1.1")
 
 	// httptest's recorder cannot be hijacked: serve the proxy for real.
 	front := httptest.NewServer(p)
@@ -151,7 +160,7 @@ func TestAPIProxyHTTP2(t *testing.T) {
 	require.NoError(t, err)
 	defer resp.Body.Close()
 	assert.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
-	reqs := member.requests()
+	reqs = member.requests()
 	last := reqs[len(reqs)-1]
 	assert.Equal(t, "HTTP/1.1", last.Proto, "upgrades go over HTTP/1.1")
 }
