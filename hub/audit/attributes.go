@@ -7,21 +7,12 @@ import (
 	"strings"
 
 	authnv1 "k8s.io/api/authentication/v1"
-	"k8s.io/apimachinery/pkg/util/sets"
 	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/apiserver/pkg/authorization/authorizer"
-	"k8s.io/apiserver/pkg/endpoints/request"
 
 	"backhaul.io/backhaul/hub/auth"
+	"backhaul.io/backhaul/pkg/kubereq"
 )
-
-// requestInfos reads paths as kube-apiserver does: /api is the core
-// group, /apis/GROUP the others. (Map literals: the field's type,
-// sets.String, is deprecated, and naming it would be flagged.)
-var requestInfos = &request.RequestInfoFactory{
-	APIPrefixes:          map[string]sets.Empty{"api": {}, "apis": {}},
-	GrouplessAPIPrefixes: map[string]sets.Empty{"api": {}},
-}
 
 // attributes are what the policy is evaluated against, and what the event
 // says of the request.
@@ -37,20 +28,14 @@ func memberAttributes(r *http.Request, cluster string) attributes {
 	if u.Path == "" {
 		u.Path = "/"
 	}
-	// On a bad query (a selector that does not parse) the info is still
-	// as good as what was read before it, which is what the member's own
-	// audit would record too.
-	info, _ := requestInfos.NewRequestInfo(&http.Request{Method: r.Method, URL: &u, Header: r.Header})
-	if info == nil {
-		info = &request.RequestInfo{Path: u.Path, Verb: strings.ToLower(r.Method)}
-	}
+	info := kubereq.Info(&http.Request{Method: r.Method, URL: &u, Header: r.Header})
 	return attributes{
 		AttributesRecord: authorizer.AttributesRecord{
 			Verb: info.Verb, Path: info.Path, ResourceRequest: info.IsResourceRequest,
 			Namespace: info.Namespace, APIGroup: info.APIGroup, APIVersion: info.APIVersion,
 			Resource: info.Resource, Subresource: info.Subresource, Name: info.Name,
 		},
-		longRunning: longRunning(info),
+		longRunning: kubereq.LongRunning(info),
 	}
 }
 
@@ -62,26 +47,6 @@ func connectAttributes(r *http.Request) attributes {
 		AttributesRecord: authorizer.AttributesRecord{Verb: "connect", Path: r.Host},
 		longRunning:      true,
 	}
-}
-
-// longRunning is kube-apiserver's own test (BasicLongRunningRequestCheck
-// with the verbs and subresources kube-apiserver passes it), which decides
-// which requests get a ResponseStarted event. It is copied rather than
-// imported: k8s.io/apiserver/pkg/server/filters would bring the whole
-// generic API server into the hub.
-func longRunning(info *request.RequestInfo) bool {
-	switch info.Verb {
-	case "watch", "proxy":
-		return true
-	}
-	if !info.IsResourceRequest {
-		return false
-	}
-	switch info.Subresource {
-	case "attach", "exec", "proxy", "log", "portforward":
-		return true
-	}
-	return false
 }
 
 // userInfo is u as an audit event names a user, and as the policy
