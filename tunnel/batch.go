@@ -1,16 +1,22 @@
 package tunnel
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"net"
 	"sync"
 )
 
-// batchMax is how much a batchConn gathers before writing.
-const batchMax = 64 << 10
+// batchMax is how much a batchConn gathers before writing. The one under
+// TLS gathers a batch's records: batchMax and their framing, well within
+// recordSlack.
+const (
+	batchMax    = 64 << 10
+	recordSlack = 1 << 10
+)
 
-var batchPool = sync.Pool{New: func() any { b := make([]byte, 0, batchMax); return &b }}
+var batchPool = sync.Pool{New: func() any { b := make([]byte, 0, batchMax+recordSlack); return &b }}
 
 // batchConn sits between the websocket library and the agent's TLS
 // connection. coder/websocket masks a client's payload into a fixed 4 KiB
@@ -20,14 +26,20 @@ var batchPool = sync.Pool{New: func() any { b := make([]byte, 0, batchMax); retu
 // those writes into up to 64 KiB; release writes what is left, so nothing
 // waits once a message is complete. Writes outside a hold (the library's
 // own control frames) go straight through.
+//
+// The agent's TLS connection sits on a second batchConn (records):
+// crypto/tls writes each record of up to 16 KiB with a Write of its own,
+// so a 64 KiB batch would be four syscalls; held for the flush, they go
+// out in one.
 type batchConn struct {
 	net.Conn
 	mu      sync.Mutex
 	holding bool
 	buf     *[]byte
-	// records, when set, is the connection under Conn's TLS: a flush
-	// goes out as one write of all its records.
-	records *recordBatch
+	// limit is how much is gathered before writing (0: batchMax).
+	limit int
+	// records, when set, is the batchConn under Conn's TLS.
+	records *batchConn
 }
 
 func (c *batchConn) Write(p []byte) (int, error) {
@@ -42,13 +54,14 @@ func (c *batchConn) Write(p []byte) (int, error) {
 	if c.buf == nil {
 		c.buf = batchPool.Get().(*[]byte)
 	}
+	limit := cmp.Or(c.limit, batchMax)
 	n := 0
 	for len(p) > 0 {
-		room := batchMax - len(*c.buf)
+		room := limit - len(*c.buf)
 		take := min(room, len(p))
 		*c.buf = append(*c.buf, p[:take]...)
 		p, n = p[take:], n+take
-		if len(*c.buf) == batchMax {
+		if len(*c.buf) == limit {
 			if err := c.flushLocked(); err != nil {
 				return n, err
 			}
@@ -94,52 +107,6 @@ func (c *batchConn) flushLocked() error {
 	return err
 }
 
-// recordBatch sits under the agent's TLS connection. crypto/tls writes
-// each record of up to 16 KiB with a Write of its own, so a 64 KiB batch
-// was four syscalls; while batchConn flushes (hold … release), the
-// records are gathered and go out in one. Writes outside a hold (the
-// handshake, alerts) go straight through.
-type recordBatch struct {
-	net.Conn
-	mu      sync.Mutex
-	holding bool
-	buf     []byte
-}
-
-func (r *recordBatch) Write(p []byte) (int, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if !r.holding {
-		return r.Conn.Write(p)
-	}
-	r.buf = append(r.buf, p...)
-	return len(p), nil
-}
-
-func (r *recordBatch) hold() {
-	r.mu.Lock()
-	r.holding = true
-	r.mu.Unlock()
-}
-
-func (r *recordBatch) release() error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.holding = false
-	if len(r.buf) == 0 {
-		return nil
-	}
-	_, err := r.Conn.Write(r.buf)
-	// Keep the buffer for the next flush unless it grew past a batch's
-	// worth of records.
-	if cap(r.buf) > 2*batchMax {
-		r.buf = nil
-	} else {
-		r.buf = r.buf[:0]
-	}
-	return err
-}
-
 // batchKey carries, through the upgrade request's context, where the
 // transport's dial should leave the batchConn it made.
 type batchKey struct{}
@@ -150,7 +117,7 @@ type batchSlot struct{ conn *batchConn }
 // in a batchConn that the session then drives.
 func dialTLSBatched(d *tls.Dialer) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		// What tls.Dialer does, with a recordBatch between TLS and TCP.
+		// What tls.Dialer does, with a batchConn between TLS and TCP.
 		var nd net.Dialer
 		if d.NetDialer != nil {
 			nd = *d.NetDialer
@@ -171,7 +138,7 @@ func dialTLSBatched(d *tls.Dialer) func(ctx context.Context, network, addr strin
 			cfg = cfg.Clone()
 			cfg.ServerName = host
 		}
-		rb := &recordBatch{Conn: raw}
+		rb := &batchConn{Conn: raw, limit: batchMax + recordSlack}
 		c := tls.Client(rb, cfg)
 		if err := c.HandshakeContext(ctx); err != nil {
 			_ = raw.Close()

@@ -99,9 +99,9 @@ func (s recordSplitter) Write(p []byte) (int, error) {
 // TestRecordBatchJoinsOneFlushsRecords: the records of one batch go out
 // in one write; writes outside a flush (a handshake, an alert) go
 // straight through.
-func TestRecordBatchJoinsOneFlushsRecords(t *testing.T) {
+func TestBatchConnJoinsOneFlushsRecords(t *testing.T) {
 	rc := &recordConn{}
-	rb := &recordBatch{Conn: rc}
+	rb := &batchConn{Conn: rc, limit: batchMax + recordSlack}
 	bc := &batchConn{Conn: recordSplitter{rb}, records: rb}
 
 	_, err := rb.Write([]byte("handshake"))
