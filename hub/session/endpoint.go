@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -238,29 +237,22 @@ func (e *Endpoint) serve(r *http.Request, cluster string, ts *tunnel.Session, a 
 	// The session may not outlive its credential: retireAt ends it then,
 	// or at its maximum age.
 	ctx, cancel := context.WithCancel(r.Context())
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
 	if !life.end.IsZero() {
 		// Until the session nears its end this is a timer, not a
-		// goroutine: a hub holds thousands of idle sessions.
-		var mu sync.Mutex
-		ended := false
+		// goroutine: a hub holds thousands of idle sessions. Once it has
+		// fired, serve waits for retireAt, which returns when ctx ends.
+		retired := make(chan struct{})
 		wake := time.AfterFunc(time.Until(life.wake(s.info.Since, e.cfg.CloseGrace)), func() {
-			mu.Lock()
-			defer mu.Unlock()
-			if !ended {
-				wg.Go(func() { e.retireAt(ctx, s, ts, life) })
-			}
+			defer close(retired)
+			e.retireAt(ctx, s, ts, life)
 		})
-		// Runs before cancel and wg.Wait: no retireAt starts after it.
 		defer func() {
-			wake.Stop()
-			mu.Lock()
-			ended = true
-			mu.Unlock()
+			if !wake.Stop() {
+				<-retired
+			}
 		}()
 	}
+	defer cancel()
 	// Agents open no streams towards the hub today; refuse any politely so
 	// the session's accept queue never fills.
 	err = ts.Serve(ctx, func(_ context.Context, in *tunnel.Incoming) {
