@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"backhaul.io/backhaul/test/harness"
 )
 
 // clockTicks is USER_HZ, the unit of /proc/PID/stat CPU times; Linux fixes
@@ -90,15 +92,6 @@ func netnsProcesses(ns string) (map[string]int, error) {
 
 // vmRSS reads a process's resident set size in bytes.
 func vmRSS(pid int) (float64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
-			return kb * 1024, err
-		}
-	}
-	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
+	u, err := harness.ReadProcUsage(pid)
+	return float64(u.RSS), err
 }

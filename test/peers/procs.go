@@ -92,45 +92,23 @@ func loopbackAddr() (string, error) {
 	return l.Addr().String(), nil
 }
 
-// vmRSS reads a process's resident set size in bytes.
-func vmRSS(pid int) (float64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
-			return kb * 1024, err
-		}
-	}
-	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
-}
-
 // procCPU is the user and system CPU time a process has used (0 for nil or
 // an unreadable process).
 func procCPU(p *harness.Process) time.Duration {
 	if p == nil {
 		return 0
 	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.PID()))
+	u, err := harness.ReadProcUsage(p.PID())
 	if err != nil {
 		return 0
 	}
-	s := string(b)
-	// Fields after "pid (comm) ": utime is field 14, stime 15, in USER_HZ
-	// (100 a second on Linux whatever the kernel's tick).
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 13 {
-		return 0
-	}
-	ut, _ := strconv.ParseFloat(f[11], 64)
-	st, _ := strconv.ParseFloat(f[12], 64)
-	return time.Duration((ut + st) * float64(time.Second) / 100)
+	return u.CPU
+}
+
+// vmRSS reads a process's resident set size in bytes.
+func vmRSS(pid int) (float64, error) {
+	u, err := harness.ReadProcUsage(pid)
+	return float64(u.RSS), err
 }
 
 // httpGet returns the body of a GET on loopback.
