@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -171,7 +172,11 @@ func sampleWatchSides(ctx context.Context, env *kubeEnv) (map[string]watchSide, 
 	if err != nil {
 		return nil, 0, fmt.Errorf("ss: %w", err)
 	}
-	apiPort := ":" + strings.TrimPrefix(env.member.InternalURL[strings.LastIndex(env.member.InternalURL, ":"):], ":")
+	api, err := url.Parse(env.member.InternalURL)
+	if err != nil {
+		return nil, 0, err
+	}
+	apiPort := ":" + api.Port()
 	conns := 0
 	for line := range strings.SplitSeq(string(ss), "\n") {
 		fields := strings.Fields(line)
