@@ -40,9 +40,8 @@ const connectCluster = "bench"
 type connectRig struct {
 	origin string      // host:port of the origin (the "API server")
 	hub    *hub.Server // for the leak check after the runs
-	// request is the CONNECT request every dial sends.
-	request string
-	proxy   string // host:port of the CONNECT front end
+	target string      // host:port every CONNECT names
+	proxy  string      // host:port of the CONNECT front end
 	stopList
 
 	mu         sync.Mutex
@@ -167,17 +166,30 @@ func (r *connectRig) startHub(ctx context.Context, dir, agentToken string) (stri
 	}
 	r.proxy = srv.ConnectAddr().String()
 	target := connectCluster + frontend.DefaultClusterSuffix + ":443"
-	r.request = "CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\nProxy-Authorization: Bearer " + callerToken + "\r\n\r\n"
+	r.target = target
 	return "wss://" + srv.Addr().String(), caPEM, nil
 }
 
 // dial opens a raw stream to the cluster's API server through the CONNECT
 // front end, as kubectl with a proxy-url does: TCP to the proxy, CONNECT,
 // the 200. It is a dialFunc; the address asked for is ignored.
-func (r *connectRig) dial(ctx context.Context, _, _ string) (_ net.Conn, err error) {
+func (r *connectRig) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 	start := time.Now()
+	c, err := connectVia(ctx, r.proxy, r.target, callerToken)
+	if err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	r.handshakes = append(r.handshakes, time.Since(start))
+	r.mu.Unlock()
+	return c, nil
+}
+
+// connectVia opens a raw stream to target through the hub's plain CONNECT
+// front end at proxy, authenticating with token.
+func connectVia(ctx context.Context, proxy, target, token string) (_ net.Conn, err error) {
 	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", r.proxy)
+	c, err := d.DialContext(ctx, "tcp", proxy)
 	if err != nil {
 		return nil, fmt.Errorf("dial CONNECT proxy: %w", err)
 	}
@@ -188,7 +200,8 @@ func (r *connectRig) dial(ctx context.Context, _, _ string) (_ net.Conn, err err
 	}()
 	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
-	if _, err := io.WriteString(c, r.request); err != nil {
+	req := "CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\nProxy-Authorization: Bearer " + token + "\r\n\r\n"
+	if _, err := io.WriteString(c, req); err != nil {
 		return nil, fmt.Errorf("send CONNECT: %w", err)
 	}
 	br := bufio.NewReaderSize(c, 512)
@@ -198,14 +211,11 @@ func (r *connectRig) dial(ctx context.Context, _, _ string) (_ net.Conn, err err
 	}
 	if resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return nil, fmt.Errorf("CONNECT: %s: %s", resp.Status, strings.TrimSpace(string(msg)))
+		return nil, fmt.Errorf("CONNECT %s: %s: %s", target, resp.Status, strings.TrimSpace(string(msg)))
 	}
 	if !stop() {
 		return nil, ctx.Err()
 	}
-	r.mu.Lock()
-	r.handshakes = append(r.handshakes, time.Since(start))
-	r.mu.Unlock()
 	if br.Buffered() > 0 {
 		// The origin spoke first and its bytes came with the 200.
 		return &prefixedConn{Conn: c, r: io.MultiReader(io.LimitReader(br, int64(br.Buffered())), c)}, nil

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -45,9 +44,6 @@ import (
 const (
 	wanMemberName  = "bench-wan"
 	wanMemberIndex = 94
-	// wanAgentAdminPort is the agent's admin port on its namespace's
-	// loopback, where the dead-link figure reads its /metrics.
-	wanAgentAdminPort = 19090
 	// wanSourcePort is where the download source listens, on the member
 	// namespace's veth address, which the node-mode agent advertises.
 	wanSourcePort = 7002
@@ -238,7 +234,7 @@ func startWAN(ctx context.Context, o *options, hubBin, agentBin, dir string) (*w
 		return e, err
 	}
 	e.agent, err = harness.StartAgent(ctx, e.hub, m, harness.AgentConfig{
-		Binary: agentBin, Cluster: wanMemberName, AdminPort: wanAgentAdminPort,
+		Binary: agentBin, Cluster: wanMemberName, AdminPort: agentAdminPort,
 		HubURL: "wss://" + e.hubLink.Addr,
 		// Node mode, advertising the namespace's address, lets a CONNECT
 		// reach the source on wanSourcePort (the "kubelet port").
@@ -465,43 +461,6 @@ func linkProbe(ctx context.Context, addr string) (time.Duration, error) {
 	return time.Since(start), nil
 }
 
-// connectVia opens a raw stream to target through the hub's plain CONNECT
-// front end at proxy, authenticating with token.
-func connectVia(ctx context.Context, proxy, target, token string) (_ net.Conn, err error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", proxy)
-	if err != nil {
-		return nil, fmt.Errorf("dial CONNECT proxy: %w", err)
-	}
-	defer func() {
-		if err != nil {
-			_ = c.Close()
-		}
-	}()
-	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
-	req := "CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\nProxy-Authorization: Bearer " + token + "\r\n\r\n"
-	if _, err := io.WriteString(c, req); err != nil {
-		return nil, fmt.Errorf("send CONNECT: %w", err)
-	}
-	br := bufio.NewReaderSize(c, 512)
-	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
-	if err != nil {
-		return nil, fmt.Errorf("read CONNECT response: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return nil, fmt.Errorf("CONNECT %s: %s: %s", target, resp.Status, strings.TrimSpace(string(msg)))
-	}
-	if !stop() {
-		return nil, ctx.Err()
-	}
-	if br.Buffered() > 0 {
-		return &prefixedConn{Conn: c, r: io.MultiReader(io.LimitReader(br, int64(br.Buffered())), c)}, nil
-	}
-	return c, nil
-}
-
 // wanNotice cuts the agent's link into a black hole and times how long the
 // hub (its session count) and the agent (its connected gauge) take to
 // notice, each polled on its own.
@@ -510,7 +469,7 @@ func wanNotice(ctx context.Context, env *wanEnv, t *table) (row, error) {
 		m, err := scrapeMetrics(ctx, env.hub.AdminURL, "backhaul_hub_sessions")
 		return m["backhaul_hub_sessions"] > 0, err
 	}
-	agentURL := fmt.Sprintf("http://127.0.0.1:%d/metrics", wanAgentAdminPort)
+	agentURL := fmt.Sprintf("http://127.0.0.1:%d/metrics", agentAdminPort)
 	agentConnected := func() (bool, error) {
 		// The agent's admin port is on its namespace's loopback.
 		out, err := env.member.Netns.Command(ctx, "curl", "-sSf", "--max-time", "2", agentURL).Output()
