@@ -1,17 +1,14 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -187,46 +184,11 @@ func (r *connectRig) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 
 // connectVia opens a raw stream to target through the hub's plain CONNECT
 // front end at proxy, authenticating with token.
-func connectVia(ctx context.Context, proxy, target, token string) (_ net.Conn, err error) {
+func connectVia(ctx context.Context, proxy, target, token string) (net.Conn, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", proxy)
 	if err != nil {
 		return nil, fmt.Errorf("dial CONNECT proxy: %w", err)
 	}
-	defer func() {
-		if err != nil {
-			_ = c.Close()
-		}
-	}()
-	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
-	req := "CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\nProxy-Authorization: Bearer " + token + "\r\n\r\n"
-	if _, err := io.WriteString(c, req); err != nil {
-		return nil, fmt.Errorf("send CONNECT: %w", err)
-	}
-	br := bufio.NewReaderSize(c, 512)
-	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
-	if err != nil {
-		return nil, fmt.Errorf("read CONNECT response: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return nil, fmt.Errorf("CONNECT %s: %s: %s", target, resp.Status, strings.TrimSpace(string(msg)))
-	}
-	if !stop() {
-		return nil, ctx.Err()
-	}
-	if br.Buffered() > 0 {
-		// The origin spoke first and its bytes came with the 200.
-		return &prefixedConn{Conn: c, r: io.MultiReader(io.LimitReader(br, int64(br.Buffered())), c)}, nil
-	}
-	return c, nil
+	return harness.Connect(ctx, c, target, "Bearer "+token)
 }
-
-// prefixedConn reads what was buffered with the CONNECT response first.
-type prefixedConn struct {
-	net.Conn
-	r io.Reader
-}
-
-func (c *prefixedConn) Read(p []byte) (int, error) { return c.r.Read(p) }

@@ -9,9 +9,10 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
+
+	"backhaul.io/backhaul/test/harness"
 )
 
 // serveConnect is the HTTP CONNECT front end of the remotedialer server:
@@ -96,21 +97,11 @@ type connectDialer struct {
 	auth          string      // Proxy-Authorization value, if any
 }
 
-// request is the CONNECT request, built once.
-func (d *connectDialer) request() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n", d.target, d.target)
-	if d.auth != "" {
-		fmt.Fprintf(&b, "Proxy-Authorization: %s\r\n", d.auth)
-	}
-	b.WriteString("\r\n")
-	return b.String()
-}
-
 // dial is a dialFunc; the address asked for is ignored, the proxy's target
 // is the origin.
-func (d *connectDialer) dial(ctx context.Context, _, _ string) (_ net.Conn, err error) {
+func (d *connectDialer) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 	var c net.Conn
+	var err error
 	if d.tls != nil {
 		td := tls.Dialer{Config: d.tls}
 		c, err = td.DialContext(ctx, d.network, d.addr)
@@ -121,39 +112,5 @@ func (d *connectDialer) dial(ctx context.Context, _, _ string) (_ net.Conn, err 
 	if err != nil {
 		return nil, fmt.Errorf("dial proxy %s: %w", d.addr, err)
 	}
-	defer func() {
-		if err != nil {
-			_ = c.Close()
-		}
-	}()
-	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
-	if _, err := io.WriteString(c, d.request()); err != nil {
-		return nil, fmt.Errorf("send CONNECT: %w", err)
-	}
-	br := bufio.NewReaderSize(c, 512)
-	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
-	if err != nil {
-		return nil, fmt.Errorf("read CONNECT response: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return nil, fmt.Errorf("CONNECT %s: %s: %s", d.target, resp.Status, strings.TrimSpace(string(msg)))
-	}
-	if !stop() {
-		return nil, ctx.Err()
-	}
-	if n := br.Buffered(); n > 0 {
-		// The origin's bytes came with the 200.
-		return &prefixedConn{Conn: c, r: io.MultiReader(io.LimitReader(br, int64(n)), c)}, nil
-	}
-	return c, nil
+	return harness.Connect(ctx, c, d.target, d.auth)
 }
-
-// prefixedConn reads what was buffered with the CONNECT response first.
-type prefixedConn struct {
-	net.Conn
-	r io.Reader
-}
-
-func (c *prefixedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
