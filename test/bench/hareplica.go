@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -218,27 +217,9 @@ func waitPeers(ctx context.Context, rs []*haReplica, limit time.Duration) error 
 // saveProfile fetches one of the replica's /debug/pprof profiles into
 // dir/name.pprof and returns the path.
 func (r *haReplica) saveProfile(ctx context.Context, dir, name, query string) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.adminURL+"/debug/pprof/"+query, nil)
-	if err != nil {
-		return "", err
-	}
-	// The CPU profile's own duration is in the query; no client timeout.
-	resp, err := (&http.Client{Transport: haMetricsClient.Transport}).Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("%s /debug/pprof/%s: %s", r.name, query, resp.Status)
-	}
 	path := filepath.Join(dir, name+".pprof")
-	f, err := os.Create(path)
-	if err != nil {
-		return "", err
+	if err := fetchProfile(ctx, r.adminURL+"/debug/pprof/"+query, path); err != nil {
+		return "", fmt.Errorf("%s: %w", r.name, err)
 	}
-	if _, err := io.Copy(f, resp.Body); err != nil {
-		_ = f.Close()
-		return "", err
-	}
-	return path, f.Close()
+	return path, nil
 }
