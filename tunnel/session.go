@@ -137,12 +137,9 @@ func (s *Session) open(ctx context.Context, req Request, budget time.Duration) (
 	if err != nil {
 		return nil, err
 	}
-	stream, err := s.mux.OpenStream()
+	stream, err := s.openStream()
 	if err != nil {
-		if errors.Is(err, yamux.ErrSessionShutdown) {
-			return nil, fmt.Errorf("%w: %w", ErrSessionClosed, err)
-		}
-		return nil, fmt.Errorf("open stream: %w", err)
+		return nil, err
 	}
 	// ctx's own deadline is left to the AfterFunc, so that ctx ending is
 	// always reported as ctx's error, never as the peer being slow.
@@ -171,6 +168,18 @@ func (s *Session) open(ctx context.Context, req Request, budget time.Duration) (
 	return stream, nil
 }
 
+// openStream opens a yamux stream, without a request on it yet.
+func (s *Session) openStream() (*yamux.Stream, error) {
+	stream, err := s.mux.OpenStream()
+	if err != nil {
+		if errors.Is(err, yamux.ErrSessionShutdown) {
+			return nil, fmt.Errorf("%w: %w", ErrSessionClosed, err)
+		}
+		return nil, fmt.Errorf("open stream: %w", err)
+	}
+	return stream, nil
+}
+
 func (s *Session) openErr(ctx context.Context, what string, err error) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("%s: %w", what, ctx.Err())
@@ -178,11 +187,7 @@ func (s *Session) openErr(ctx context.Context, what string, err error) error {
 	if s.mux.IsClosed() {
 		return fmt.Errorf("%s: %w", what, ErrSessionClosed)
 	}
-	if errors.Is(err, yamux.ErrTimeout) {
-		return &DialError{Code: CodeTimeout, Message: "peer did not answer the stream request in time"}
-	}
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
+	if errors.Is(err, yamux.ErrTimeout) || isTimeout(err) {
 		return &DialError{Code: CodeTimeout, Message: "peer did not answer the stream request in time"}
 	}
 	return fmt.Errorf("%s: %w", what, err)

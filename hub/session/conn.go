@@ -3,6 +3,9 @@ package session
 import (
 	"net"
 	"sync/atomic"
+	"time"
+
+	"backhaul.io/backhaul/tunnel"
 )
 
 // countedConn counts payload bytes and open streams, and the bytes of
@@ -13,9 +16,21 @@ type countedConn struct {
 	m      *Metrics
 	s      *Session
 	closed atomic.Bool
+	// early is a stream opened without waiting for the agent's reply,
+	// until its first Read reads it: then its set-up time is known.
+	early atomic.Pointer[pendingOpen]
+}
+
+type pendingOpen struct {
+	conn  *tunnel.EarlyConn
+	kind  string
+	start time.Time
 }
 
 func (c *countedConn) Read(p []byte) (int, error) {
+	if o := c.early.Swap(nil); o != nil && o.conn.AwaitReply() == nil {
+		c.m.streamSetUp(o.kind, time.Since(o.start).Seconds())
+	}
 	n, err := c.Conn.Read(p)
 	if n > 0 {
 		c.m.bytesRx.Add(float64(n))

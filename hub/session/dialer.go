@@ -88,8 +88,19 @@ func (d *Dialer) Replicas() int { return d.peers.Replicas() }
 // the first peer that still holds one. Errors are *ClusterError, wrapping
 // the *tunnel.DialError of an agent or peer that refused.
 func (d *Dialer) Open(ctx context.Context, r *Route, req tunnel.Request) (net.Conn, error) {
+	return d.openRoute(ctx, r, req, false)
+}
+
+// openRoute is Open; early opens local streams without waiting for the
+// agent's reply (tunnel.Session.OpenEarly), which then comes with the
+// first Read.
+func (d *Dialer) openRoute(ctx context.Context, r *Route, req tunnel.Request, early bool) (net.Conn, error) {
 	if r.local != nil {
-		c, err := d.open(ctx, r.cluster, r.local, req, func(req tunnel.Request) (net.Conn, error) { return r.local.open(ctx, req) })
+		open := func(req tunnel.Request) (net.Conn, error) { return r.local.open(ctx, req) }
+		if early {
+			open = func(req tunnel.Request) (net.Conn, error) { return r.local.openEarly(ctx, req) }
+		}
+		c, err := d.open(ctx, r.cluster, r.local, req, open)
 		var de *tunnel.DialError
 		if err == nil || errors.As(err, &de) || ctx.Err() != nil {
 			return c, err
@@ -101,7 +112,7 @@ func (d *Dialer) Open(ctx context.Context, r *Route, req tunnel.Request) (net.Co
 		if rerr != nil {
 			return nil, err
 		}
-		return d.Open(ctx, again, req)
+		return d.openRoute(ctx, again, req, early)
 	}
 	var err error
 	for _, p := range r.peers {
@@ -126,8 +137,15 @@ func (d *Dialer) open(_ context.Context, cluster string, local *Session, req tun
 	if err != nil {
 		return nil, &ClusterError{Cluster: cluster, Err: err}
 	}
-	d.metrics.streamOpened(req.Kind.String(), time.Since(start).Seconds())
-	return &countedConn{Conn: c, m: d.metrics, s: local}, nil
+	d.metrics.streamOpening()
+	cc := &countedConn{Conn: c, m: d.metrics, s: local}
+	if early, ok := c.(*tunnel.EarlyConn); ok {
+		// Its set-up ends with the reply, which the first Read reads.
+		cc.early.Store(&pendingOpen{conn: early, kind: req.Kind.String(), start: start})
+	} else {
+		d.metrics.streamSetUp(req.Kind.String(), time.Since(start).Seconds())
+	}
+	return cc, nil
 }
 
 // stale says a peer no longer holds the cluster (the directory was behind
@@ -164,13 +182,56 @@ func (d *Dialer) HubHTTP(r *Route) http.RoundTripper { return d.http(r, tunnel.K
 
 func (d *Dialer) http(r *Route, kind tunnel.Kind) http.RoundTripper {
 	if r.local != nil {
-		return r.local.transport(kind, func() *http.Transport {
+		// A request goes out behind its stream's header, not a round trip
+		// after it: early streams. The agent reads no further than a header
+		// it refuses, so a refusal costs only the bytes sent.
+		t := r.local.transport(kind, func() *http.Transport {
 			return newTransport(func(ctx context.Context) (net.Conn, error) {
-				return d.Open(ctx, r, tunnel.Request{Kind: kind, RequestID: requestID(ctx)})
+				return d.openRoute(ctx, r, tunnel.Request{Kind: kind, RequestID: requestID(ctx)}, true)
 			})
 		})
+		return localTransport{d: d, r: r, kind: kind, t: t}
 	}
 	return remoteTransport{d: d, r: r, kind: kind}
+}
+
+// localTransport is a local session's pool. When that session ends after
+// a stream was opened on it but before the agent's reply, as when an agent
+// closes a session it did not want, the request goes along whatever else
+// serves the cluster, once, as Open does for a session that fails at the
+// open itself — if the request is safe to send twice: the agent may have
+// read it before the session went.
+type localTransport struct {
+	d    *Dialer
+	r    *Route
+	kind tunnel.Kind
+	t    *http.Transport
+}
+
+func (t localTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := t.t.RoundTrip(req)
+	if err == nil || !errors.Is(err, tunnel.ErrSessionClosed) || req.Context().Err() != nil || !safeToRepeat(req) {
+		return resp, err
+	}
+	again, rerr := t.d.routeExcept(t.r.cluster, t.r.local)
+	if rerr != nil {
+		return nil, err
+	}
+	if req, rerr = rewound(req); rerr != nil {
+		return nil, err
+	}
+	return t.d.http(again, t.kind).RoundTrip(req)
+}
+
+// safeToRepeat says whether req may be sent again when the first attempt
+// may or may not have reached the member: a safe method (RFC 9110 9.2.1),
+// and not an upgrade, which starts something (an exec) rather than reading.
+func safeToRepeat(req *http.Request) bool {
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return req.Header.Get("Upgrade") == ""
+	}
+	return false
 }
 
 func newTransport(dial func(ctx context.Context) (net.Conn, error)) *http.Transport {

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -91,7 +92,8 @@ func TestDialerHTTPCarriesRequestID(t *testing.T) {
 	_ = resp.Body.Close()
 	<-seen
 	assert.Equal(t, "req-7", <-ids, "the stream header names the request it was opened for")
-	assert.Same(t, d.HTTP(&Route{cluster: "edge", local: s}), d.HTTP(&Route{cluster: "edge", local: s}), "one pool per session")
+	pool := func() *http.Transport { return d.HTTP(&Route{cluster: "edge", local: s}).(localTransport).t }
+	assert.Same(t, pool(), pool(), "one pool per session")
 }
 
 func TestDialerOpenRefused(t *testing.T) {
@@ -123,6 +125,83 @@ func TestDialerFallsBackFromAFailingSession(t *testing.T) {
 	c, err := d.Open(t.Context(), route, tunnel.Request{Kind: tunnel.KindAPIServer})
 	require.NoError(t, err, "the older session carries the stream")
 	_ = c.Close()
+}
+
+// TestDialerHTTPRefused: HTTP streams go out early, so an agent's refusal
+// comes back from RoundTrip rather than from the dial; it is the same
+// *tunnel.DialError, which the front ends turn into the caller's status.
+func TestDialerHTTPRefused(t *testing.T) {
+	r, m, reg := newTestRegistry(t)
+	d := NewDialer(r, nil, m, time.Second)
+	s, _ := connectAgent(t, r, "edge", hubtest.Rejecting(tunnel.CodeNotAllowed))
+	for _, method := range []string{http.MethodGet, http.MethodPost} {
+		req, err := http.NewRequestWithContext(t.Context(), method, "http://ignored/api", strings.NewReader("body"))
+		require.NoError(t, err)
+		_, err = d.HTTP(&Route{cluster: "edge", local: s}).RoundTrip(req)
+		var de *tunnel.DialError
+		require.ErrorAs(t, err, &de, method)
+		assert.Equal(t, tunnel.CodeNotAllowed, de.Code, method)
+	}
+	assert.Equal(t, 0.0, hubtest.Counter(t, reg, "backhaul_hub_streams_opened_total", nil), "a refused stream is not counted as opened")
+	assert.Eventually(t, func() bool { return hubtest.Gauge(t, reg, "backhaul_hub_streams_active", nil) == 0 },
+		5*time.Second, 10*time.Millisecond, "refused streams are released")
+}
+
+// TestDialerHTTPFallsBackWhenTheSessionEndsBeforeTheReply: a session that
+// ends after an early stream was opened on it, before the agent replied,
+// sends a request that is safe to repeat along the older session; one
+// that is not (it may have reached the member) fails as not connected.
+func TestDialerHTTPFallsBackWhenTheSessionEndsBeforeTheReply(t *testing.T) {
+	for _, tc := range []struct {
+		method, upgrade string
+		fallsBack       bool
+	}{
+		{method: http.MethodGet, fallsBack: true},
+		{method: http.MethodHead, fallsBack: true},
+		{method: http.MethodPost},
+		{method: http.MethodGet, upgrade: "websocket"},
+	} {
+		t.Run(tc.method+tc.upgrade, func(t *testing.T) {
+			r, m, _ := newTestRegistry(t)
+			d := NewDialer(r, nil, m, time.Second)
+			seen := make(chan http.Header, 1)
+			connectAgent(t, r, "edge", hubtest.HTTPAgent(t, echoHeaders(seen)))
+			// The newest session's agent takes the stream's request and,
+			// once the hub is sending the HTTP request behind it (the
+			// transport reads the body), drops the whole session without a
+			// reply.
+			sending := make(chan struct{})
+			hubSide, agentSide := hubtest.PipeSessions(t)
+			hubtest.ServeAgent(t, agentSide, func(ctx context.Context, in *tunnel.Incoming) {
+				if in.Request.Kind != tunnel.KindAPIServer {
+					_ = in.Reject(tunnel.CodeUnavailable, "only the test's stream")
+					return
+				}
+				select {
+				case <-sending:
+				case <-ctx.Done():
+				}
+				_ = agentSide.Close()
+			})
+			newest, _ := add(t, r, "edge", hubSide, Agent{})
+			body := &signalReader{r: strings.NewReader("body"), read: sending}
+			req, err := http.NewRequestWithContext(t.Context(), tc.method, "http://ignored/api", body)
+			require.NoError(t, err)
+			req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader("body")), nil }
+			if tc.upgrade != "" {
+				req.Header.Set("Connection", "Upgrade")
+				req.Header.Set("Upgrade", tc.upgrade)
+			}
+			resp, err := d.HTTP(&Route{cluster: "edge", local: newest}).RoundTrip(req)
+			if !tc.fallsBack {
+				require.ErrorIs(t, err, tunnel.ErrSessionClosed, "the front ends answer 503, not connected")
+				return
+			}
+			require.NoError(t, err, "the older session carries the request")
+			_ = resp.Body.Close()
+			<-seen
+		})
+	}
 }
 
 // TestHubRequestsTravelOnTheirOwnStreamKind: the hub's own client (Config,
@@ -165,4 +244,16 @@ func TestHubRequestsTravelOnTheirOwnStreamKind(t *testing.T) {
 			assert.Equal(t, tc.wantC, <-kinds, "a caller's request never rides the hub's kind")
 		})
 	}
+}
+
+// signalReader closes read the first time it is read.
+type signalReader struct {
+	r    io.Reader
+	read chan struct{}
+	once sync.Once
+}
+
+func (s *signalReader) Read(p []byte) (int, error) {
+	s.once.Do(func() { close(s.read) })
+	return s.r.Read(p)
 }

@@ -402,9 +402,15 @@ func TestEndpointSessionHealth(t *testing.T) {
 		return TunnelReport{}
 	}
 
+	// The tracker hears of sessions after the registry does: wait for it.
+	reported := func(cond func(TunnelReport) bool) {
+		t.Helper()
+		require.Eventually(t, func() bool { return cond(report()) }, hubtest.WaitBound, time.Millisecond)
+	}
 	agent, err := dialAgent(url)
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return r.Connected("edge") }, hubtest.WaitBound, time.Millisecond)
+	reported(func(rep TunnelReport) bool { return len(rep.Opens) == 1 })
 	rep := report()
 	require.True(t, rep.HasClockSkew, "the agent sent its clock")
 	assert.Less(t, rep.ClockSkew.Abs(), time.Minute, "one machine, one clock")
@@ -412,14 +418,17 @@ func TestEndpointSessionHealth(t *testing.T) {
 
 	require.NoError(t, agent.Close())
 	require.Eventually(t, func() bool { return !r.Connected("edge") }, hubtest.WaitBound, time.Millisecond)
+	reported(func(rep TunnelReport) bool { return len(rep.Losses) == 1 })
 	assert.Equal(t, DisconnectAgentClosed, report().DisconnectReason)
 
 	agent, err = dialAgent(url)
 	require.NoError(t, err)
 	defer agent.Close()
 	require.Eventually(t, func() bool { return r.Connected("edge") }, hubtest.WaitBound, time.Millisecond)
+	reported(func(rep TunnelReport) bool { return len(rep.Opens) == 2 })
 	assert.Equal(t, 1, r.Close("edge"))
 	require.Eventually(t, func() bool { return !r.Connected("edge") }, hubtest.WaitBound, time.Millisecond)
+	reported(func(rep TunnelReport) bool { return len(rep.Losses) == 2 })
 	assert.Equal(t, DisconnectRevoked, report().DisconnectReason)
 	assert.Len(t, report().Losses, 2)
 	assert.Len(t, report().Opens, 2)

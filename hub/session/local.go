@@ -25,7 +25,8 @@ func (r *Registry) OpenLocal(ctx context.Context, cluster string, req tunnel.Req
 	if err != nil {
 		return nil, err
 	}
-	r.metrics.streamOpened(req.Kind.String(), time.Since(start).Seconds())
+	r.metrics.streamOpening()
+	r.metrics.streamSetUp(req.Kind.String(), time.Since(start).Seconds())
 	return &countedConn{Conn: c, m: r.metrics, s: s}, nil
 }
 

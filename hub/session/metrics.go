@@ -102,8 +102,13 @@ func (m *Metrics) disconnected(reason string) { m.disconnects.WithLabelValues(re
 // observeRTT records one background round trip.
 func (m *Metrics) observeRTT(d time.Duration) { m.rtt.Observe(d.Seconds()) }
 
-func (m *Metrics) streamOpened(kind string, seconds float64) {
+// streamOpening counts a stream opened; streamSetUp times its set-up, to
+// the agent's reply, once that is in.
+func (m *Metrics) streamOpening() {
+	m.streamsActive.Inc()
+}
+
+func (m *Metrics) streamSetUp(kind string, seconds float64) {
 	m.streamsOpened.WithLabelValues(kind).Inc()
 	m.dialLatency.WithLabelValues(kind).Observe(seconds)
-	m.streamsActive.Inc()
 }

@@ -148,6 +148,14 @@ func (s *Session) open(ctx context.Context, req tunnel.Request) (net.Conn, error
 	return s.tunnel.Open(ctx, req)
 }
 
+// openEarly is open without waiting for the agent's reply (tunnel.Session.OpenEarly).
+func (s *Session) openEarly(ctx context.Context, req tunnel.Request) (*tunnel.EarlyConn, error) {
+	if req.Kind == tunnel.KindHubAPIServer && !s.Serves(tunnel.FeatureHubAPIServer) {
+		req.Kind = tunnel.KindAPIServer
+	}
+	return s.tunnel.OpenEarly(ctx, req)
+}
+
 // transport returns the session's HTTP transport for streams of kind,
 // building it with build the first time.
 func (s *Session) transport(kind tunnel.Kind, build func() *http.Transport) *http.Transport {

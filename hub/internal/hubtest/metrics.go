@@ -12,6 +12,19 @@ import (
 // reads 0.
 func Counter(t *testing.T, g prometheus.Gatherer, name string, labels map[string]string) float64 {
 	t.Helper()
+	return series(t, g, name, labels).GetCounter().GetValue()
+}
+
+// Gauge reads the gauge name{labels} from g; a series never set reads 0.
+func Gauge(t *testing.T, g prometheus.Gatherer, name string, labels map[string]string) float64 {
+	t.Helper()
+	return series(t, g, name, labels).GetGauge().GetValue()
+}
+
+// series is the first series of name whose labels include labels; nil
+// (which reads as zero) when there is none.
+func series(t *testing.T, g prometheus.Gatherer, name string, labels map[string]string) *dto.Metric {
+	t.Helper()
 	families, err := g.Gather()
 	require.NoError(t, err)
 	for _, f := range families {
@@ -29,10 +42,10 @@ func Counter(t *testing.T, g prometheus.Gatherer, name string, labels map[string
 					continue series
 				}
 			}
-			return m.GetCounter().GetValue()
+			return m
 		}
 	}
-	return 0
+	return nil
 }
 
 // Histogram reads the histogram name (without labels) from g; one never
