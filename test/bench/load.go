@@ -24,17 +24,20 @@ type clientConfig struct {
 	dial      dialFunc    // nil: the transport's own dialler (TLS below it if https)
 	tls       tlsSettings // for https URLs
 	keepAlive bool
-	maxConns  int
+	// http2 lets the client negotiate HTTP/2 (as client-go does).
+	http2    bool
+	maxConns int
 }
 
-// newClient returns an HTTP/1.1 client with no proxy and no compression, so
-// direct and tunnelled runs differ only in how a connection is made.
+// newClient returns an HTTP/1.1 client (or HTTP/2 where c.http2 asks) with
+// no proxy and no compression, so direct and tunnelled runs differ only in
+// how a connection is made.
 func newClient(c clientConfig) *http.Client {
 	t := &http.Transport{
 		Proxy:               nil,
 		DisableKeepAlives:   !c.keepAlive,
 		DisableCompression:  true,
-		ForceAttemptHTTP2:   false,
+		ForceAttemptHTTP2:   c.http2,
 		MaxIdleConns:        max(c.maxConns, 2),
 		MaxIdleConnsPerHost: max(c.maxConns, 2),
 		IdleConnTimeout:     time.Minute,

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -33,6 +34,9 @@ import (
 //     gateway against the same kubectl straight at the member's API server
 //     over the link; and the same GET from one kept-alive Go client, where
 //     neither side pays a handshake;
+//   - how long a watch takes to start (its response headers) from that
+//     kept-alive client over HTTP/2: through the hub each watch is a new
+//     tunnel stream, so this shows what opening one costs;
 //   - a 64 MiB download from a TCP source in the member's namespace,
 //     through the hub's CONNECT front end against a direct TCP connection;
 //   - how long hub and agent take to notice that the link went dead (cut
@@ -62,6 +66,7 @@ const (
 const (
 	figWANKubectl  = "WAN: kubectl get pods p50 / p99"
 	figWANKeptGET  = "WAN: GET pods, kept-alive client p50 / p99"
+	figWANWatch    = "WAN: watch start, kept-alive h2 p50 / p99"
 	figWANDownload = "WAN: 64 MiB download"
 	figWANNotice   = "WAN: link cut noticed, hub / agent"
 )
@@ -100,7 +105,7 @@ func (e *wanEnv) stop() {
 }
 
 func benchWAN(ctx context.Context, o *options, dir string, t *table) {
-	figs := []string{figWANKubectl, figWANKeptGET, figWANDownload, figWANNotice}
+	figs := []string{figWANKubectl, figWANKeptGET, figWANWatch, figWANDownload, figWANNotice}
 	fail := func(err error) {
 		for _, f := range figs {
 			t.add(row{Figure: f, Err: err})
@@ -160,6 +165,13 @@ func benchWAN(ctx context.Context, o *options, dir string, t *table) {
 	if ctx.Err() == nil {
 		if r, err := wanKeptAlive(ctx, o, env, kept); err != nil {
 			t.add(row{Figure: figWANKeptGET, Err: err})
+		} else {
+			t.add(r)
+		}
+	}
+	if ctx.Err() == nil {
+		if r, err := wanWatchStart(ctx, o, env, kept); err != nil {
+			t.add(row{Figure: figWANWatch, Err: err})
 		} else {
 			t.add(r)
 		}
@@ -356,6 +368,80 @@ func wanKeptAlive(ctx context.Context, o *options, env *wanEnv, n int) (row, err
 		hub = append(hub, hs...)
 	}
 	return rttRow(figWANKeptGET, direct, hub, o.wanRTT), nil
+}
+
+// wanWatchPath is the watch of the watch-start figure.
+const wanWatchPath = "/api/v1/namespaces/default/configmaps?watch=1&allowWatchBookmarks=true"
+
+// wanWatchStart times how long a watch takes to start — until its response
+// headers, which kube-apiserver sends once the watch is set up — from one
+// HTTP/2 client whose connection stays open (as client-go's informers'),
+// through the gateway and straight over the link. Through the hub every
+// watch needs a tunnel stream of its own, so this is the cost of opening
+// one across the link; it is cancelled once started.
+func wanWatchStart(ctx context.Context, o *options, env *wanEnv, n int) (row, error) {
+	progress("wan: %d watch starts each through the hub and direct", n)
+	gw := newClient(clientConfig{tls: tlsSettings{CAPEM: env.hub.CA.CertPEM}, keepAlive: true, http2: true})
+	defer gw.CloseIdleConnections()
+	dc := newClient(clientConfig{tls: tlsSettings{CAPEM: env.member.CAPEM}, keepAlive: true, http2: true})
+	defer dc.CloseIdleConnections()
+	direct := bearer(env.member.AdminToken)
+	direct.Set("Impersonate-User", callerUser)
+	direct.Set("Impersonate-Uid", callerUser)
+	direct.Set("Impersonate-Group", callerGroup)
+	sides := []struct {
+		c      *http.Client
+		url    string
+		header http.Header
+		out    *[]time.Duration
+	}{
+		{c: dc, url: "https://" + env.apiLink.Addr + wanWatchPath, header: direct},
+		{c: gw, url: env.hub.ClusterURL(wanMemberName) + wanWatchPath, header: bearer(callerToken)},
+	}
+	var times [2][]time.Duration
+	for i := range sides {
+		sides[i].out = &times[i]
+	}
+	const warmup = 3
+	for i := range warmup + n/2 {
+		for _, side := range sides { // alternating, so drift hits both alike
+			d, proto, err := watchStart(ctx, side.c, side.url, side.header)
+			if err != nil {
+				return row{}, fmt.Errorf("watch %d via %s: %w", i, side.url, err)
+			}
+			if proto != 2 {
+				return row{}, fmt.Errorf("watch via %s spoke HTTP/%d, not HTTP/2", side.url, proto)
+			}
+			if i >= warmup {
+				*side.out = append(*side.out, d)
+			}
+		}
+	}
+	return rttRow(figWANWatch, times[0], times[1], o.wanRTT), nil
+}
+
+// watchStart starts a watch at url and returns how long its response
+// headers took, and the HTTP major version; the watch is then cancelled.
+func watchStart(ctx context.Context, c *http.Client, url string, header http.Header) (time.Duration, int, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, 0, err
+	}
+	req.Header = header.Clone()
+	start := time.Now()
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, 0, err
+	}
+	d := time.Since(start)
+	cancel()
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, 0, fmt.Errorf("%s", resp.Status)
+	}
+	return d, resp.ProtoMajor, nil
 }
 
 // rttRow is latencyRow with the added p50 in round trips, against the
