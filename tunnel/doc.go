@@ -52,6 +52,13 @@
 // [MaxMessageLen] bytes, says why. After [CodeOK] the stream is a plain byte
 // pipe; after any other code the acceptor closes it.
 //
+// The opener may send payload right behind its request, before the reply
+// ([Session.OpenEarly]): an acceptor reads exactly the request, and the
+// payload only after it answered [CodeOK]; on a refusal it never reads
+// further, and what the opener sent is dropped with the stream. This has
+// been so since version 1, so it needs no new version or feature: the hub
+// sends its HTTP requests this way, saving a round trip per new stream.
+//
 // # The hub's own identity
 //
 // The gateway's requests for callers travel on [KindAPIServer] streams; the

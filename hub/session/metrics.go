@@ -50,7 +50,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "backhaul_hub_session_connects_total", Help: "Agent upgrade attempts by result.",
 		}, []string{"result"}),
 		streamsOpened: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "backhaul_hub_streams_opened_total", Help: "Streams opened to agents by kind.",
+			Name: "backhaul_hub_streams_opened_total", Help: "Streams opened to agents that the agent accepted, by kind.",
 		}, []string{"kind"}),
 		streamsActive: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "backhaul_hub_streams_active", Help: "Streams to agents currently open.",
