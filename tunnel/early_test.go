@@ -138,3 +138,72 @@ func TestOpenEarlyAfterClose(t *testing.T) {
 	_, err = client.OpenEarly(context.Background(), Request{Kind: KindTCP, Address: "no-port"})
 	require.ErrorIs(t, err, ErrMalformed)
 }
+
+// TestRelay: a relay between an opener and an acceptor on two sessions
+// (a hub replica forwarding to its agent) passes the opener's early bytes
+// on, and the acceptor's answer back: its payload, its refusal as it is,
+// and its session's end as CodeInternal (bytes may have gone on).
+func TestRelay(t *testing.T) {
+	// opener → (relaySide | relay) → (farSide | acceptor)
+	opener, relaySide := connectPipe(t, testConfig(t), nil)
+	farSide, acceptor := connectPipe(t, testConfig(t), nil)
+	relaying := make(chan struct{}, 1) // the relay has its stream to the acceptor
+	serve(t, acceptor, func(ctx context.Context, in *Incoming) {
+		switch in.Request.RequestID {
+		case "echo":
+			echoHandler(ctx, in)
+		case "drop":
+			// Once the relay is passing bytes on (before that, it
+			// rightly answers CodeUnavailable: nothing went on).
+			select {
+			case <-relaying:
+			case <-ctx.Done():
+			}
+			_ = acceptor.Close()
+		default:
+			_ = in.Reject(CodeNotAllowed, "not "+in.Request.RequestID)
+		}
+	})
+	serve(t, relaySide, func(ctx context.Context, in *Incoming) {
+		out, err := farSide.OpenEarly(ctx, in.Request)
+		if err != nil {
+			_ = in.Reject(CodeUnavailable, err.Error())
+			return
+		}
+		if in.Request.RequestID == "drop" {
+			relaying <- struct{}{}
+		}
+		in.Relay(ctx, out)
+	})
+	open := func(id string) net.Conn {
+		conn, err := opener.OpenEarly(context.Background(), Request{Kind: KindAPIServer, RequestID: id})
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = conn.Close() })
+		return conn
+	}
+
+	t.Run("accepted", func(t *testing.T) {
+		require.NoError(t, echo(open("echo"), randomBytes(t, 1<<20)))
+	})
+	t.Run("refused", func(t *testing.T) {
+		conn := open("secret")
+		_, err := conn.Write([]byte("sent early"))
+		require.NoError(t, err)
+		_, err = conn.Read(make([]byte, 1))
+		var de *DialError
+		require.ErrorAs(t, err, &de)
+		assert.Equal(t, CodeNotAllowed, de.Code)
+		assert.Equal(t, "not secret", de.Message)
+	})
+	t.Run("far session ends", func(t *testing.T) {
+		conn := open("drop")
+		_, err := conn.Write([]byte("sent early"))
+		require.NoError(t, err)
+		_, err = conn.Read(make([]byte, 1))
+		var de *DialError
+		require.ErrorAs(t, err, &de)
+		assert.Equal(t, CodeInternal, de.Code, "not CodeUnavailable: the bytes may have gone on")
+	})
+	assert.Eventually(t, func() bool { return opener.NumStreams() == 0 && relaySide.NumStreams() == 0 },
+		waitBound, 10*time.Millisecond, "relayed streams are released")
+}

@@ -139,20 +139,19 @@ func (m *Manager) forward(ctx context.Context, in *tunnel.Incoming) {
 		_ = in.Reject(tunnel.CodeBadRequest, err.Error())
 		return
 	}
-	out, err := m.cfg.Sessions.OpenLocal(ctx, cluster, inner)
+	// Opened early and relayed: what the forwarding replica sent early goes
+	// on to the agent before it answers, and its answer comes back as
+	// this stream's, so a forwarded stream waits one round trip, not two.
+	out, err := m.cfg.Sessions.OpenLocalEarly(ctx, cluster, inner)
 	if err != nil {
 		var de *tunnel.DialError
 		if errors.As(err, &de) {
 			_ = in.Reject(de.Code, de.Message)
 		} else {
+			// Nothing reached the agent: another holder may serve it.
 			_ = in.Reject(tunnel.CodeUnavailable, err.Error())
 		}
 		return
 	}
-	c, err := in.Accept()
-	if err != nil {
-		_ = out.Close()
-		return
-	}
-	tunnel.Pipe(ctx, c, out)
+	in.Relay(ctx, out)
 }

@@ -7,8 +7,9 @@
 // sorts first, authenticated both ways by replica certificates from the hub
 // CA (pkg/identity's backhaul://replica/NAME). Either side forwards on it
 // with tunnel.KindForward streams; the receiving side opens the inner
-// stream on its own agent session ([session.Registry.OpenLocal]) and joins
-// the two. A replica trusts forwarded streams only on these connections,
+// stream on its own agent session ([session.Registry.OpenLocalEarly]) and
+// relays between the two (tunnel.Incoming.Relay), so bytes sent early
+// reach the agent without waiting for a reply at each hop. A replica trusts forwarded streams only on these connections,
 // so the caller's identity, established once on the first replica, is
 // never re-established from anything a caller sent.
 //

@@ -286,6 +286,15 @@ func (c *conn) Open(ctx context.Context, cluster string, req tunnel.Request) (ne
 	return c.sess.Open(ctx, fr)
 }
 
+// OpenEarly implements session.Peer.
+func (c *conn) OpenEarly(ctx context.Context, cluster string, req tunnel.Request) (net.Conn, error) {
+	fr, err := tunnel.Forward(cluster, req)
+	if err != nil {
+		return nil, err
+	}
+	return c.sess.OpenEarly(ctx, fr)
+}
+
 // CloseAll ends every peer connection (shutdown).
 func (m *Manager) CloseAll() {
 	m.mu.RLock()

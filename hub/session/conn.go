@@ -27,9 +27,25 @@ type pendingOpen struct {
 	start time.Time
 }
 
+// AwaitReply waits for the agent's reply to a stream opened early, and
+// returns its refusal, if any; for other streams it returns nil at once.
+func (c *countedConn) AwaitReply() error {
+	if o := c.early.Swap(nil); o != nil {
+		err := o.conn.AwaitReply()
+		if err == nil {
+			c.m.streamSetUp(o.kind, time.Since(o.start).Seconds())
+		}
+		return err
+	}
+	if e, ok := c.Conn.(*tunnel.EarlyConn); ok {
+		return e.AwaitReply()
+	}
+	return nil
+}
+
 func (c *countedConn) Read(p []byte) (int, error) {
-	if o := c.early.Swap(nil); o != nil && o.conn.AwaitReply() == nil {
-		c.m.streamSetUp(o.kind, time.Since(o.start).Seconds())
+	if err := c.AwaitReply(); err != nil {
+		return 0, err
 	}
 	n, err := c.Conn.Read(p)
 	if n > 0 {

@@ -117,15 +117,19 @@ func (d *Dialer) openRoute(ctx context.Context, r *Route, req tunnel.Request, ea
 	var err error
 	for _, p := range r.peers {
 		var c net.Conn
-		if c, err = d.openVia(ctx, p, r.cluster, req); !stale(err) {
+		if c, err = d.openVia(ctx, p, r.cluster, req, early); !stale(err) {
 			return c, err
 		}
 	}
 	return nil, err
 }
 
-func (d *Dialer) openVia(ctx context.Context, p Peer, cluster string, req tunnel.Request) (net.Conn, error) {
-	return d.open(ctx, cluster, nil, req, func(req tunnel.Request) (net.Conn, error) { return p.Open(ctx, cluster, req) })
+func (d *Dialer) openVia(ctx context.Context, p Peer, cluster string, req tunnel.Request, early bool) (net.Conn, error) {
+	open := func(req tunnel.Request) (net.Conn, error) { return p.Open(ctx, cluster, req) }
+	if early {
+		open = func(req tunnel.Request) (net.Conn, error) { return p.OpenEarly(ctx, cluster, req) }
+	}
+	return d.open(ctx, cluster, nil, req, open)
 }
 
 // open opens a stream with open, on local when it is this replica's
@@ -153,6 +157,17 @@ func (d *Dialer) open(_ context.Context, cluster string, local *Session, req tun
 func stale(err error) bool {
 	var de *tunnel.DialError
 	return errors.As(err, &de) && de.Code == tunnel.CodeUnavailable || errors.Is(err, tunnel.ErrSessionClosed)
+}
+
+// staleFor is stale for a request sent on an early stream: a peer answers
+// CodeUnavailable before it passes anything on, but a connection that went
+// may have carried req on, so only a request safe to repeat goes again.
+func staleFor(req *http.Request, err error) bool {
+	var de *tunnel.DialError
+	if errors.As(err, &de) {
+		return de.Code == tunnel.CodeUnavailable
+	}
+	return errors.Is(err, tunnel.ErrSessionClosed) && safeToRepeat(req)
 }
 
 type requestIDKey struct{}
@@ -261,7 +276,7 @@ func (t remoteTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 		}
 		var resp *http.Response
-		if resp, err = t.d.pool(p, t.r.cluster, t.kind).RoundTrip(req); !stale(err) {
+		if resp, err = t.d.pool(p, t.r.cluster, t.kind).RoundTrip(req); !staleFor(req, err) {
 			return resp, err
 		}
 	}
@@ -295,7 +310,7 @@ func (d *Dialer) pool(p Peer, cluster string, kind tunnel.Kind) *http.Transport 
 		return t
 	}
 	t := newTransport(func(ctx context.Context) (net.Conn, error) {
-		return d.openVia(ctx, p, cluster, tunnel.Request{Kind: kind, RequestID: requestID(ctx)})
+		return d.openVia(ctx, p, cluster, tunnel.Request{Kind: kind, RequestID: requestID(ctx)}, true)
 	})
 	d.pools[k] = t
 	// The pool lives as long as the peer connection (its streams die with

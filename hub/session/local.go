@@ -30,6 +30,25 @@ func (r *Registry) OpenLocal(ctx context.Context, cluster string, req tunnel.Req
 	return &countedConn{Conn: c, m: r.metrics, s: s}, nil
 }
 
+// OpenLocalEarly is OpenLocal without waiting for the agent's reply
+// (tunnel.Session.OpenEarly), for tunnel.Incoming.Relay: a forwarded
+// stream's bytes go on to the agent before it answers.
+func (r *Registry) OpenLocalEarly(ctx context.Context, cluster string, req tunnel.Request) (tunnel.EarlyStream, error) {
+	s, err := r.localFor(cluster, req)
+	if err != nil {
+		return nil, &tunnel.DialError{Code: tunnel.CodeUnavailable, Message: err.Error()}
+	}
+	start := time.Now()
+	c, err := s.openEarly(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	r.metrics.streamOpening()
+	cc := &countedConn{Conn: c, m: r.metrics, s: s}
+	cc.early.Store(&pendingOpen{conn: c, kind: req.Kind.String(), start: start})
+	return cc, nil
+}
+
 func (r *Registry) localFor(cluster string, req tunnel.Request) (*Session, error) {
 	if req.Kind == tunnel.KindTCP {
 		host, _, err := net.SplitHostPort(req.Address)

@@ -23,6 +23,9 @@ type Peer interface {
 	// stream for req. The peer answers a *tunnel.DialError as an agent
 	// would; CodeUnavailable means it no longer holds a session of cluster.
 	Open(ctx context.Context, cluster string, req tunnel.Request) (net.Conn, error)
+	// OpenEarly is Open without waiting for the answer
+	// (tunnel.Session.OpenEarly): it comes with the stream's first Read.
+	OpenEarly(ctx context.Context, cluster string, req tunnel.Request) (net.Conn, error)
 	// Done is closed when this connection to the peer ends, and with it
 	// every stream opened on it.
 	Done() <-chan struct{}

@@ -20,6 +20,9 @@ func (p fakePeer) Name() string { return p.name }
 func (fakePeer) Open(context.Context, string, tunnel.Request) (net.Conn, error) {
 	return nil, &tunnel.DialError{Code: tunnel.CodeUnavailable}
 }
+func (p fakePeer) OpenEarly(ctx context.Context, cluster string, req tunnel.Request) (net.Conn, error) {
+	return p.Open(ctx, cluster, req)
+}
 func (fakePeer) Done() <-chan struct{} { return nil }
 
 // nodePeers is a directory of which peer's agents of which cluster
