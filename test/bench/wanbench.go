@@ -37,6 +37,8 @@ import (
 //   - how long a watch takes to start (its response headers) from that
 //     kept-alive client over HTTP/2: through the hub each watch is a new
 //     tunnel stream, so this shows what opening one costs;
+//   - an exec round trip (`echo x` over SPDY, a new connection each, as
+//     kubectl's) to a pod on a test kubelet in the member's namespace;
 //   - a 64 MiB download from a TCP source in the member's namespace,
 //     through the hub's CONNECT front end against a direct TCP connection;
 //   - how long hub and agent take to notice that the link went dead (cut
@@ -67,6 +69,7 @@ const (
 	figWANKubectl  = "WAN: kubectl get pods p50 / p99"
 	figWANKeptGET  = "WAN: GET pods, kept-alive client p50 / p99"
 	figWANWatch    = "WAN: watch start, kept-alive h2 p50 / p99"
+	figWANExec     = "WAN: exec `echo x` round trip p50 / p99"
 	figWANDownload = "WAN: 64 MiB download"
 	figWANNotice   = "WAN: link cut noticed, hub / agent"
 )
@@ -80,6 +83,8 @@ type wanEnv struct {
 	// hubLink is agent→hub; apiLink and srcLink are the direct client's
 	// links to the member's API server and the download source.
 	hubLink, apiLink, srcLink *wanLink
+	// streams is the test kubelet and pod of the exec figure.
+	streams *streamsEnv
 }
 
 // stop stops the agent before its link and the hub, and the member (which
@@ -96,6 +101,9 @@ func (e *wanEnv) stop() {
 	if e.source != nil {
 		e.source.Stop()
 	}
+	if e.streams != nil {
+		e.streams.stop()
+	}
 	if e.hub != nil {
 		e.hub.Stop()
 	}
@@ -105,7 +113,7 @@ func (e *wanEnv) stop() {
 }
 
 func benchWAN(ctx context.Context, o *options, dir string, t *table) {
-	figs := []string{figWANKubectl, figWANKeptGET, figWANWatch, figWANDownload, figWANNotice}
+	figs := []string{figWANKubectl, figWANKeptGET, figWANWatch, figWANExec, figWANDownload, figWANNotice}
 	fail := func(err error) {
 		for _, f := range figs {
 			t.add(row{Figure: f, Err: err})
@@ -177,6 +185,13 @@ func benchWAN(ctx context.Context, o *options, dir string, t *table) {
 		}
 	}
 	if ctx.Err() == nil {
+		if r, err := wanExec(ctx, o, env, runs); err != nil {
+			t.add(row{Figure: figWANExec, Err: err})
+		} else {
+			t.add(r)
+		}
+	}
+	if ctx.Err() == nil {
 		if r, err := wanDownloads(ctx, o, env, downloads, t); err != nil {
 			t.add(row{Figure: figWANDownload, Err: err})
 		} else {
@@ -224,6 +239,9 @@ func startWAN(ctx context.Context, o *options, hubBin, agentBin, dir string) (*w
 	src := net.JoinHostPort(m.Netns.NSIP.String(), strconv.Itoa(wanSourcePort))
 	if e.source, err = harness.Start(ctx, "bench-wan-source", dir, m.Netns.Command(context.Background(), exe, "-internal-source", src)); err != nil {
 		return e, err
+	}
+	if e.streams, err = startStreams(ctx, m, filepath.Join(dir, "streams")); err != nil {
+		return e, fmt.Errorf("exec pod: %w", err)
 	}
 	e.hub, err = harness.StartHub(ctx, harness.HubConfig{
 		Binary: hubBin, Dir: filepath.Join(dir, "hub"), HostIPs: []string{m.Netns.HostIP.String()},
@@ -418,6 +436,39 @@ func wanWatchStart(ctx context.Context, o *options, env *wanEnv, n int) (row, er
 		}
 	}
 	return rttRow(figWANWatch, times[0], times[1], o.wanRTT), nil
+}
+
+// wanExec times n exec round trips (`echo x`, each on a new connection)
+// through the hub and straight over the link, alternating, after two of
+// each not counted. Over SPDY an exec is several round trips: the
+// upgrade, then a reply to each stream the client creates.
+func wanExec(ctx context.Context, o *options, env *wanEnv, n int) (row, error) {
+	progress("wan: %d execs each through the hub and direct", n)
+	viaHub := streamTarget{Host: env.hub.ClusterURL(wanMemberName), Token: callerToken, CAPEM: env.hub.CA.CertPEM, Namespace: streamsNS, Pod: streamsPod}
+	direct := viaHub
+	direct.Host, direct.Token, direct.CAPEM = "https://"+env.apiLink.Addr, env.member.AdminToken, env.member.CAPEM
+	var clients [2]*streamClient
+	for i, target := range []streamTarget{direct, viaHub} {
+		c, err := newStreamClient(target)
+		if err != nil {
+			return row{}, err
+		}
+		clients[i] = c
+	}
+	const warmup = 2
+	var lat [2][]time.Duration
+	for i := range warmup + n {
+		for k, c := range clients {
+			start := time.Now()
+			if err := c.execEcho(ctx); err != nil {
+				return row{}, fmt.Errorf("%s exec %d: %w", side(k), i, err)
+			}
+			if i >= warmup {
+				lat[k] = append(lat[k], time.Since(start))
+			}
+		}
+	}
+	return rttRow(figWANExec, lat[0], lat[1], o.wanRTT), nil
 }
 
 // watchStart starts a watch at url and returns how long its response
