@@ -32,12 +32,13 @@ const latencyBlocks = 10
 func benchTunnel(ctx context.Context, o *options, dir string, t *table) {
 	figReused := "reused stream GET p50 / p99"
 	figNew := "new stream per GET p50 / p99"
+	figEarly := "new early stream per GET p50 / p99"
 	figRPS := fmt.Sprintf("%d workers, %s: req/s", o.workers, o.duration)
 	figDL := fmt.Sprintf("%d MiB download, median of %d", o.downloadBytes>>20, o.downloads)
 
 	rig, err := startTunnelRig(ctx, dir, o.downloadBytes)
 	if err != nil {
-		for _, f := range []string{figReused, figNew, figRPS, figDL} {
+		for _, f := range []string{figReused, figNew, figEarly, figRPS, figDL} {
 			t.add(row{Figure: f, Err: fmt.Errorf("start tunnel: %w", err)})
 		}
 		return
@@ -54,6 +55,11 @@ func benchTunnel(ctx context.Context, o *options, dir string, t *table) {
 			return rig.hub.Open(ctx, tunnel.Request{Kind: tunnel.KindTCP, Address: rig.origin})
 		},
 	}
+	// The gateway's streams: the GET follows the stream request instead
+	// of waiting for the agent's reply (tunnel.Session.OpenEarly).
+	early := [2]dialFunc{dials[0], func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return rig.hub.OpenEarly(ctx, tunnel.Request{Kind: tunnel.KindTCP, Address: rig.origin})
+	}}
 	small := "http://" + rig.origin + "/small"
 	big := "http://" + rig.origin + "/big"
 
@@ -62,6 +68,8 @@ func benchTunnel(ctx context.Context, o *options, dir string, t *table) {
 	t.add(compareSequential(ctx, figReused, small, o.requests, true, dials, targetReusedP50, &w.reused))
 	progress("tunnel: %d sequential GETs with a new connection each", o.requests)
 	t.add(compareSequential(ctx, figNew, small, o.requests, false, dials, targetNewP50, &w.fresh))
+	progress("tunnel: %d sequential GETs with a new early stream each", o.requests)
+	t.add(compareSequential(ctx, figEarly, small, o.requests, false, early, targetNewP50, &w.early))
 
 	progress("tunnel: %d concurrent workers for %s, direct then tunnelled", o.workers, o.duration)
 	t.add(profiled(o, "tunnel-rps", func() row {
@@ -74,8 +82,9 @@ func benchTunnel(ctx context.Context, o *options, dir string, t *table) {
 	// Syscalls are what a 2-core machine runs out of first; this shows
 	// where the tunnel multiplies them (client, agent, hub and origin all
 	// run in this process, so both directions are counted).
-	t.note("write(2) calls in this process per request, direct / backhaul: reused %s, new stream %s; per MiB downloaded: %s",
-		w.reused, w.fresh, w.download)
+	t.note("write(2) calls in this process per request, direct / backhaul: reused %s, new stream %s, new early stream %s;",
+		w.reused, w.fresh, w.early)
+	t.note("  per MiB downloaded: %s", w.download)
 
 	// Every client has closed its connections: the session should hold no
 	// streams once the close handshakes are through.
@@ -185,7 +194,7 @@ func (w writeRatio) String() string {
 	return fmt.Sprintf("%.1f / %.1f", w.calls[0]/w.units[0], w.calls[1]/w.units[1])
 }
 
-type syscalls struct{ reused, fresh, download writeRatio }
+type syscalls struct{ reused, fresh, early, download writeRatio }
 
 // writeSyscalls is this process's write(2) count so far (0 if /proc is not
 // readable, which turns the note into noise rather than an error).
