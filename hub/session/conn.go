@@ -21,6 +21,20 @@ type countedConn struct {
 	early atomic.Pointer[pendingOpen]
 }
 
+// counted wraps a stream of kind opened at start on s (nil: through a
+// peer), and counts it opened; its set-up time is observed now, or for a
+// stream opened early once the reply is in.
+func (m *Metrics) counted(c net.Conn, s *Session, kind tunnel.Kind, start time.Time) *countedConn {
+	m.streamOpening()
+	cc := &countedConn{Conn: c, m: m, s: s}
+	if early, ok := c.(*tunnel.EarlyConn); ok {
+		cc.early.Store(&pendingOpen{conn: early, kind: kind.String(), start: start})
+	} else {
+		m.streamSetUp(kind.String(), time.Since(start).Seconds())
+	}
+	return cc
+}
+
 type pendingOpen struct {
 	conn  *tunnel.EarlyConn
 	kind  string

@@ -141,15 +141,7 @@ func (d *Dialer) open(_ context.Context, cluster string, local *Session, req tun
 	if err != nil {
 		return nil, &ClusterError{Cluster: cluster, Err: err}
 	}
-	d.metrics.streamOpening()
-	cc := &countedConn{Conn: c, m: d.metrics, s: local}
-	if early, ok := c.(*tunnel.EarlyConn); ok {
-		// Its set-up ends with the reply, which the first Read reads.
-		cc.early.Store(&pendingOpen{conn: early, kind: req.Kind.String(), start: start})
-	} else {
-		d.metrics.streamSetUp(req.Kind.String(), time.Since(start).Seconds())
-	}
-	return cc, nil
+	return d.metrics.counted(c, local, req.Kind, start), nil
 }
 
 // stale says a peer no longer holds the cluster (the directory was behind

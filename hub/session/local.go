@@ -16,37 +16,40 @@ import (
 // CodeUnavailable, so the forwarding replica tries another. A forwarded
 // stream is never forwarded again.
 func (r *Registry) OpenLocal(ctx context.Context, cluster string, req tunnel.Request) (net.Conn, error) {
-	s, err := r.localFor(cluster, req)
+	c, err := r.openLocal(ctx, cluster, req, false)
 	if err != nil {
-		return nil, &tunnel.DialError{Code: tunnel.CodeUnavailable, Message: err.Error()}
+		return nil, err // not a nil *countedConn in an interface
 	}
-	start := time.Now()
-	c, err := s.open(ctx, req)
-	if err != nil {
-		return nil, err
-	}
-	r.metrics.streamOpening()
-	r.metrics.streamSetUp(req.Kind.String(), time.Since(start).Seconds())
-	return &countedConn{Conn: c, m: r.metrics, s: s}, nil
+	return c, nil
 }
 
 // OpenLocalEarly is OpenLocal without waiting for the agent's reply
 // (tunnel.Session.OpenEarly), for tunnel.Incoming.Relay: a forwarded
 // stream's bytes go on to the agent before it answers.
 func (r *Registry) OpenLocalEarly(ctx context.Context, cluster string, req tunnel.Request) (tunnel.EarlyStream, error) {
+	c, err := r.openLocal(ctx, cluster, req, true)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (r *Registry) openLocal(ctx context.Context, cluster string, req tunnel.Request, early bool) (*countedConn, error) {
 	s, err := r.localFor(cluster, req)
 	if err != nil {
 		return nil, &tunnel.DialError{Code: tunnel.CodeUnavailable, Message: err.Error()}
 	}
 	start := time.Now()
-	c, err := s.openEarly(ctx, req)
+	var c net.Conn
+	if early {
+		c, err = s.openEarly(ctx, req)
+	} else {
+		c, err = s.open(ctx, req)
+	}
 	if err != nil {
 		return nil, err
 	}
-	r.metrics.streamOpening()
-	cc := &countedConn{Conn: c, m: r.metrics, s: s}
-	cc.early.Store(&pendingOpen{conn: c, kind: req.Kind.String(), start: start})
-	return cc, nil
+	return r.metrics.counted(c, s, req.Kind, start), nil
 }
 
 func (r *Registry) localFor(cluster string, req tunnel.Request) (*Session, error) {
