@@ -151,15 +151,17 @@ func stale(err error) bool {
 	return errors.As(err, &de) && de.Code == tunnel.CodeUnavailable || errors.Is(err, tunnel.ErrSessionClosed)
 }
 
-// staleFor is stale for a request sent on an early stream: a peer answers
-// CodeUnavailable before it passes anything on, but a connection that went
-// may have carried req on, so only a request safe to repeat goes again.
+// staleFor is stale for req's round trip. A peer answers CodeUnavailable
+// before it passes anything on. A peer connection that ended fails a
+// write at its open, before anything was sent (writes do not go early),
+// and may fail a request sent early after it went on, which is safe to
+// repeat unless it is an upgrade (earlyFor).
 func staleFor(req *http.Request, err error) bool {
 	var de *tunnel.DialError
 	if errors.As(err, &de) {
 		return de.Code == tunnel.CodeUnavailable
 	}
-	return errors.Is(err, tunnel.ErrSessionClosed) && safeToRepeat(req)
+	return errors.Is(err, tunnel.ErrSessionClosed) && req.Header.Get("Upgrade") == ""
 }
 
 type requestIDKey struct{}
@@ -189,12 +191,9 @@ func (d *Dialer) HubHTTP(r *Route) http.RoundTripper { return d.http(r, tunnel.K
 
 func (d *Dialer) http(r *Route, kind tunnel.Kind) http.RoundTripper {
 	if r.local != nil {
-		// A request goes out behind its stream's header, not a round trip
-		// after it: early streams. The agent reads no further than a header
-		// it refuses, so a refusal costs only the bytes sent.
 		t := r.local.transport(kind, func() *http.Transport {
 			return newTransport(func(ctx context.Context) (net.Conn, error) {
-				return d.openRoute(ctx, r, tunnel.Request{Kind: kind, RequestID: requestID(ctx)}, true)
+				return d.openRoute(ctx, r, tunnel.Request{Kind: kind, RequestID: requestID(ctx)}, sendsEarly(ctx))
 			})
 		})
 		return localTransport{d: d, r: r, kind: kind, t: t}
@@ -202,12 +201,40 @@ func (d *Dialer) http(r *Route, kind tunnel.Kind) http.RoundTripper {
 	return remoteTransport{d: d, r: r, kind: kind}
 }
 
+// Early streams. A request that is safe to repeat, or that starts an
+// interactive session (an upgrade: exec, attach, port-forward, where a
+// round trip is felt), goes out right behind its stream's header instead
+// of a round trip after it (tunnel.Session.OpenEarly): the agent reads no
+// further than a header it refuses, so a refusal costs only the bytes
+// sent. Other requests (writes) wait for the reply as before, so that a
+// session that ends under them (an agent closing a session it did not
+// want) is known not to have carried them, and they go along another
+// session without risk of being applied twice.
+
+type earlyKey struct{}
+
+// earlyFor marks req's context when its stream may be opened early.
+func earlyFor(req *http.Request) *http.Request {
+	if !safeToRepeat(req) && req.Header.Get("Upgrade") == "" {
+		return req
+	}
+	return req.WithContext(context.WithValue(req.Context(), earlyKey{}, true))
+}
+
+// sendsEarly says whether the request a dial is for (its context's values
+// come along) may have its stream opened early.
+func sendsEarly(ctx context.Context) bool {
+	early, _ := ctx.Value(earlyKey{}).(bool)
+	return early
+}
+
 // localTransport is a local session's pool. When that session ends after
-// a stream was opened on it but before the agent's reply, as when an agent
-// closes a session it did not want, the request goes along whatever else
-// serves the cluster, once, as Open does for a session that fails at the
-// open itself — if the request is safe to send twice: the agent may have
-// read it before the session went.
+// an early stream was opened on it but before the agent's reply, the
+// request goes along whatever else serves the cluster, once, as Open does
+// for a session that fails at the open itself — if the request is safe to
+// send twice: the agent may have read it before the session went. An
+// upgrade is not: it fails, as the session it would have started would
+// have.
 type localTransport struct {
 	d    *Dialer
 	r    *Route
@@ -216,7 +243,7 @@ type localTransport struct {
 }
 
 func (t localTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	resp, err := t.t.RoundTrip(req)
+	resp, err := t.t.RoundTrip(earlyFor(req))
 	if err == nil || !errors.Is(err, tunnel.ErrSessionClosed) || req.Context().Err() != nil || !safeToRepeat(req) {
 		return resp, err
 	}
@@ -268,7 +295,7 @@ func (t remoteTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 		}
 		var resp *http.Response
-		if resp, err = t.d.pool(p, t.r.cluster, t.kind).RoundTrip(req); !staleFor(req, err) {
+		if resp, err = t.d.pool(p, t.r.cluster, t.kind).RoundTrip(earlyFor(req)); !staleFor(req, err) {
 			return resp, err
 		}
 	}
@@ -302,7 +329,7 @@ func (d *Dialer) pool(p Peer, cluster string, kind tunnel.Kind) *http.Transport 
 		return t
 	}
 	t := newTransport(func(ctx context.Context) (net.Conn, error) {
-		return d.openVia(ctx, p, cluster, tunnel.Request{Kind: kind, RequestID: requestID(ctx)}, true)
+		return d.openVia(ctx, p, cluster, tunnel.Request{Kind: kind, RequestID: requestID(ctx)}, sendsEarly(ctx))
 	})
 	d.pools[k] = t
 	// The pool lives as long as the peer connection (its streams die with

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -147,29 +148,35 @@ func TestDialerHTTPRefused(t *testing.T) {
 		5*time.Second, 10*time.Millisecond, "refused streams are released")
 }
 
-// TestDialerHTTPFallsBackWhenTheSessionEndsBeforeTheReply: a session that
-// ends after an early stream was opened on it, before the agent replied,
-// sends a request that is safe to repeat along the older session; one
-// that is not (it may have reached the member) fails as not connected.
+// TestDialerHTTPFallsBackWhenTheSessionEndsBeforeTheReply: the newest
+// session's agent drops the whole session once it has a stream request,
+// as an agent closing a session it did not want does. A request safe to
+// repeat went out early and goes along the older session; a write waited
+// for the reply (it never went out) and goes along the older session too;
+// an upgrade went out early, may have started something, and fails as not
+// connected.
 func TestDialerHTTPFallsBackWhenTheSessionEndsBeforeTheReply(t *testing.T) {
 	for _, tc := range []struct {
 		method, upgrade string
+		early           bool // the stream goes out early
 		fallsBack       bool
 	}{
-		{method: http.MethodGet, fallsBack: true},
-		{method: http.MethodHead, fallsBack: true},
-		{method: http.MethodPost},
-		{method: http.MethodGet, upgrade: "websocket"},
+		{method: http.MethodGet, early: true, fallsBack: true},
+		{method: http.MethodHead, early: true, fallsBack: true},
+		{method: http.MethodPost, fallsBack: true},
+		{method: http.MethodPatch, fallsBack: true},
+		{method: http.MethodGet, upgrade: "websocket", early: true},
+		{method: http.MethodPost, upgrade: "SPDY/3.1", early: true},
 	} {
 		t.Run(tc.method+tc.upgrade, func(t *testing.T) {
 			r, m, _ := newTestRegistry(t)
 			d := NewDialer(r, nil, m, time.Second)
 			seen := make(chan http.Header, 1)
 			connectAgent(t, r, "edge", hubtest.HTTPAgent(t, echoHeaders(seen)))
-			// The newest session's agent takes the stream's request and,
-			// once the hub is sending the HTTP request behind it (the
-			// transport reads the body), drops the whole session without a
-			// reply.
+			// An early stream's request is being sent once the transport
+			// reads its body; the agent drops the session then, so that
+			// it surely went out early. A stream that waits for the reply
+			// sends nothing before it: the agent drops the session at once.
 			sending := make(chan struct{})
 			hubSide, agentSide := hubtest.PipeSessions(t)
 			hubtest.ServeAgent(t, agentSide, func(ctx context.Context, in *tunnel.Incoming) {
@@ -177,9 +184,11 @@ func TestDialerHTTPFallsBackWhenTheSessionEndsBeforeTheReply(t *testing.T) {
 					_ = in.Reject(tunnel.CodeUnavailable, "only the test's stream")
 					return
 				}
-				select {
-				case <-sending:
-				case <-ctx.Done():
+				if tc.early {
+					select {
+					case <-sending:
+					case <-ctx.Done():
+					}
 				}
 				_ = agentSide.Close()
 			})
@@ -202,6 +211,31 @@ func TestDialerHTTPFallsBackWhenTheSessionEndsBeforeTheReply(t *testing.T) {
 			<-seen
 		})
 	}
+}
+
+// TestDialerWritesWaitForTheReply: a write's stream does not go out early,
+// so nothing of the request reaches a session before the agent accepted.
+func TestDialerWritesWaitForTheReply(t *testing.T) {
+	r, m, _ := newTestRegistry(t)
+	d := NewDialer(r, nil, m, time.Second)
+	sending := make(chan struct{})
+	var early atomic.Bool
+	serve := hubtest.HTTPAgent(t, echoHeaders(make(chan http.Header, 1)))
+	s, _ := connectAgent(t, r, "edge", func(ctx context.Context, in *tunnel.Incoming) {
+		select {
+		case <-sending:
+			early.Store(true)
+		default:
+		}
+		serve(ctx, in)
+	})
+	body := &signalReader{r: strings.NewReader("body"), read: sending}
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, "http://ignored/api", body)
+	require.NoError(t, err)
+	resp, err := d.HTTP(&Route{cluster: "edge", local: s}).RoundTrip(req)
+	require.NoError(t, err)
+	_ = resp.Body.Close()
+	assert.False(t, early.Load(), "the POST's body was read before the agent answered")
 }
 
 // TestHubRequestsTravelOnTheirOwnStreamKind: the hub's own client (Config,
