@@ -57,7 +57,7 @@
 // payload only after it answered [CodeOK]; on a refusal it never reads
 // further, and what the opener sent is dropped with the stream. This has
 // been so since version 1, so it needs no new version or feature: the hub
-// sends its HTTP requests this way, saving a round trip per new stream.
+// sends reads and upgrades this way, saving a round trip per new stream.
 //
 // # The hub's own identity
 //
