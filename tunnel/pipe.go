@@ -55,16 +55,17 @@ type EarlyStream interface {
 // the opener's bytes go on to out as they come, before out's reply, and
 // out's reply becomes this stream's when it comes, so relaying costs no
 // round trip of its own. A refusal is passed on as it is; out failing
-// otherwise is answered CodeInternal, not CodeUnavailable, because the
-// opener's bytes may have gone on. Relay returns when both directions are
-// done or ctx ends, and closes both.
+// otherwise (its session ended) is answered CodeUnavailable, as when this
+// side holds no session at all: an opener sends early only what it may
+// send again elsewhere. Relay returns when both directions are done or ctx
+// ends, and closes both.
 func (in *Incoming) Relay(ctx context.Context, out EarlyStream) {
 	stop := context.AfterFunc(ctx, func() { _ = in.stream.Close(); _ = out.Close() })
 	defer stop()
 	up := make(chan struct{})
 	go func() { defer close(up); copyHalf(out, in.stream) }()
 	if err := out.AwaitReply(); err != nil {
-		code, msg := CodeInternal, err.Error()
+		code, msg := CodeUnavailable, err.Error()
 		var de *DialError
 		if errors.As(err, &de) {
 			code, msg = de.Code, de.Message

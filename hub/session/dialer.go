@@ -145,23 +145,12 @@ func (d *Dialer) open(_ context.Context, cluster string, local *Session, req tun
 }
 
 // stale says a peer no longer holds the cluster (the directory was behind
-// it), or its connection is gone: the next holder may do.
+// it, or it lost its session), or its connection is gone: the next holder
+// may do. Only reads go out early, so whatever failed so is safe to send
+// again.
 func stale(err error) bool {
 	var de *tunnel.DialError
 	return errors.As(err, &de) && de.Code == tunnel.CodeUnavailable || errors.Is(err, tunnel.ErrSessionClosed)
-}
-
-// staleFor is stale for req's round trip. A peer answers CodeUnavailable
-// before it passes anything on. A peer connection that ended fails a
-// write at its open, before anything was sent (writes do not go early),
-// and may fail a request sent early after it went on, which is safe to
-// repeat unless it is an upgrade (earlyFor).
-func staleFor(req *http.Request, err error) bool {
-	var de *tunnel.DialError
-	if errors.As(err, &de) {
-		return de.Code == tunnel.CodeUnavailable
-	}
-	return errors.Is(err, tunnel.ErrSessionClosed) && req.Header.Get("Upgrade") == ""
 }
 
 type requestIDKey struct{}
@@ -201,21 +190,22 @@ func (d *Dialer) http(r *Route, kind tunnel.Kind) http.RoundTripper {
 	return remoteTransport{d: d, r: r, kind: kind}
 }
 
-// Early streams. A request that is safe to repeat, or that starts an
-// interactive session (an upgrade: exec, attach, port-forward, where a
-// round trip is felt), goes out right behind its stream's header instead
-// of a round trip after it (tunnel.Session.OpenEarly): the agent reads no
-// further than a header it refuses, so a refusal costs only the bytes
-// sent. Other requests (writes) wait for the reply as before, so that a
-// session that ends under them (an agent closing a session it did not
-// want) is known not to have carried them, and they go along another
-// session without risk of being applied twice.
+// Early streams. A request that is safe to repeat (a read) goes out right
+// behind its stream's header instead of a round trip after it
+// (tunnel.Session.OpenEarly): the agent reads no further than a header it
+// refuses, so a refusal costs only the bytes sent, and a session that ends
+// before the reply can be left for another with the read sent again, as
+// TLS early data is limited to (RFC 8470). Writes and upgrades wait for
+// the reply as before: a session that ends under them (an agent closing a
+// session it did not want, a peer that lost its own) is then known not to
+// have carried them, and they go along another without risk of being
+// applied, or an exec started, twice.
 
 type earlyKey struct{}
 
 // earlyFor marks req's context when its stream may be opened early.
 func earlyFor(req *http.Request) *http.Request {
-	if !safeToRepeat(req) && req.Header.Get("Upgrade") == "" {
+	if !safeToRepeat(req) {
 		return req
 	}
 	return req.WithContext(context.WithValue(req.Context(), earlyKey{}, true))
@@ -229,12 +219,9 @@ func sendsEarly(ctx context.Context) bool {
 }
 
 // localTransport is a local session's pool. When that session ends after
-// an early stream was opened on it but before the agent's reply, the
-// request goes along whatever else serves the cluster, once, as Open does
-// for a session that fails at the open itself — if the request is safe to
-// send twice: the agent may have read it before the session went. An
-// upgrade is not: it fails, as the session it would have started would
-// have.
+// an early stream was opened on it but before the agent's reply, the read
+// goes along whatever else serves the cluster, once, as Open does for a
+// session that fails at the open itself.
 type localTransport struct {
 	d    *Dialer
 	r    *Route
@@ -260,6 +247,7 @@ func (t localTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 // safeToRepeat says whether req may be sent again when the first attempt
 // may or may not have reached the member: a safe method (RFC 9110 9.2.1),
 // and not an upgrade, which starts something (an exec) rather than reading.
+// Only these go out early.
 func safeToRepeat(req *http.Request) bool {
 	switch req.Method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions:
@@ -295,7 +283,7 @@ func (t remoteTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 		}
 		var resp *http.Response
-		if resp, err = t.d.pool(p, t.r.cluster, t.kind).RoundTrip(earlyFor(req)); !staleFor(req, err) {
+		if resp, err = t.d.pool(p, t.r.cluster, t.kind).RoundTrip(earlyFor(req)); !stale(err) {
 			return resp, err
 		}
 	}

@@ -150,11 +150,10 @@ func TestDialerHTTPRefused(t *testing.T) {
 
 // TestDialerHTTPFallsBackWhenTheSessionEndsBeforeTheReply: the newest
 // session's agent drops the whole session once it has a stream request,
-// as an agent closing a session it did not want does. A request safe to
-// repeat went out early and goes along the older session; a write waited
-// for the reply (it never went out) and goes along the older session too;
-// an upgrade went out early, may have started something, and fails as not
-// connected.
+// as an agent closing a session it did not want does. A read went out
+// early and is sent again along the older session; a write or an upgrade
+// waited for the reply (it never went out) and goes along the older
+// session too.
 func TestDialerHTTPFallsBackWhenTheSessionEndsBeforeTheReply(t *testing.T) {
 	for _, tc := range []struct {
 		method, upgrade string
@@ -165,8 +164,8 @@ func TestDialerHTTPFallsBackWhenTheSessionEndsBeforeTheReply(t *testing.T) {
 		{method: http.MethodHead, early: true, fallsBack: true},
 		{method: http.MethodPost, fallsBack: true},
 		{method: http.MethodPatch, fallsBack: true},
-		{method: http.MethodGet, upgrade: "websocket", early: true},
-		{method: http.MethodPost, upgrade: "SPDY/3.1", early: true},
+		{method: http.MethodGet, upgrade: "websocket", fallsBack: true},
+		{method: http.MethodPost, upgrade: "SPDY/3.1", fallsBack: true},
 	} {
 		t.Run(tc.method+tc.upgrade, func(t *testing.T) {
 			r, m, _ := newTestRegistry(t)
@@ -213,9 +212,19 @@ func TestDialerHTTPFallsBackWhenTheSessionEndsBeforeTheReply(t *testing.T) {
 	}
 }
 
-// TestDialerWritesWaitForTheReply: a write's stream does not go out early,
-// so nothing of the request reaches a session before the agent accepted.
+// TestDialerWritesWaitForTheReply: a write's or an upgrade's stream does
+// not go out early, so nothing of the request reaches a session before the
+// agent accepted.
 func TestDialerWritesWaitForTheReply(t *testing.T) {
+	for _, tc := range []struct{ method, upgrade string }{
+		{method: http.MethodPost},
+		{method: http.MethodGet, upgrade: "websocket"},
+	} {
+		t.Run(tc.method+tc.upgrade, func(t *testing.T) { writeWaitsForTheReply(t, tc.method, tc.upgrade) })
+	}
+}
+
+func writeWaitsForTheReply(t *testing.T, method, upgrade string) {
 	r, m, _ := newTestRegistry(t)
 	d := NewDialer(r, nil, m, time.Second)
 	sending := make(chan struct{})
@@ -230,12 +239,16 @@ func TestDialerWritesWaitForTheReply(t *testing.T) {
 		serve(ctx, in)
 	})
 	body := &signalReader{r: strings.NewReader("body"), read: sending}
-	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, "http://ignored/api", body)
+	req, err := http.NewRequestWithContext(t.Context(), method, "http://ignored/api", body)
 	require.NoError(t, err)
+	if upgrade != "" {
+		req.Header.Set("Connection", "Upgrade")
+		req.Header.Set("Upgrade", upgrade)
+	}
 	resp, err := d.HTTP(&Route{cluster: "edge", local: s}).RoundTrip(req)
 	require.NoError(t, err)
 	_ = resp.Body.Close()
-	assert.False(t, early.Load(), "the POST's body was read before the agent answered")
+	assert.False(t, early.Load(), "the request's body was read before the agent answered")
 }
 
 // TestHubRequestsTravelOnTheirOwnStreamKind: the hub's own client (Config,
