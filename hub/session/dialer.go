@@ -56,7 +56,7 @@ func (d *Dialer) Route(cluster string) (*Route, error) {
 	// moving, so they can let go of this one sooner.
 	if err != nil || d.registry.draining.Load() {
 		if peers := d.peers.Holders(cluster); len(peers) > 0 {
-			return &Route{cluster: cluster, peers: peers}, nil
+			return &Route{cluster: cluster, peers: peers, fallback: s}, nil
 		}
 	}
 	if err != nil {
@@ -120,6 +120,9 @@ func (d *Dialer) openRoute(ctx context.Context, r *Route, req tunnel.Request, ea
 		if c, err = d.openVia(ctx, p, r.cluster, req, early); !stale(err) {
 			return c, err
 		}
+	}
+	if r.fallback != nil && ctx.Err() == nil {
+		return d.openRoute(ctx, &Route{cluster: r.cluster, local: r.fallback}, req, early)
 	}
 	return nil, err
 }
@@ -285,6 +288,12 @@ func (t remoteTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		var resp *http.Response
 		if resp, err = t.d.pool(p, t.r.cluster, t.kind).RoundTrip(earlyFor(req)); !stale(err) {
 			return resp, err
+		}
+	}
+	// A draining replica's own session still serves while its agents move.
+	if t.r.fallback != nil && req.Context().Err() == nil {
+		if req, err2 := rewound(req); err2 == nil {
+			return t.d.http(&Route{cluster: t.r.cluster, local: t.r.fallback}, t.kind).RoundTrip(req)
 		}
 	}
 	return nil, err

@@ -304,3 +304,47 @@ func (s *signalReader) Read(p []byte) (int, error) {
 	s.once.Do(func() { close(s.read) })
 	return s.r.Read(p)
 }
+
+// unavailablePeers lists one peer for every cluster, which answers that
+// it does not hold it; its connection ends with done.
+type unavailablePeers struct {
+	nodePeers
+	done chan struct{}
+}
+
+func (u unavailablePeers) Holders(string) []Peer { return []Peer{endingPeer{fakePeer{name: "elsewhere"}, u.done}} }
+
+type endingPeer struct {
+	fakePeer
+	done chan struct{}
+}
+
+func (p endingPeer) Done() <-chan struct{} { return p.done }
+
+// TestDrainingReplicaFallsBackToItsOwnSession: a draining replica sends
+// new streams to the peers its agents move to; when none serves after
+// all, its own session, still up, carries the request.
+func TestDrainingReplicaFallsBackToItsOwnSession(t *testing.T) {
+	r, m, _ := newTestRegistry(t)
+	peers := unavailablePeers{done: make(chan struct{})}
+	t.Cleanup(func() { close(peers.done) })
+	d := NewDialer(r, peers, m, time.Second)
+	seen := make(chan http.Header, 2)
+	connectAgent(t, r, "edge", hubtest.HTTPAgent(t, echoHeaders(seen)))
+	r.draining.Store(true)
+	route, err := d.Route("edge")
+	require.NoError(t, err)
+	require.Nil(t, route.Local(), "a draining replica forwards")
+
+	for _, method := range []string{http.MethodGet, http.MethodPost} {
+		req, err := http.NewRequestWithContext(t.Context(), method, "http://ignored/api", nil)
+		require.NoError(t, err)
+		resp, err := d.HTTP(route).RoundTrip(req)
+		require.NoError(t, err, method)
+		_ = resp.Body.Close()
+		<-seen
+	}
+	c, err := d.Open(t.Context(), route, tunnel.Request{Kind: tunnel.KindAPIServer})
+	require.NoError(t, err, "a stream too")
+	_ = c.Close()
+}

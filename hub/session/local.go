@@ -2,6 +2,7 @@ package session
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/netip"
 	"time"
@@ -40,11 +41,22 @@ func (r *Registry) openLocal(ctx context.Context, cluster string, req tunnel.Req
 		return nil, &tunnel.DialError{Code: tunnel.CodeUnavailable, Message: err.Error()}
 	}
 	start := time.Now()
-	var c net.Conn
-	if early {
-		c, err = s.openEarly(ctx, req)
-	} else {
-		c, err = s.open(ctx, req)
+	open := func(s *Session) (net.Conn, error) {
+		if early {
+			return s.openEarly(ctx, req)
+		}
+		return s.open(ctx, req)
+	}
+	c, err := open(s)
+	if err != nil && errors.Is(err, tunnel.ErrSessionClosed) && req.Kind != tunnel.KindTCP && ctx.Err() == nil {
+		// The newest session failed under us at the open, before anything
+		// went on (an agent closing a session it did not want): its older
+		// one, if any, serves, as Dialer.Open does. (Not for node
+		// addresses: another session may be another node's agent.)
+		if older := r.newestExcept(cluster, s); older != nil {
+			s = older
+			c, err = open(s)
+		}
 	}
 	if err != nil {
 		return nil, err

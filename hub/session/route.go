@@ -64,6 +64,9 @@ type Route struct {
 	cluster string
 	local   *Session
 	peers   []Peer
+	// fallback is this replica's own session, when it drains and sends new
+	// streams to peers instead: used if no peer serves after all.
+	fallback *Session
 }
 
 // Cluster is the cluster the route reaches.
