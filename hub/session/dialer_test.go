@@ -312,7 +312,9 @@ type unavailablePeers struct {
 	done chan struct{}
 }
 
-func (u unavailablePeers) Holders(string) []Peer { return []Peer{endingPeer{fakePeer{name: "elsewhere"}, u.done}} }
+func (u unavailablePeers) Holders(string) []Peer {
+	return []Peer{endingPeer{fakePeer{name: "elsewhere"}, u.done}}
+}
 
 type endingPeer struct {
 	fakePeer
